@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class InversionsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "inversions"
+    verbose_name = "Inversions"
+
+    def ready(self):
+        from django.db.models.signals import post_migrate
+
+        from inversions.schedules import ensure_periodic_tasks
+
+        post_migrate.connect(ensure_periodic_tasks, sender=self)

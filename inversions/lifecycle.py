@@ -1,0 +1,359 @@
+"""The one way to change an Observing Program's state (DESIGN §4).
+
+Every change — by the scan, a worker, a view, the API or an admin — goes through
+:func:`apply`: the rows are locked (``SELECT … FOR UPDATE``), each change is checked
+against the transition table in :mod:`inversions.states`, and the history row, the cached
+state on the program and the outbox event are written in one database transaction. An
+illegal change raises :class:`IllegalTransition` naming both states and writes nothing.
+
+The small functions below (claim, release, enqueue, retry, correct …) are the verbs the
+rest of the code uses; each is a thin layer over :func:`apply`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable, Sequence
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from inversions.models import ObservingProgram, OutboxEvent, Transition
+from inversions.states import BEFORE_WORKING, State, allowed_targets, label
+
+log = logging.getLogger(__name__)
+
+UPDATE_BATCH = 1000
+
+
+class LifecycleError(Exception):
+    """A state change that cannot be made; the message says why, for people."""
+
+
+class IllegalTransition(LifecycleError):
+    def __init__(self, program: ObservingProgram, from_state: str, to_state: str, why: str = ""):
+        self.program, self.from_state, self.to_state = program, from_state, to_state
+        message = f"{program}: {label(from_state)} → {label(to_state)} is not allowed"
+        super().__init__(f"{message} ({why})" if why else message)
+
+
+class StateChanged(LifecycleError):
+    """The program is no longer in the state the caller saw (someone else moved it)."""
+
+    def __init__(self, program: ObservingProgram, expected: Iterable[str], found: str):
+        self.program, self.expected, self.found = program, tuple(expected), found
+        wanted = " or ".join(label(s) for s in self.expected)
+        super().__init__(f"{program} is {label(found)} now, not {wanted}: it was changed meanwhile")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One requested transition."""
+
+    program_id: int
+    to_state: str
+    reason: str = ""
+    details: dict = field(default_factory=dict)
+    #: Refuse (StateChanged) unless the program is in one of these states when locked.
+    expected_from: tuple[str, ...] | None = None
+    #: For Queued: the priority to set.
+    priority: int | None = None
+
+
+def apply(
+    changes: Sequence[Change], *, actor: str, user=None, correction: bool = False
+) -> list[Transition]:
+    """Make the changes in one transaction, all or nothing, and return the history rows."""
+    if not changes:
+        return []
+    if correction and (user is None or not all(c.reason.strip() for c in changes)):
+        raise LifecycleError("A correction needs an admin and a reason.")
+    with transaction.atomic():
+        ids = sorted({c.program_id for c in changes})
+        programs = {
+            p.pk: p for p in ObservingProgram.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+        }
+        missing = set(ids) - programs.keys()
+        if missing:
+            raise ObservingProgram.DoesNotExist(f"No Observing Program with id {sorted(missing)}")
+        before_error = _states_before_error([p.pk for p in programs.values() if p.state == State.ERROR])
+        now = timezone.now()
+        transitions: list[Transition] = []
+        for change in changes:
+            program = programs[change.program_id]
+            current = program.state
+            if change.to_state not in State.values:
+                raise LifecycleError(f"Unknown state {change.to_state!r}")
+            if change.expected_from is not None and current not in change.expected_from:
+                raise StateChanged(program, change.expected_from, current)
+            if correction:
+                if change.to_state == current:
+                    raise IllegalTransition(program, current, change.to_state, "it is already in that state")
+            elif change.to_state not in allowed_targets(current, before_error=before_error.get(program.pk)):
+                raise IllegalTransition(program, current, change.to_state)
+            if change.to_state == State.ERROR:
+                before_error[program.pk] = current
+            transitions.append(
+                Transition(
+                    program=program,
+                    from_state=current,
+                    to_state=change.to_state,
+                    at=now,
+                    actor=actor,
+                    actor_user=user,
+                    reason=change.reason,
+                    details=change.details or {},
+                    is_correction=correction,
+                )
+            )
+            _apply_side_effects(program, current, change, user, now)
+        Transition.objects.bulk_create(transitions)
+        ObservingProgram.objects.bulk_update(
+            programs.values(),
+            ["state", "state_changed_at", "updated_at", "priority", "queued_at", "claimed_by", "claimed_at"],
+            batch_size=UPDATE_BATCH,
+        )
+        OutboxEvent.objects.bulk_create([_event_for(t) for t in transitions], batch_size=UPDATE_BATCH)
+        transaction.on_commit(kick_event_relay, robust=True)
+    return transitions
+
+
+def _states_before_error(program_ids: list[int]) -> dict[int, str]:
+    if not program_ids:
+        return {}
+    rows = (
+        Transition.objects.filter(program_id__in=program_ids, to_state=State.ERROR)
+        .order_by("program_id", "-at", "-id")
+        .distinct("program_id")
+        .values_list("program_id", "from_state")
+    )
+    return dict(rows)
+
+
+def _apply_side_effects(program: ObservingProgram, current: str, change: Change, user, now: datetime) -> None:
+    """Keep the claim and queue fields in step with the state: claimed iff Working, queued_at iff Queued."""
+    to = change.to_state
+    if to == State.WORKING:
+        program.claimed_by = user
+        program.claimed_at = now
+    elif current == State.WORKING or program.claimed_by_id is not None:
+        program.claimed_by = None
+        program.claimed_at = None
+    if to == State.QUEUED:
+        program.queued_at = now
+        if change.priority is not None:
+            program.priority = change.priority
+    elif to != State.QUEUED:
+        program.queued_at = None
+    program.state = to
+    program.state_changed_at = now
+    program.updated_at = now
+
+
+def _event_for(t: Transition) -> OutboxEvent:
+    return OutboxEvent(
+        created_at=t.at,
+        routing_key=f"l2.program.{t.to_state}",
+        transition=t,
+        payload={
+            "event_id": None,  # filled by the relay with the outbox row's id
+            "program": t.program.instrument_program_execution_id,
+            "program_id": t.program_id,
+            "from": t.from_state or None,
+            "to": t.to_state,
+            "at": t.at.isoformat(),
+            "actor": t.actor,
+            "reason": t.reason,
+            "correction": t.is_correction,
+            "transition_id": t.pk,
+        },
+    )
+
+
+def kick_event_relay() -> None:
+    """Ask a worker to relay the outbox now; beat also relays periodically, so a failure here is harmless."""
+    if not getattr(settings, "EVENT_RELAY_ON_COMMIT", True):
+        return
+    from inversions.tasks import relay_events
+
+    relay_events.apply_async(retry=False, ignore_result=True)
+
+
+# --- Creation ---------------------------------------------------------------------------
+def create_programs(programs: Sequence[ObservingProgram], *, actor: str, reason: str = "found in the metadata store"):
+    """Insert new programs in state Discovered, each with its first history row and event."""
+    if not programs:
+        return []
+    now = timezone.now()
+    with transaction.atomic():
+        for program in programs:
+            program.state = State.DISCOVERED
+            program.state_changed_at = now
+            program.created_at = program.updated_at = now
+        ObservingProgram.objects.bulk_create(programs, batch_size=UPDATE_BATCH)
+        transitions = Transition.objects.bulk_create(
+            [
+                Transition(program=p, from_state="", to_state=State.DISCOVERED, at=now, actor=actor, reason=reason)
+                for p in programs
+            ],
+            batch_size=UPDATE_BATCH,
+        )
+        OutboxEvent.objects.bulk_create([_event_for(t) for t in transitions], batch_size=UPDATE_BATCH)
+        transaction.on_commit(kick_event_relay, robust=True)
+    return list(programs)
+
+
+# --- The verbs --------------------------------------------------------------------------
+def transition(
+    program: ObservingProgram | int,
+    to_state: str,
+    *,
+    actor: str,
+    user=None,
+    reason: str = "",
+    details: dict | None = None,
+    expected_from: Iterable[str] | None = None,
+    priority: int | None = None,
+) -> Transition:
+    pk = program if isinstance(program, int) else program.pk
+    change = Change(
+        pk,
+        to_state,
+        reason=reason,
+        details=details or {},
+        expected_from=tuple(expected_from) if expected_from is not None else None,
+        priority=priority,
+    )
+    [row] = apply([change], actor=actor, user=user)
+    _refresh(program)
+    return row
+
+
+def fail(program, *, step: str, reason: str, actor: str = "worker", details: dict | None = None) -> Transition:
+    """Move a program to Error, recording which step failed and why."""
+    return transition(
+        program, State.ERROR, actor=actor, reason=reason, details={"step": step, **(details or {})}
+    )
+
+
+def retry(program, *, user=None, actor: str | None = None, reason: str = "retry") -> Transition:
+    """Error → the state before the failed step."""
+    pk = program if isinstance(program, int) else program.pk
+    with transaction.atomic():
+        locked = ObservingProgram.objects.select_for_update().get(pk=pk)
+        if locked.state != State.ERROR:
+            raise StateChanged(locked, [State.ERROR], locked.state)
+        target = _states_before_error([pk]).get(pk)
+        if target is None:
+            raise IllegalTransition(locked, State.ERROR, "?", "no failed step recorded")
+        row = transition(locked, target, actor=actor or _name(user), user=user, reason=reason)
+    _refresh(program)
+    return row
+
+
+def correct(program, to_state: str, *, user, reason: str) -> Transition:
+    """An admin's correction: any state, mandatory reason, flagged in the history."""
+    if not reason or not reason.strip():
+        raise LifecycleError("A correction needs a reason.")
+    pk = program if isinstance(program, int) else program.pk
+    [row] = apply([Change(pk, to_state, reason=reason.strip())], actor=_name(user), user=user, correction=True)
+    _refresh(program)
+    return row
+
+
+def claim(program, *, user, reason: str = "claimed") -> Transition:
+    """A science user takes a Preprocessed or Queued program to work on it."""
+    return transition(
+        program,
+        State.WORKING,
+        actor=_name(user),
+        user=user,
+        reason=reason,
+        expected_from=(State.PREPROCESSED, State.QUEUED),
+    )
+
+
+def claim_next(*, user) -> ObservingProgram | None:
+    """Claim the top available program: the queue (priority, then age), then Preprocessed by age.
+
+    ``FOR UPDATE SKIP LOCKED`` makes concurrent callers take different programs.
+    """
+    with transaction.atomic():
+        candidate = (
+            ObservingProgram.objects.select_for_update(skip_locked=True)
+            .filter(state=State.QUEUED)
+            .order_by("-priority", "queued_at", "id")
+            .first()
+        ) or (
+            ObservingProgram.objects.select_for_update(skip_locked=True)
+            .filter(state=State.PREPROCESSED)
+            .order_by("state_changed_at", "id")
+            .first()
+        )
+        if candidate is None:
+            return None
+        claim(candidate, user=user, reason="picked next")
+    return candidate
+
+
+def release(program, *, user, to_state: str = State.PREPROCESSED, reason: str = "claim released") -> Transition:
+    if to_state not in (State.PREPROCESSED, State.QUEUED):
+        raise LifecycleError("A claim is released to Preprocessed or Queued.")
+    return transition(program, to_state, actor=_name(user), user=user, reason=reason, expected_from=(State.WORKING,))
+
+
+def enqueue(program, *, user, priority: int = 0, reason: str = "work on this next") -> Transition:
+    return transition(
+        program,
+        State.QUEUED,
+        actor=_name(user),
+        user=user,
+        reason=reason,
+        priority=priority,
+        expected_from=(State.PREPROCESSED,),
+    )
+
+
+def dequeue(program, *, user, reason: str = "removed from the queue") -> Transition:
+    return transition(
+        program, State.PREPROCESSED, actor=_name(user), user=user, reason=reason, expected_from=(State.QUEUED,)
+    )
+
+
+def datasets_changed(program_ids: Sequence[int], *, actor: str = "scan") -> list[int]:
+    """Programs whose datasets changed: back to Discovered before Working, flagged from Working on.
+
+    Returns the ids sent back to Discovered (the caller qualifies them again).
+    """
+    if not program_ids:
+        return []
+    with transaction.atomic():
+        programs = list(
+            ObservingProgram.objects.select_for_update().filter(pk__in=program_ids).order_by("pk")
+        )
+        before_error = _states_before_error([p.pk for p in programs if p.state == State.ERROR])
+        back, flagged = [], []
+        for p in programs:
+            if p.state in BEFORE_WORKING - {State.DISCOVERED} or (
+                p.state == State.ERROR and before_error.get(p.pk) in BEFORE_WORKING
+            ):
+                back.append(Change(p.pk, State.DISCOVERED, reason="datasets changed"))
+            elif p.state != State.DISCOVERED:  # Working or later (or failed there): flag only
+                flagged.append(p.pk)
+        apply(back, actor=actor)
+        if flagged:
+            ObservingProgram.objects.filter(pk__in=flagged).update(
+                datasets_changed_at=timezone.now(), updated_at=timezone.now()
+            )
+    return [c.program_id for c in back]
+
+
+def _name(user) -> str:
+    return user.get_username() if user is not None else "system"
+
+
+def _refresh(program) -> None:
+    if isinstance(program, ObservingProgram) and program.pk:
+        program.refresh_from_db()

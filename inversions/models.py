@@ -1,0 +1,163 @@
+"""The Observing Program record, its datasets, its append-only history and the event outbox.
+
+Nothing here writes ``ObservingProgram.state``: only ``inversions.lifecycle`` does.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from inversions.states import State
+
+
+class ObservingProgram(models.Model):
+    """The datasets sharing one instrumentProgramExecutionId: the unit of work."""
+
+    instrument_program_execution_id = models.CharField(max_length=200, unique=True)
+    observing_program_execution_id = models.CharField(max_length=200, blank=True)
+    primary_proposal_id = models.CharField(max_length=100, db_index=True)
+    primary_experiment_id = models.CharField(max_length=100, blank=True, db_index=True)
+    instrument_name = models.CharField(max_length=50, db_index=True)
+    experiment_description = models.TextField(blank=True)
+
+    # Cached current state: always equal to the to_state of the newest Transition.
+    state = models.CharField(max_length=20, choices=State.choices, default=State.DISCOVERED, editable=False)
+    state_changed_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    # "Work on this next" and the claim (written by the life-cycle module with the state).
+    priority = models.IntegerField(default=0)
+    queued_at = models.DateTimeField(null=True, blank=True, editable=False)
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="claims", editable=False
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # Summaries of the current (not superseded) datasets, written by the scan.
+    spectral_lines = ArrayField(models.CharField(max_length=40), default=list, blank=True)
+    start_time = models.DateTimeField(null=True, blank=True)
+    end_time = models.DateTimeField(null=True, blank=True)
+    newest_create_date = models.DateTimeField(null=True, blank=True)
+    settles_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    dataset_count = models.PositiveIntegerField(default=0)
+    # Set when datasets change once the program is Working or later (DESIGN §4).
+    datasets_changed_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+
+    class Meta:
+        ordering = ["-start_time", "instrument_program_execution_id"]
+        indexes = [
+            models.Index(fields=["state", "-start_time"], name="program_state_start"),
+            models.Index(fields=["instrument_name", "state"], name="program_instrument_state"),
+            models.Index(fields=["-start_time"], name="program_start"),
+            models.Index(fields=["-state_changed_at"], name="program_state_changed"),
+            models.Index(
+                fields=["-priority", "queued_at", "id"], name="program_queue", condition=Q(state=State.QUEUED)
+            ),
+            models.Index(fields=["claimed_at"], name="program_claims", condition=Q(state=State.WORKING)),
+            GinIndex(fields=["spectral_lines"], name="program_lines"),
+        ]
+
+    def __str__(self) -> str:
+        return self.instrument_program_execution_id
+
+    @property
+    def state_label(self) -> str:
+        return State(self.state).label
+
+
+class Dataset(models.Model):
+    """One metadata-store record (for ViSP, one spectrograph arm's frames)."""
+
+    dataset_id = models.CharField(max_length=64, unique=True)
+    product_id = models.CharField(max_length=64, null=True, blank=True, db_index=True)
+    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="datasets")
+
+    primary_proposal_id = models.CharField(max_length=100)
+    primary_experiment_id = models.CharField(max_length=100, blank=True)
+    observing_program_execution_id = models.CharField(max_length=200, blank=True)
+    instrument_program_execution_id = models.CharField(max_length=200)
+    instrument_name = models.CharField(max_length=50)
+    create_date = models.DateTimeField()
+    update_date = models.DateTimeField(db_index=True)
+    start_time = models.DateTimeField(null=True, blank=True)
+    end_time = models.DateTimeField(null=True, blank=True)
+    wavelength_min = models.FloatField(null=True, blank=True)
+    wavelength_max = models.FloatField(null=True, blank=True)
+    stokes_parameters = models.CharField(max_length=8, blank=True)
+    spectral_lines = ArrayField(models.CharField(max_length=40), null=True, blank=True)
+    bounding_box = models.JSONField(null=True, blank=True, help_text="[[x1, y1], [x2, y2]] in arcsec")
+    frame_count = models.PositiveIntegerField(null=True, blank=True)
+    health = models.JSONField(null=True, blank=True)
+    gos_status = models.JSONField(null=True, blank=True)
+    ao_locked = models.IntegerField(null=True, blank=True)
+    light_level = models.JSONField(null=True, blank=True)
+    fried_parameter = models.JSONField(null=True, blank=True)
+    exposure_time = models.FloatField(null=True, blank=True)
+    bucket = models.CharField(max_length=100, blank=True)
+    browse_movie_url = models.CharField(max_length=500, blank=True)
+    is_embargoed = models.BooleanField(null=True, blank=True)
+    embargo_end_date = models.DateTimeField(null=True, blank=True)
+    experiment_description = models.TextField(blank=True)
+
+    raw = models.JSONField(help_text="The record exactly as the metadata store sent it")
+    superseded = models.BooleanField(default=False)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["program_id", "wavelength_min", "dataset_id"]
+        indexes = [models.Index(fields=["program", "superseded"], name="dataset_program_current")]
+
+    def __str__(self) -> str:
+        return self.dataset_id
+
+
+class Transition(models.Model):
+    """One row of a program's history. Append-only: PostgreSQL refuses UPDATE and DELETE."""
+
+    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="transitions")
+    from_state = models.CharField(max_length=20, blank=True)  # "" for the program's creation
+    to_state = models.CharField(max_length=20, choices=State.choices)
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=150, help_text="user name, or a component: scan, worker, api …")
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    is_correction = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["program_id", "at", "id"]
+        indexes = [
+            models.Index(fields=["program", "-at", "-id"], name="transition_program_at"),
+            models.Index(fields=["to_state", "-at"], name="transition_to_state_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.program_id}: {self.from_state or '∅'} → {self.to_state}"
+
+
+class OutboxEvent(models.Model):
+    """An event written with its transition, relayed to the event bus afterwards (DESIGN §10)."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    routing_key = models.CharField(max_length=100)
+    payload = models.JSONField()
+    transition = models.OneToOneField(Transition, null=True, blank=True, on_delete=models.PROTECT, related_name="event")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["id"], name="outbox_unsent", condition=Q(sent_at__isnull=True))]
+
+    def __str__(self) -> str:
+        return f"{self.routing_key} #{self.pk}"

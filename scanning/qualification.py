@@ -1,0 +1,466 @@
+"""Qualification of an Observing Program: is it invertible? (DESIGN §6)
+
+Plain Python (no Django). :func:`qualify` takes the *current* (non-superseded) datasets of
+one program and returns a :class:`QualificationReport`: one entry per rule with pass/fail,
+the measured value, the limit and a readable reason, plus warnings that do not disqualify.
+``report.to_dict()`` is JSON-safe and goes into the transition's details.
+
+Only ViSP qualifies (instrument names compared case-insensitively with
+``Thresholds.supported_instruments``); any other instrument is Not Invertible with the
+single reason ``"<instrument> not supported"``. For ViSP every rule must pass:
+
+==========  ==========================================================================
+On disk     every corner of every dataset's bounding box lies strictly inside the Sun's
+            apparent radius on that dataset's start date (:func:`apparent_solar_radius_arcsec`)
+Fe I 630    at least one dataset covers ``Thresholds.required_line`` ("Fe I 630.15"),
+            by :func:`scanning.records.lines_of`
+Stokes      every dataset has Stokes I, Q, U and V
+Health      per dataset ``health.good / frameCount >= health_min``
+GOS         per dataset ``gosStatus.open == frameCount``
+AO          per dataset ``aoLocked / frameCount >= ao_min``
+==========  ==========================================================================
+
+Per-dataset rules report the worst dataset (its value and ``dataset_id``). A dataset
+without the data a rule needs fails that rule with the reason ``"no <field> data"``
+(``dataset_id`` names it). In ``health`` / ``gosStatus`` a null member counts as 0; an
+object whose members are all null counts as no data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from typing import Any
+
+from scanning.records import DatasetRecord, has_line_data, lines_of
+
+__all__ = [
+    "DEFAULT_LINE_WINDOWS",
+    "RULE_AO",
+    "RULE_FE_I_630",
+    "RULE_GOS",
+    "RULE_HEALTH",
+    "RULE_INSTRUMENT",
+    "RULE_NAMES",
+    "RULE_ON_DISK",
+    "RULE_STOKES",
+    "LineWindow",
+    "QualificationReport",
+    "QualificationWarning",
+    "RuleResult",
+    "Thresholds",
+    "apparent_solar_radius_arcsec",
+    "qualify",
+]
+
+RULE_ON_DISK = "On disk"
+RULE_FE_I_630 = "Fe I 630"
+RULE_STOKES = "Stokes"
+RULE_HEALTH = "Health"
+RULE_GOS = "GOS"
+RULE_AO = "AO"
+RULE_NAMES = (RULE_ON_DISK, RULE_FE_I_630, RULE_STOKES, RULE_HEALTH, RULE_GOS, RULE_AO)
+RULE_INSTRUMENT = "Instrument"  # only reported when the instrument is not supported
+
+WARN_CA_II_ABSENT = "ca_ii_854_absent"
+WARN_RANGE_NARROW = "range_too_narrow"
+WARN_FRIED_LOW = "fried_low"
+WARN_FRIED_MISSING = "fried_missing"
+
+
+@dataclass(frozen=True)
+class LineWindow:
+    """The wavelength window a dataset covering one of ``lines`` should span.
+
+    ``midpoint_nm ± half_width_nm``: a dataset whose lines include one of ``lines`` gets a
+    ``range_too_narrow`` warning unless ``wavelengthMin <= midpoint - half_width`` and
+    ``wavelengthMax >= midpoint + half_width``.
+    """
+
+    name: str
+    midpoint_nm: float
+    half_width_nm: float
+    lines: tuple[str, ...]
+
+    @property
+    def low_nm(self) -> float:
+        return self.midpoint_nm - self.half_width_nm
+
+    @property
+    def high_nm(self) -> float:
+        return self.midpoint_nm + self.half_width_nm
+
+
+DEFAULT_LINE_WINDOWS: tuple[LineWindow, ...] = (
+    LineWindow("Fe I 630", 630.3, 0.5, ("Fe I 630.15", "Fe I 630.25")),
+    LineWindow("Ca II 854", 854.2, 1.0, ("Ca II 854.21",)),
+    LineWindow("Na I D", 589.3, 1.0, ("Na I D1 589.59", "Na I D2 589.00")),
+)
+
+
+@dataclass
+class Thresholds:
+    """Limits of the rules and warnings (filled from Django settings by the caller)."""
+
+    health_min: float = 0.75
+    ao_min: float = 0.75
+    fried_amber: float = 0.07  # m; Fried-parameter median below this: amber warning
+    fried_red: float = 0.05  # m; below this: red warning
+    line_tolerance_nm: float = 0.5  # line inference from the wavelength range
+    required_line: str = "Fe I 630.15"
+    chromospheric_line: str = "Ca II 854.21"
+    supported_instruments: tuple[str, ...] = ("VISP",)
+    line_windows: tuple[LineWindow, ...] = DEFAULT_LINE_WINDOWS
+
+
+@dataclass
+class RuleResult:
+    """One checklist entry. ``value`` is the measured value (JSON-safe)."""
+
+    name: str
+    passed: bool
+    value: Any
+    reason: str
+    limit: Any = None
+    dataset_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "value": self.value,
+            "limit": self.limit,
+            "reason": self.reason,
+            "dataset_id": self.dataset_id,
+        }
+
+
+@dataclass
+class QualificationWarning:
+    """A finding that does not disqualify. ``level`` is ``'amber'``, ``'red'`` or ``'info'``."""
+
+    code: str
+    level: str
+    message: str
+    dataset_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "level": self.level,
+            "message": self.message,
+            "dataset_id": self.dataset_id,
+        }
+
+
+@dataclass
+class QualificationReport:
+    """The outcome of :func:`qualify`."""
+
+    invertible: bool
+    instrument: str | None
+    rules: list[RuleResult]
+    warnings: list[QualificationWarning] = field(default_factory=list)
+    dataset_ids: list[str] = field(default_factory=list)
+
+    @property
+    def failed_rules(self) -> list[str]:
+        return [rule.name for rule in self.rules if not rule.passed]
+
+    @property
+    def reason(self) -> str:
+        """One line for the transition: the failing rules' reasons, or that all passed."""
+        failed = [f"{rule.name}: {rule.reason}" for rule in self.rules if not rule.passed]
+        if not failed:
+            return "all qualification rules passed"
+        if len(failed) == 1 and self.rules[0].name == RULE_INSTRUMENT:
+            return self.rules[0].reason
+        return "; ".join(failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "invertible": self.invertible,
+            "instrument": self.instrument,
+            "reason": self.reason,
+            "rules": [rule.to_dict() for rule in self.rules],
+            "warnings": [warning.to_dict() for warning in self.warnings],
+            "dataset_ids": list(self.dataset_ids),
+        }
+
+
+# --------------------------------------------------------------------------- solar radius
+
+
+def apparent_solar_radius_arcsec(when: datetime | date) -> float:
+    """Apparent radius of the Sun seen from the Earth's centre on ``when``'s UTC date, in arcsec.
+
+    ``arcsin(R_sun / d)`` with ``d`` the Earth–Sun distance from astropy's built-in
+    ephemeris (ERFA ``epv00``) at 12:00 UTC of that date, ``R_sun`` the IAU nominal solar
+    radius. Works offline: no IERS table or ephemeris is downloaded. Cached per date.
+    """
+    if isinstance(when, datetime):
+        day = (when.astimezone(UTC) if when.tzinfo is not None else when).date()
+    elif isinstance(when, date):
+        day = when
+    else:
+        raise TypeError(f"when must be a datetime or a date, got {type(when).__name__}")
+    return _radius_on(day)
+
+
+@lru_cache(maxsize=8192)
+def _radius_on(day: date) -> float:
+    import astropy.units as u
+    from astropy.constants import R_sun
+    from astropy.coordinates import get_body_barycentric, solar_system_ephemeris
+    from astropy.time import Time
+    from astropy.utils import data as astropy_data
+    from astropy.utils import iers
+
+    with (
+        iers.conf.set_temp("auto_download", False),
+        astropy_data.conf.set_temp("allow_internet", False),
+        solar_system_ephemeris.set("builtin"),
+    ):
+        when = Time(f"{day.isoformat()}T12:00:00", scale="utc")
+        distance = (get_body_barycentric("earth", when) - get_body_barycentric("sun", when)).norm()
+    ratio = (R_sun / distance).to_value(u.one)
+    return math.degrees(math.asin(ratio)) * 3600.0
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _by_id(records: Sequence[DatasetRecord]) -> list[DatasetRecord]:
+    return sorted(records, key=lambda r: r.dataset_id)
+
+
+def _more(count: int) -> str:
+    return "" if count <= 1 else f" ({count} datasets fail)"
+
+
+def _on_disk_rule(records: list[DatasetRecord]) -> RuleResult:
+    for rec in records:
+        if rec.bounding_box is None:
+            return RuleResult(RULE_ON_DISK, False, None, "no boundingBox data", dataset_id=rec.dataset_id)
+        if rec.start_time is None:
+            return RuleResult(RULE_ON_DISK, False, None, "no startTime data", dataset_id=rec.dataset_id)
+    measured = []  # (fraction of the radius, dataset id, farthest corner, radius, date)
+    for rec in records:
+        (x1, y1), (x2, y2) = rec.bounding_box  # type: ignore[misc]
+        farthest = max(math.hypot(x, y) for x in (x1, x2) for y in (y1, y2))
+        radius = apparent_solar_radius_arcsec(rec.start_time)  # type: ignore[arg-type]
+        measured.append((farthest / radius, rec.dataset_id, farthest, radius, rec.start_time.date()))  # type: ignore[union-attr]
+    worst = max(measured, key=lambda m: (m[0], m[1]))
+    _, dataset_id, farthest, radius, day = worst
+    failing = sum(1 for m in measured if m[2] >= m[3])
+    if failing:
+        reason = (
+            f"{dataset_id}: a bounding-box corner lies {farthest:.1f}″ from disc centre, "
+            f"outside the solar radius {radius:.1f}″ on {day.isoformat()}{_more(failing)}"
+        )
+    else:
+        reason = (
+            f"every bounding-box corner lies on the disc (farthest {farthest:.1f}″ in "
+            f"{dataset_id}; solar radius {radius:.1f}″ on {day.isoformat()})"
+        )
+    return RuleResult(
+        RULE_ON_DISK, failing == 0, round(farthest, 2), reason, round(radius, 2), dataset_id
+    )
+
+
+def _fe_rule(records: list[DatasetRecord], t: Thresholds) -> RuleResult:
+    line = t.required_line
+    covering = [r.dataset_id for r in records if line in lines_of(r, t.line_tolerance_nm)]
+    if covering:
+        return RuleResult(
+            RULE_FE_I_630, True, covering, f"{line} covered by {', '.join(covering)}", line, covering[0]
+        )
+    lacking = [r.dataset_id for r in records if not has_line_data(r)]
+    if lacking:
+        return RuleResult(RULE_FE_I_630, False, [], "no spectralLines data", line, lacking[0])
+    found = sorted({name for r in records for name in lines_of(r, t.line_tolerance_nm)})
+    reason = f"no dataset covers {line} (lines found: {', '.join(found) or 'none'})"
+    return RuleResult(RULE_FE_I_630, False, [], reason, line)
+
+
+def _stokes_rule(records: list[DatasetRecord]) -> RuleResult:
+    for rec in records:
+        if not rec.stokes_parameters:
+            return RuleResult(RULE_STOKES, False, None, "no stokesParameters data", "IQUV", rec.dataset_id)
+    lacking = [r for r in records if not set("IQUV") <= set(r.stokes_parameters.upper())]  # type: ignore[union-attr]
+    if lacking:
+        first = lacking[0]
+        reason = (
+            f"{first.dataset_id} has Stokes {first.stokes_parameters}, not IQUV "
+            f"({len(lacking)} of {len(records)} datasets lack full Stokes)"
+        )
+        return RuleResult(RULE_STOKES, False, first.stokes_parameters, reason, "IQUV", first.dataset_id)
+    return RuleResult(RULE_STOKES, True, "IQUV", "every dataset has Stokes IQUV", "IQUV", records[0].dataset_id)
+
+
+def _count_member(counts: dict[str, int | None] | None, member: str) -> int | None:
+    """``counts[member]`` with null as 0; None when there is no count at all."""
+    if counts is None or all(v is None for v in counts.values()):
+        return None
+    return counts.get(member) or 0
+
+
+def _frame_rule(
+    name: str,
+    field_name: str,
+    records: list[DatasetRecord],
+    count_of: Callable[[DatasetRecord], int | None],
+    passes: Callable[[int, int], bool],
+    limit: Any,
+    passed_text: str,
+    failed_text: Callable[[int, int, float], str],
+) -> RuleResult:
+    """A per-dataset rule on ``count / frameCount``; reports the worst dataset."""
+    for rec in records:
+        if count_of(rec) is None:
+            return RuleResult(name, False, None, f"no {field_name} data", limit, rec.dataset_id)
+    for rec in records:
+        if rec.frame_count == 0:
+            return RuleResult(name, False, None, "frameCount is 0", limit, rec.dataset_id)
+    measured = []  # (passes, fraction, dataset id, count, frames)
+    for rec in records:
+        count = count_of(rec)
+        assert count is not None
+        fraction = count / rec.frame_count
+        measured.append((passes(count, rec.frame_count), fraction, rec.dataset_id, count, rec.frame_count))
+    _, fraction, dataset_id, count, frames = min(measured, key=lambda m: (m[0], m[1], m[2]))
+    failing = sum(1 for m in measured if not m[0])
+    if failing:
+        reason = f"{dataset_id}: {failed_text(count, frames, fraction)}{_more(failing)}"
+    else:
+        reason = f"{passed_text} (lowest {dataset_id}: {count}/{frames} = {fraction:.3f})"
+    return RuleResult(name, failing == 0, round(fraction, 4), reason, limit, dataset_id)
+
+
+def _health_rule(records: list[DatasetRecord], t: Thresholds) -> RuleResult:
+    return _frame_rule(
+        RULE_HEALTH, "health", records,
+        count_of=lambda r: _count_member(r.health, "good"),
+        passes=lambda n, frames: n / frames >= t.health_min,
+        limit=t.health_min,
+        passed_text=f"good frames ≥ {t.health_min:g} of frameCount in every dataset",
+        failed_text=lambda n, frames, f: f"{n} of {frames} frames good = {f:.3f} < {t.health_min:g}",
+    )
+
+
+def _gos_rule(records: list[DatasetRecord]) -> RuleResult:
+    return _frame_rule(
+        RULE_GOS, "gosStatus", records,
+        count_of=lambda r: _count_member(r.gos_status, "open"),
+        passes=lambda n, frames: n == frames,
+        limit=1.0,
+        passed_text="GOS open in every frame of every dataset",
+        failed_text=lambda n, frames, f: f"GOS open in {n} of {frames} frames, not all",
+    )
+
+
+def _ao_rule(records: list[DatasetRecord], t: Thresholds) -> RuleResult:
+    return _frame_rule(
+        RULE_AO, "aoLocked", records,
+        count_of=lambda r: r.ao_locked,
+        passes=lambda n, frames: n / frames >= t.ao_min,
+        limit=t.ao_min,
+        passed_text=f"AO locked ≥ {t.ao_min:g} of frameCount in every dataset",
+        failed_text=lambda n, frames, f: f"AO locked in {n} of {frames} frames = {f:.3f} < {t.ao_min:g}",
+    )
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def _warnings(records: list[DatasetRecord], t: Thresholds) -> list[QualificationWarning]:
+    found: list[QualificationWarning] = []
+    lines = {r.dataset_id: lines_of(r, t.line_tolerance_nm) for r in records}
+
+    if not any(t.chromospheric_line in names for names in lines.values()):
+        found.append(QualificationWarning(
+            WARN_CA_II_ABSENT, "amber", f"no dataset covers {t.chromospheric_line}",
+        ))
+
+    eps = 1e-9
+    for rec in records:
+        if rec.wavelength_min is None or rec.wavelength_max is None:
+            continue
+        for window in t.line_windows:
+            if not any(name in lines[rec.dataset_id] for name in window.lines):
+                continue
+            if rec.wavelength_min > window.low_nm + eps or rec.wavelength_max < window.high_nm - eps:
+                found.append(QualificationWarning(
+                    WARN_RANGE_NARROW, "amber",
+                    f"{rec.dataset_id}: wavelength range {rec.wavelength_min:.2f}–"
+                    f"{rec.wavelength_max:.2f} nm does not span the {window.name} window "
+                    f"{window.low_nm:.2f}–{window.high_nm:.2f} nm",
+                    rec.dataset_id,
+                ))
+
+    medians = [
+        (r.fried_parameter["med"], r.dataset_id)
+        for r in records
+        if r.fried_parameter is not None and r.fried_parameter.get("med") is not None
+    ]
+    missing = [r.dataset_id for r in records if (r.fried_parameter or {}).get("med") is None]
+    if medians:
+        median, dataset_id = min(medians)
+        level, limit = (
+            ("red", t.fried_red) if median < t.fried_red
+            else ("amber", t.fried_amber) if median < t.fried_amber
+            else (None, None)
+        )
+        if level is not None:
+            below = sum(1 for m, _ in medians if m < limit)  # type: ignore[operator]
+            found.append(QualificationWarning(
+                WARN_FRIED_LOW, level,
+                f"Fried parameter median {median:.3f} m in {dataset_id} is below {limit:g} m"
+                + ("" if below <= 1 else f" ({below} datasets below)"),
+                dataset_id,
+            ))
+    if missing:
+        found.append(QualificationWarning(
+            WARN_FRIED_MISSING, "info",
+            f"no friedParameter data for {', '.join(missing)}", missing[0],
+        ))
+    return found
+
+
+# --------------------------------------------------------------------------- qualify
+
+
+def qualify(records: Sequence[DatasetRecord], thresholds: Thresholds) -> QualificationReport:
+    """Qualify one program from its current datasets (the caller drops superseded ones)."""
+    ordered = _by_id(records)
+    ids = [r.dataset_id for r in ordered]
+    if not ordered:
+        return QualificationReport(
+            False, None, [RuleResult("Datasets", False, 0, "no datasets")], [], ids
+        )
+    instruments = sorted({r.instrument_name.strip() for r in ordered})
+    if len({name.upper() for name in instruments}) > 1:
+        reason = f"mixed instruments: {', '.join(instruments)}"
+        return QualificationReport(
+            False, None, [RuleResult(RULE_INSTRUMENT, False, instruments, reason)], [], ids
+        )
+    instrument = instruments[0]
+    supported = {name.strip().upper() for name in thresholds.supported_instruments}
+    if instrument.strip().upper() not in supported:
+        rule = RuleResult(RULE_INSTRUMENT, False, instrument, f"{instrument} not supported")
+        return QualificationReport(False, instrument, [rule], [], ids)
+
+    rules = [
+        _on_disk_rule(ordered),
+        _fe_rule(ordered, thresholds),
+        _stokes_rule(ordered),
+        _health_rule(ordered, thresholds),
+        _gos_rule(ordered),
+        _ao_rule(ordered, thresholds),
+    ]
+    return QualificationReport(
+        all(rule.passed for rule in rules), instrument, rules, _warnings(ordered, thresholds), ids
+    )

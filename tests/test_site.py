@@ -1,0 +1,164 @@
+"""Login everywhere, roles on the server, API tokens, health probes, management commands."""
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from inversions.states import State
+from publishing.models import ApiToken
+
+PAGES = ["overview", "program-list"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", PAGES)
+def test_pages_redirect_to_login_when_logged_out(client, name):
+    response = client.get(reverse(name))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+@pytest.mark.django_db
+def test_program_page_and_actions_need_login(client, make_program):
+    program = make_program(State.PREPROCESSED)
+    url = reverse("program-detail", args=[program.instrument_program_execution_id])
+    assert client.get(url).status_code == 302
+    assert client.post(reverse("program-claim", args=[program.instrument_program_execution_id])).status_code == 302
+    program.refresh_from_db()
+    assert program.state == State.PREPROCESSED
+
+
+@pytest.mark.django_db
+def test_logged_in_pages_render(client, scientist, make_program):
+    program = make_program(State.PREPROCESSED)
+    client.force_login(scientist)
+    for url in [reverse("overview"), reverse("program-list"), reverse("program-detail", args=[str(program)])]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert str(program) in client.get(reverse("program-list")).content.decode()
+
+
+@pytest.mark.django_db
+def test_a_user_outside_science_cannot_claim(client, operator, make_program):
+    program = make_program(State.PREPROCESSED)
+    client.force_login(operator)
+    response = client.post(reverse("program-claim", args=[str(program)]))
+    assert response.status_code == 403
+    program.refresh_from_db()
+    assert program.state == State.PREPROCESSED and program.transitions.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_science_user_claims_and_releases(client, scientist, make_program):
+    program = make_program(State.PREPROCESSED)
+    client.force_login(scientist)
+    assert client.post(reverse("program-claim", args=[str(program)])).status_code == 302
+    program.refresh_from_db()
+    assert program.state == State.WORKING and program.claimed_by == scientist
+    client.post(reverse("program-release", args=[str(program)]))
+    program.refresh_from_db()
+    assert program.state == State.PREPROCESSED and program.claimed_by is None
+
+
+@pytest.mark.django_db
+def test_api_tokens_work_and_can_be_revoked(client, make_user, make_program):
+    make_program(State.INVERTIBLE, ipeid="id.api.1")
+    robot = make_user("blanca", "science")
+    token, raw = ApiToken.issue(name="blanca-cluster", user=robot)
+    assert token.key_hash != raw and raw not in token.key_hash  # stored hashed
+    url = reverse("api-programs")
+    assert client.get(url).status_code == 401
+    ok = client.get(url, HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert ok.status_code == 200
+    assert [p["instrumentProgramExecutionId"] for p in ok.json()["results"]] == ["id.api.1"]
+    assert client.get(url, HTTP_AUTHORIZATION="Bearer l2t_not-a-token").status_code == 401
+    token.revoke()
+    assert client.get(url, HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 401
+
+
+@pytest.mark.django_db
+def test_api_token_command_creates_and_revokes(make_user, capsys):
+    make_user("blanca", "science")
+    call_command("api_token", "create", "blanca-cluster", "--user", "blanca")
+    raw = capsys.readouterr().out.strip().splitlines()[-1]
+    token = ApiToken.objects.get()
+    assert ApiToken.authenticate(raw) == token
+    call_command("api_token", "revoke", str(token.pk))
+    assert ApiToken.authenticate(raw) is None
+
+
+@pytest.mark.django_db
+def test_create_l2_user_puts_users_in_groups(capsys, django_user_model):
+    call_command("create_l2_user", "newbie", "--group", "science", "--group", "operators")
+    out = capsys.readouterr().out
+    user = django_user_model.objects.get(username="newbie")
+    assert sorted(user.groups.values_list("name", flat=True)) == ["operators", "science"]
+    password = out.split("password: ")[1].strip()
+    assert user.check_password(password)
+
+
+def test_healthz_is_open_and_says_nothing_secret(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_checks_database_and_broker(client, settings):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.content
+    assert response.json() == {"status": "ready", "database": "ok", "broker": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_when_the_broker_is_down(client, settings):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["broker"] == "unreachable" and body["database"] == "ok"
+    assert "redis://" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_admin_correction_action_records_a_flagged_transition(client, admin_user, make_program):
+    program = make_program(State.NOT_INVERTIBLE)
+    client.force_login(admin_user)
+    url = reverse("admin:inversions_observingprogram_changelist")
+    response = client.post(
+        url,
+        {"action": "correct_state", "_selected_action": [program.pk], "apply": "1", "to_state": State.INVERTIBLE, "reason": "rule fixed"},
+    )
+    assert response.status_code == 302
+    program.refresh_from_db()
+    latest = program.transitions.latest("at", "id")
+    assert program.state == State.INVERTIBLE
+    assert (latest.is_correction, latest.actor, latest.reason) == (True, "ada", "rule fixed")
+
+
+@pytest.mark.django_db
+def test_admin_correction_without_reason_is_refused(client, admin_user, make_program):
+    program = make_program(State.NOT_INVERTIBLE)
+    client.force_login(admin_user)
+    response = client.post(
+        reverse("admin:inversions_observingprogram_changelist"),
+        {"action": "correct_state", "_selected_action": [program.pk], "apply": "1", "to_state": State.INVERTIBLE, "reason": " "},
+    )
+    assert response.status_code == 200 and b"needs a reason" in response.content
+    program.refresh_from_db()
+    assert program.state == State.NOT_INVERTIBLE
+
+
+@pytest.mark.django_db
+def test_admin_cannot_add_change_or_delete_history(client, admin_user, make_program):
+    program = make_program(State.INVERTIBLE)
+    client.force_login(admin_user)
+    row = program.transitions.first()
+    assert client.get(reverse("admin:inversions_transition_add")).status_code == 403
+    assert client.get(reverse("admin:inversions_transition_delete", args=[row.pk])).status_code == 403
+    change = client.post(reverse("admin:inversions_transition_change", args=[row.pk]), {"reason": "x"})
+    assert change.status_code == 403
+    assert client.get(reverse("admin:inversions_transition_change", args=[row.pk])).status_code == 200  # view only
+    page = client.get(reverse("admin:inversions_observingprogram_change", args=[program.pk]))
+    assert page.status_code == 200 and b"Invertible" in page.content  # history inline
