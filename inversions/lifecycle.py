@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from inversions.bulk import bulk_update_values
 from inversions.models import ObservingProgram, OutboxEvent, Transition
 from inversions.states import BEFORE_WORKING, State, allowed_targets, label
 
@@ -110,10 +111,9 @@ def apply(
             )
             _apply_side_effects(program, current, change, user, now)
         Transition.objects.bulk_create(transitions)
-        ObservingProgram.objects.bulk_update(
+        bulk_update_values(
             programs.values(),
             ["state", "state_changed_at", "updated_at", "priority", "queued_at", "claimed_by", "claimed_at"],
-            batch_size=UPDATE_BATCH,
         )
         OutboxEvent.objects.bulk_create([_event_for(t) for t in transitions], batch_size=UPDATE_BATCH)
         transaction.on_commit(kick_event_relay, robust=True)

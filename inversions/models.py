@@ -90,6 +90,8 @@ class Dataset(models.Model):
     wavelength_min = models.FloatField(null=True, blank=True)
     wavelength_max = models.FloatField(null=True, blank=True)
     stokes_parameters = models.CharField(max_length=8, blank=True)
+    # Canonical line names (scanning.records.lines_of): from spectralLines, or inferred from
+    # the wavelength range where the record has none. The record's own list stays in raw.
     spectral_lines = ArrayField(models.CharField(max_length=40), null=True, blank=True)
     bounding_box = models.JSONField(null=True, blank=True, help_text="[[x1, y1], [x2, y2]] in arcsec")
     frame_count = models.PositiveIntegerField(null=True, blank=True)
@@ -106,6 +108,7 @@ class Dataset(models.Model):
     experiment_description = models.TextField(blank=True)
 
     raw = models.JSONField(help_text="The record exactly as the metadata store sent it")
+    raw_hash = models.CharField(max_length=40, editable=False, help_text="SHA-1 of the canonical raw JSON")
     superseded = models.BooleanField(default=False)
     first_seen_at = models.DateTimeField(default=timezone.now)
     changed_at = models.DateTimeField(default=timezone.now)

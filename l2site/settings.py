@@ -190,10 +190,51 @@ EVENT_RELAY_ON_COMMIT = env_bool("EVENT_RELAY_ON_COMMIT", True)
 
 # --- The product ------------------------------------------------------------------------
 L2_STALE_CLAIM_HOURS = env_number("L2_STALE_CLAIM_HOURS", 72.0)
+# Programs per page on the dashboard's program list (and the queue).
+L2_PAGE_SIZE = max(1, int(env_number("L2_PAGE_SIZE", 50, int)))
+
+
+def _collections() -> dict[str, str]:
+    """Globus collection id -> local folder where its files are visible (for result intake)."""
+    import json
+
+    raw = env("L2_COLLECTIONS")
+    if raw is None:
+        return {"science-cluster": str(embedded.var_dir() / "collections" / "science-cluster")}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"L2_COLLECTIONS must be a JSON object, not {raw[:80]!r}") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ImproperlyConfigured('L2_COLLECTIONS must map collection ids to folders: {"id": "/path", ...}')
+    return value
+
+
+# Where the result files reported inverted are read: collection id -> local folder.
+L2_COLLECTIONS = _collections()
+
+# The metadata store (DESIGN §5). `./l2 up` points these at the embedded emulator.
+METADATA_STORE_URL = env("METADATA_STORE_URL", "http://127.0.0.1:8765/graphql")
+METADATA_STORE_TOKEN = env("METADATA_STORE_TOKEN", "")
+METADATA_STORE_TIMEOUT = env_number("METADATA_STORE_TIMEOUT", 60.0)
+METADATA_STORE_MAX_ATTEMPTS = int(env_number("METADATA_STORE_MAX_ATTEMPTS", 5, int))
+METADATA_STORE_BACKOFF_SECONDS = env_number("METADATA_STORE_BACKOFF_SECONDS", 0.5)
+SCAN_PAGE_SIZE = int(env_number("SCAN_PAGE_SIZE", 1000, int))
+SCAN_OVERLAP_MINUTES = env_number("SCAN_OVERLAP_MINUTES", 60.0)
+SCAN_INTERVAL_SECONDS = env_number("SCAN_INTERVAL_SECONDS", 900.0)
+
+# Settling and qualification (DESIGN §5, §6).
+L2_SETTLE_DAYS = env_number("L2_SETTLE_DAYS", 3.0)
+L2_HEALTH_MIN = env_number("L2_HEALTH_MIN", 0.75)
+L2_AO_MIN = env_number("L2_AO_MIN", 0.75)
+L2_FRIED_AMBER = env_number("L2_FRIED_AMBER", 0.07)
+L2_FRIED_RED = env_number("L2_FRIED_RED", 0.05)
+L2_LINE_TOLERANCE_NM = env_number("L2_LINE_TOLERANCE_NM", 0.5)
 
 # What beat runs, created on migrate (name: (task, seconds)); edit intervals in the admin.
 L2_PERIODIC_TASKS = {
     "relay events": ("inversions.relay_events", EVENT_RELAY_INTERVAL_SECONDS),
+    "scan the metadata store": ("scanning.scan_metadata_store", SCAN_INTERVAL_SECONDS),
 }
 L2_API_TOKEN_PREFIX = "l2t_"
 

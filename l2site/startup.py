@@ -2,4 +2,6 @@
 
 Each is a list of arguments to manage.py; a failure is reported and the system starts anyway.
 """
-COMMANDS: list[list[str]] = []
+COMMANDS: list[list[str]] = [
+    ["scan"],  # the first scan, so the dashboard has the real programs at once
+]

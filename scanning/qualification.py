@@ -185,6 +185,7 @@ class QualificationReport:
             "invertible": self.invertible,
             "instrument": self.instrument,
             "reason": self.reason,
+            "failed_rules": self.failed_rules,
             "rules": [rule.to_dict() for rule in self.rules],
             "warnings": [warning.to_dict() for warning in self.warnings],
             "dataset_ids": list(self.dataset_ids),
@@ -242,19 +243,17 @@ def _more(count: int) -> str:
 
 
 def _on_disk_rule(records: list[DatasetRecord]) -> RuleResult:
-    for rec in records:
-        if rec.bounding_box is None:
-            return RuleResult(RULE_ON_DISK, False, None, "no boundingBox data", dataset_id=rec.dataset_id)
-        if rec.start_time is None:
-            return RuleResult(RULE_ON_DISK, False, None, "no startTime data", dataset_id=rec.dataset_id)
     measured = []  # (fraction of the radius, dataset id, farthest corner, radius, date)
     for rec in records:
-        (x1, y1), (x2, y2) = rec.bounding_box  # type: ignore[misc]
+        box, start = rec.bounding_box, rec.start_time
+        if box is None or start is None:
+            missing = "boundingBox" if box is None else "startTime"
+            return RuleResult(RULE_ON_DISK, False, None, f"no {missing} data", dataset_id=rec.dataset_id)
+        (x1, y1), (x2, y2) = box
         farthest = max(math.hypot(x, y) for x in (x1, x2) for y in (y1, y2))
-        radius = apparent_solar_radius_arcsec(rec.start_time)  # type: ignore[arg-type]
-        measured.append((farthest / radius, rec.dataset_id, farthest, radius, rec.start_time.date()))  # type: ignore[union-attr]
-    worst = max(measured, key=lambda m: (m[0], m[1]))
-    _, dataset_id, farthest, radius, day = worst
+        radius = apparent_solar_radius_arcsec(start)
+        measured.append((farthest / radius, rec.dataset_id, farthest, radius, start.date()))
+    _, dataset_id, farthest, radius, day = max(measured, key=lambda m: (m[0], m[1]))
     failing = sum(1 for m in measured if m[2] >= m[3])
     if failing:
         reason = (
@@ -287,18 +286,26 @@ def _fe_rule(records: list[DatasetRecord], t: Thresholds) -> RuleResult:
 
 
 def _stokes_rule(records: list[DatasetRecord]) -> RuleResult:
+    lacking = []
     for rec in records:
         if not rec.stokes_parameters:
-            return RuleResult(RULE_STOKES, False, None, "no stokesParameters data", "IQUV", rec.dataset_id)
-    lacking = [r for r in records if not set("IQUV") <= set(r.stokes_parameters.upper())]  # type: ignore[union-attr]
+            return RuleResult(
+                RULE_STOKES, False, None, "no stokesParameters data", "IQUV", rec.dataset_id
+            )
+        if not set("IQUV") <= set(rec.stokes_parameters.upper()):
+            lacking.append(rec)
     if lacking:
         first = lacking[0]
         reason = (
             f"{first.dataset_id} has Stokes {first.stokes_parameters}, not IQUV "
             f"({len(lacking)} of {len(records)} datasets lack full Stokes)"
         )
-        return RuleResult(RULE_STOKES, False, first.stokes_parameters, reason, "IQUV", first.dataset_id)
-    return RuleResult(RULE_STOKES, True, "IQUV", "every dataset has Stokes IQUV", "IQUV", records[0].dataset_id)
+        return RuleResult(
+            RULE_STOKES, False, first.stokes_parameters, reason, "IQUV", first.dataset_id
+        )
+    return RuleResult(
+        RULE_STOKES, True, "IQUV", "every dataset has Stokes IQUV", "IQUV", records[0].dataset_id
+    )
 
 
 def _count_member(counts: dict[str, int | None] | None, member: str) -> int | None:
@@ -330,7 +337,9 @@ def _frame_rule(
         count = count_of(rec)
         assert count is not None
         fraction = count / rec.frame_count
-        measured.append((passes(count, rec.frame_count), fraction, rec.dataset_id, count, rec.frame_count))
+        measured.append(
+            (passes(count, rec.frame_count), fraction, rec.dataset_id, count, rec.frame_count)
+        )
     _, fraction, dataset_id, count, frames = min(measured, key=lambda m: (m[0], m[1], m[2]))
     failing = sum(1 for m in measured if not m[0])
     if failing:
@@ -347,7 +356,9 @@ def _health_rule(records: list[DatasetRecord], t: Thresholds) -> RuleResult:
         passes=lambda n, frames: n / frames >= t.health_min,
         limit=t.health_min,
         passed_text=f"good frames ≥ {t.health_min:g} of frameCount in every dataset",
-        failed_text=lambda n, frames, f: f"{n} of {frames} frames good = {f:.3f} < {t.health_min:g}",
+        failed_text=lambda n, frames, f: (
+            f"{n} of {frames} frames good = {f:.3f} < {t.health_min:g}"
+        ),
     )
 
 
@@ -369,7 +380,9 @@ def _ao_rule(records: list[DatasetRecord], t: Thresholds) -> RuleResult:
         passes=lambda n, frames: n / frames >= t.ao_min,
         limit=t.ao_min,
         passed_text=f"AO locked ≥ {t.ao_min:g} of frameCount in every dataset",
-        failed_text=lambda n, frames, f: f"AO locked in {n} of {frames} frames = {f:.3f} < {t.ao_min:g}",
+        failed_text=lambda n, frames, f: (
+            f"AO locked in {n} of {frames} frames = {f:.3f} < {t.ao_min:g}"
+        ),
     )
 
 

@@ -456,7 +456,7 @@ def lines_of(rec: DatasetRecord, tolerance_nm: float = 0.5) -> tuple[str, ...]:
     :data:`INFERRED_LINES`: a line is covered when it lies within
     ``[wavelengthMin - tolerance_nm, wavelengthMax + tolerance_nm]``. No range: ``()``.
     """
-    if rec.spectral_lines and False:
+    if rec.spectral_lines:
         return tuple(dict.fromkeys(normalise_line_name(s) for s in rec.spectral_lines))
     if rec.wavelength_min is None or rec.wavelength_max is None:
         return ()

@@ -62,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -151,16 +151,16 @@ def synthesize_records(base: Sequence[Mapping], count: int, *, seed: int = 0,
     """``count`` dataset records cloned from ``base`` with new unique ids and dates.
 
     For benchmarks: every record keeps a real record's shape; ids, execution ids and dates
-    are made unique (about 2.5 datasets per instrument program execution).
+    are made unique (about 2.5 datasets per instrument program execution). Records are
+    shallow copies: nested values (``health``, ``spectralLines`` …) are shared, not copied.
     """
     rng = random.Random(seed)
-    templates = [json.dumps(record) for record in base]  # json round trip: a cheap deep copy
     out: list[dict] = []
     program = 0
     for number in range(count):
         if number == 0 or rng.random() < 0.4:
             program += 1
-        record = json.loads(templates[number % len(templates)])
+        record = dict(base[number % len(base)])
         created = start + timedelta(seconds=number * 37 + rng.random())
         record["datasetId"] = f"SYN{number:07d}"
         record["instrumentProgramExecutionId"] = f"ipe.syn.{program:06d}"
@@ -190,12 +190,12 @@ def parse_store_datetime(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return parsed
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 class FilterError(Exception):
@@ -221,7 +221,7 @@ def _sort_value(value: Any) -> tuple:
     """A total order over whatever a record holds; None and oddities last."""
     if isinstance(value, bool):
         return (1, int(value), "")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int | float):
         return (1, value, "")
     if isinstance(value, str):
         return (2, 0, value)
@@ -466,9 +466,10 @@ class MetadataStore:
             return [records[n] for n in chosen]
 
     def warm(self) -> None:
-        """Build the default order and the ``updateDate`` index now rather than on first use."""
+        """Build the ``createDate`` and ``updateDate`` orders and the ``updateDate`` index now."""
         with self._lock:
             self._order("createDate", False)
+            self._order("updateDate", False)
             self._date_index("updateDate")
 
     def dataset_count(self, params: Mapping[str, Any]) -> int:
@@ -980,7 +981,7 @@ class EmulatorServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
         error = sys.exc_info()[1]
-        if isinstance(error, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)):
+        if isinstance(error, BrokenPipeError | ConnectionResetError | ConnectionAbortedError | TimeoutError):
             return  # the client went away (e.g. it timed out during a "delay" fault)
         super().handle_error(request, client_address)
 

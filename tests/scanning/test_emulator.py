@@ -168,7 +168,8 @@ def test_experiment_descriptions(metadata_store, fixture_experiments):
     assert got == fixture_experiments
     one = post(metadata_store, '{ experimentDescriptions(filterParams: {experimentId: "eid_1_118"}) '
                                '{ experimentId experimentDescriptionId } }').json()["data"]["experimentDescriptions"]
-    assert len(one) == 1 and one[0]["experimentId"] == "eid_1_118" and isinstance(one[0]["experimentDescriptionId"], int)
+    assert len(one) == 1 and one[0]["experimentId"] == "eid_1_118"
+    assert isinstance(one[0]["experimentDescriptionId"], int)
 
 
 # ------------------------------------------------------------------ raw records
@@ -186,7 +187,8 @@ GARBAGE = [
 def test_malformed_records_are_served_as_stored():
     server = make_server(files=FIXTURE_FILES[:1], records=GARBAGE, token=None).start()
     try:
-        query = "{ datasetInventories { datasetId frameCount updateDate health primaryProposalId productId wavelengthMin } }"
+        query = ("{ datasetInventories { datasetId frameCount updateDate health primaryProposalId productId "
+                 "wavelengthMin } }")
         body = post(server, query, token=None).json()
         assert "errors" not in body
         items = body["data"]["datasetInventories"]
@@ -213,7 +215,8 @@ def test_malformed_records_are_served_as_stored():
 
 def test_records_can_be_changed_over_http(metadata_store, fixture_records):
     changed = dict(fixture_records[0], updateDate="2030-01-01T00:00:00", frameCount=1)
-    response = requests.post(metadata_store.url + "_control/records", json={"records": [changed, {"datasetId": "NEW1"}]},
+    response = requests.post(metadata_store.url + "_control/records",
+                             json={"records": [changed, {"datasetId": "NEW1"}]},
                              headers={"Authorization": TOKEN}, timeout=5)
     assert response.status_code == 200 and response.json()["records"] == 509
     got = datasets(metadata_store, updateDateMin="2029-12-31T00:00:00")
@@ -268,8 +271,9 @@ def test_inversions_can_be_deleted_outside_the_schema(metadata_store):
     assert metadata_store.store.delete_l2_inversion("inv-001") is False
     post(metadata_store, CREATE, {"p": INVERSION})
     url = metadata_store.url + "_control/l2inversions/delete"
-    assert requests.post(url, json={"inversionId": "inv-001"}, headers={"Authorization": TOKEN}, timeout=5).json() == {"deleted": True}
-    assert requests.post(url, json={"inversionId": "inv-001"}, headers={"Authorization": TOKEN}, timeout=5).status_code == 404
+    headers = {"Authorization": TOKEN}
+    assert requests.post(url, json={"inversionId": "inv-001"}, headers=headers, timeout=5).json() == {"deleted": True}
+    assert requests.post(url, json={"inversionId": "inv-001"}, headers=headers, timeout=5).status_code == 404
     assert post(metadata_store, "{ l2Inversions { inversionId } }").json()["data"]["l2Inversions"] == []
 
 
@@ -358,6 +362,6 @@ def test_100k_records_page_fast_and_completely():
     # an incremental window: bisect on updateDate, later pages served from the cached match list
     low = "2024-01-01T00:00:00"
     expected = sum(1 for r in records if r["updateDate"] >= low)
-    count = engine.execute("{ datasetInventoriesRecordCount(filterParams: {updateDateMin: \"%s\"}) "
-                           "{ recordCount } }" % low)["data"]["datasetInventoriesRecordCount"]["recordCount"]
+    count = engine.execute(f"{{ datasetInventoriesRecordCount(filterParams: {{updateDateMin: \"{low}\"}}) "
+                           "{ recordCount } }")["data"]["datasetInventoriesRecordCount"]["recordCount"]
     assert count == expected

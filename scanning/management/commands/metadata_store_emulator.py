@@ -14,6 +14,7 @@ from scanning.emulator.server import FIXTURE_FILES, run
 
 class Command(BaseCommand):
     help = "Serve the metadata-store emulator (GraphQL over HTTP) loaded with answer files."
+    requires_system_checks: list[str] = []  # a standalone server: needs neither database nor project checks
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("files", nargs="*", default=[str(p) for p in FIXTURE_FILES],

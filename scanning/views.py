@@ -1,0 +1,118 @@
+"""The scans page: history with counts and bad records, start a scan, watch it run (DESIGN §5, §11)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.db.models import Count
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_POST
+
+from inversions.views import paginate, roles, wants_partial
+from l2site.auth import is_operator, require_role
+from scanning.models import Scan
+
+SCAN_TASK = "scanning.scan_metadata_store"
+#: A scan still "running" after this long is shown as such but no longer blocks a new one.
+RUNNING_BLOCKS_FOR = timedelta(hours=1)
+ERRORS_PER_PAGE = 100
+
+
+def start_scan(*, full: bool, triggered_by: str) -> Scan:
+    """Create the scan row and hand it to a worker (scanning.scan.start_scan, imported when used)."""
+    from scanning.scan import start_scan as start
+
+    return start(full=full, triggered_by=triggered_by)
+
+
+def last_scan() -> Scan | None:
+    return Scan.objects.exclude(status=Scan.Status.RUNNING).order_by("-started_at", "-id").first()
+
+
+def running_scans() -> list[Scan]:
+    return list(Scan.objects.filter(status=Scan.Status.RUNNING).order_by("-started_at", "-id")[:3])
+
+
+def next_scan() -> datetime | None:
+    """When beat runs the periodic scan next (None: not scheduled or disabled)."""
+    try:
+        from django_celery_beat.models import PeriodicTask
+
+        task = (
+            PeriodicTask.objects.filter(task=SCAN_TASK, enabled=True)
+            .select_related("interval", "crontab", "solar", "clocked")
+            .order_by("id")
+            .first()
+        )
+        if task is None:
+            return None
+        now = timezone.now()
+        remaining = task.schedule.remaining_estimate(task.last_run_at or now)
+        return max(now, now + remaining)
+    except Exception:  # a schedule we cannot read must not break the overview
+        return None
+
+
+def _progress_response(request, scan: Scan):
+    response = render(request, "scanning/partials/scan_progress.html", {"scan": scan})
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@require_GET
+def scan_list(request):
+    scans = Scan.objects.order_by("-started_at", "-id").annotate(bad_records=Count("record_errors"))
+    page = paginate(request, scans, settings.L2_PAGE_SIZE)
+    context = {
+        "nav": "scans",
+        "page": page,
+        "running": running_scans(),
+        "next_scan": next_scan(),
+        **roles(request.user),
+    }
+    template = "scanning/partials/scan_table.html" if wants_partial(request) else "scanning/scans.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
+    return response
+
+
+@require_GET
+def scan_detail(request, pk: int):
+    scan = get_object_or_404(Scan, pk=pk)
+    page = paginate(request, scan.record_errors.order_by("id"), ERRORS_PER_PAGE)
+    return render(request, "scanning/scan_detail.html", {"nav": "scans", "scan": scan, "page": page, **roles(request.user)})
+
+
+@require_GET
+def scan_progress(request, pk: int):
+    """The progress partial; it polls itself (every 2 s) only while the scan runs."""
+    return _progress_response(request, get_object_or_404(Scan, pk=pk))
+
+
+@require_POST
+@require_role(is_operator, "Only operators start scans.")
+def scan_start(request):
+    full = request.POST.get("full") in ("1", "on", "true")
+    busy = Scan.objects.filter(status=Scan.Status.RUNNING, started_at__gte=timezone.now() - RUNNING_BLOCKS_FOR).first()
+    if busy is not None:
+        messages.warning(request, f"Scan #{busy.pk} is already running: watch it below.")
+        scan = busy
+    else:
+        try:
+            scan = start_scan(full=full, triggered_by=request.user.get_username())
+        except Exception as exc:  # broker down, scanning unavailable …: say so, change nothing
+            messages.error(request, f"The scan could not be started: {exc}")
+            return _progress_or_redirect(request, None)
+        messages.success(request, f"{'Full' if full else 'Incremental'} scan #{scan.pk} started.")
+    return _progress_or_redirect(request, scan)
+
+
+def _progress_or_redirect(request, scan: Scan | None):
+    if wants_partial(request):
+        response = render(request, "scanning/partials/scan_started.html", {"scan": scan})
+        patch_vary_headers(response, ["HX-Request"])
+        return response
+    return redirect("scan-list")
