@@ -162,3 +162,24 @@ def test_admin_cannot_add_change_or_delete_history(client, admin_user, make_prog
     assert client.get(reverse("admin:inversions_transition_change", args=[row.pk])).status_code == 200  # view only
     page = client.get(reverse("admin:inversions_observingprogram_change", args=[program.pk]))
     assert page.status_code == 200 and b"Invertible" in page.content  # history inline
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("L2_", "DJANGO_SETTINGS", "DEBUG", "EVENT_RELAY"))}
+    env.update(
+        SECRET_KEY=secrets.token_urlsafe(60),
+        ALLOWED_HOSTS="l2.example.org",
+        DJANGO_SETTINGS_MODULE="l2site.settings",
+        DATABASE_URL=os.environ.get("DATABASE_URL") or "postgres://l2@db.invalid:5432/l2",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
