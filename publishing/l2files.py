@@ -23,6 +23,7 @@ lost in a power cut fails the check and is generated again.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -43,10 +44,9 @@ from astropy.io import fits
 
 from inversions.errors import DoNotRetryError, RetryError
 from publishing.results import (
-    DEPTH_AXIS,
     INVERSION_QUANTITIES,
-    SLIT_AXIS,
     STEP_AXIS,
+    WAVELENGTH_AXIS,
     WAVELENGTH_UNIT,
     ResultSet,
     line_centre_nm,
@@ -163,10 +163,7 @@ _DROP_PATTERNS = re.compile(
     r")$"
 )
 #: keys copied into each image HDU so its WCS stands alone (time and observer)
-_WCS_CONTEXT_KEYS = (
-    "DATE-BEG", "DATE-AVG", "DATE-END", "DATEREF", "MJDREF", "TIMESYS", "RSUN_REF", "DSUN_OBS", "HGLN_OBS",
-    "HGLT_OBS", "CRLN_OBS", "CRLT_OBS", "OBSGEO-X", "OBSGEO-Y", "OBSGEO-Z", "SPECSYS", "VELOSYS",
-)
+_WCS_CONTEXT_KEYS = ("DATE-BEG", "DATE-AVG", "TIMESYS", "RSUN_REF", "DSUN_OBS", "HGLN_OBS", "HGLT_OBS", "SPECSYS")
 
 
 def _keep_l1_key(keyword: str) -> bool:
@@ -406,11 +403,39 @@ def _convert(plane: np.ndarray, quantity: Quantity) -> np.ndarray:
     return out
 
 
-def _image_hdu(data: np.ndarray, extname: str, btype: str, bunit: str, wcs: list[tuple],
-               extra: Sequence[tuple] = ()) -> fits.ImageHDU:
-    cards = [("EXTNAME", extname), ("BTYPE", btype, "IVOA UCD1+"),
-             ("BUNIT", bunit, "Unit of the data values"), *extra, *_min_max(data), *wcs]
-    return fits.ImageHDU(data, header=fits.Header(cards))
+@functools.lru_cache(maxsize=8192)
+def _card(*card) -> fits.Card:
+    """A card with its 80-character image formatted once; most cards repeat frame after frame."""
+    out = fits.Card(*card)
+    _ = out.image
+    return out
+
+
+def _cards(cards: Sequence[tuple]) -> list[fits.Card]:
+    return [_card(*card) for card in cards]
+
+
+def _describe(btype: str, bunit: str) -> list[fits.Card]:
+    return _cards([("BTYPE", btype, "IVOA UCD1+"), ("BUNIT", bunit, "Unit of the data values")])
+
+
+#: constant cards of the quantity HDUs (copied into each HDU)
+_QUANTITY_CARDS = [_describe(q.btype, q.bunit) for q in QUANTITIES]
+
+
+def _image_hdu(data: np.ndarray, extname: str, describe: Sequence[fits.Card],
+               wcs: Sequence[fits.Card]) -> fits.ImageHDU:
+    """Image HDU from prepared, already formatted cards.
+
+    The cards are shared between HDUs (astropy only adds its own cards when writing and
+    never changes these); the HDUs live only inside ``generate_frame``.
+    """
+    hdu = fits.ImageHDU(data)  # not name=: astropy would upper-case the EXTNAME
+    header = hdu.header
+    for card in (fits.Card("EXTNAME", extname, "Name of the HDU"), *describe,
+                 *(fits.Card(*card) for card in _min_max(data)), *wcs):
+        header.append(card, end=True)
+    return hdu
 
 
 def generate_frame(
@@ -422,7 +447,14 @@ def generate_frame(
     *,
     software_versions: Mapping[str, str],
 ) -> FrameInfo:
-    """Write the L2 frame of one raster step (atomically) and describe it."""
+    """Write the L2 frame of one raster step (atomically) and describe it.
+
+    ``ids``: ``inversion_id`` (required; becomes ``DSETID``), and when known
+    ``proposal_id`` (``PROP_ID``), ``experiment_id`` (``EXPER_ID``), ``program_id`` =
+    instrumentProgramExecutionId (``IP_ID``), ``observing_program_id`` (``OBSPR_ID``),
+    ``dataset_ids`` (``L1DSETS``). ``software_versions``: name -> version, written as
+    ``SWNAMEn`` / ``SWVERSn``. Bad L1 headers raise ``DoNotRetryError``, I/O errors ``RetryError``.
+    """
     if not 0 <= step_index < results.n_steps:
         raise DoNotRetryError(f"raster step {step_index} is outside 0..{results.n_steps - 1}", step=STEP)
     out_path = Path(out_path)
@@ -432,37 +464,45 @@ def generate_frame(
     mod = _primary_data(results.paths["mod"])
     pre = _primary_data(results.paths["pre"])
     ori = _primary_data(results.paths["ori"])
-    index: list = [slice(None)] * 4
-    index[STEP_AXIS] = step_index
-    frame = mod[tuple(index)]  # [quantity, depth, slit]
-    if DEPTH_AXIS != 1 or SLIT_AXIS != 3:  # layout is fixed in results.py; keep this in step with it
-        raise AssertionError("unexpected result layout")
+    if mod.shape != results.mod_shape or pre.shape != results.profile_shape or ori.shape != results.profile_shape:
+        raise DoNotRetryError("result files changed since they were checked: shapes "
+                              f"{mod.shape}, {pre.shape}, {ori.shape} instead of {results.mod_shape}, "
+                              f"{results.profile_shape}", step=STEP)
+    frame = np.asarray(np.take(mod, step_index, axis=STEP_AXIS))  # [quantity, depth, slit], in memory
 
     hdus: list[fits.hdu.base.ExtensionHDU] = []
     log_tau = np.asarray(frame[0], dtype=np.float64)
-    quantity_wcs = _wcs_cards(l1_header, axes, results.n_slit, [_depth_axis(log_tau)], alternates=alternates)
+    quantity_wcs = _cards(_wcs_cards(l1_header, axes, results.n_slit, [_depth_axis(log_tau)],
+                                     alternates=alternates))
     for i, quantity in enumerate(QUANTITIES):
         data = _convert(frame[i], quantity)[np.newaxis]
-        hdus.append(_image_hdu(data, quantity.extname, quantity.btype, quantity.bunit, quantity_wcs))
+        hdus.append(_image_hdu(data, quantity.extname, _QUANTITY_CARDS[i], quantity_wcs))
 
     for line, (start, stop) in enumerate(results.line_slices):
         name = results.spectral_lines[line]
-        wcs = _wcs_cards(l1_header, axes, results.n_slit,
-                         [_wavelength_axis(results, line, l1_header), _STOKES_AXIS], alternates=alternates)
+        wcs = _cards(_wcs_cards(l1_header, axes, results.n_slit,
+                                [_wavelength_axis(results, line, l1_header), _STOKES_AXIS], alternates=alternates))
         for kind, cube in (("Original", ori), ("Fit", pre)):
-            index = [slice(None)] * 4
+            index: list = [slice(None)] * 4
             index[STEP_AXIS] = step_index
-            index[1] = slice(start, stop)
+            index[WAVELENGTH_AXIS] = slice(start, stop)
             data = np.ascontiguousarray(cube[tuple(index)])[np.newaxis]  # (1, stokes, wave, slit)
-            extra = [("LINENAME", name, "Spectral line"), ("PROFTYPE", kind, "Original (observed) or Fit")]
-            hdus.append(_image_hdu(data, f"{line_label(name)} {kind}", PROFILE_BTYPE, "", wcs, extra))
+            describe = _describe(PROFILE_BTYPE, "") + _cards(
+                [("LINENAME", name, "Spectral line"), ("PROFTYPE", kind, "Original (observed) or Fit")])
+            hdus.append(_image_hdu(data, f"{line_label(name)} {kind}", describe, wcs))
 
     header = primary_header(step_index, l1_header, ids, software_versions=software_versions,
                             spectral_lines=results.spectral_lines, filename=out_path.name)
-    hdul = fits.HDUList([fits.PrimaryHDU(header=header), *hdus])
+    primary = fits.PrimaryHDU(header=header)
+    try:  # the lifted L1 cards: fix what is fixable, refuse the rest; image HDUs hold only our own cards
+        primary.verify("silentfix+exception")
+    except fits.verify.VerifyError as exc:
+        raise DoNotRetryError(f"L1 header of raster step {step_index} has cards that are not FITS standard: {exc}",
+                              step=STEP, details={"raster_step": step_index}) from exc
+    hdul = fits.HDUList([primary, *hdus])
     tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
-        hdul.writeto(tmp, checksum=True)
+        hdul.writeto(tmp, checksum=True, output_verify="ignore")
         os.replace(tmp, out_path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -28,9 +28,10 @@ The order and input units of the physical quantities are in :data:`INVERSION_QUA
 from __future__ import annotations
 
 import hashlib
-import re
 import math
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +166,13 @@ def _read_structure(role: str, path: Path) -> tuple[tuple[int, ...], np.ndarray 
     """Shape of the primary array (+ wavelength offsets and line ids for profile files)."""
     name = RESULT_FILES[role]
     try:
-        with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
+        with hdul:
+            truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+            if truncated:
+                raise _refuse(f"{name} is truncated: {truncated[0]}", file=name)
             primary = hdul[0]
             bitpix = primary.header.get("BITPIX")
             shape = tuple(int(n) for n in (primary.shape or ()))
@@ -362,8 +369,9 @@ def write_results(
 
 
 def _demo_wavelength_grid(n_wave: int, n_lines: int) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (mÅ, 10 mÅ sampling, centred on each line) and line ids, lines one after another."""
-    one = (np.arange(n_wave) - (n_wave - 1) / 2) * 10.0
+    """Offsets (mÅ, centred on each line, spanning at least ±300 mÅ) and line ids, lines one after another."""
+    delta = max(600.0 / max(n_wave - 1, 1), 5.0)
+    one = (np.arange(n_wave) - (n_wave - 1) / 2) * delta
     return np.tile(one, n_lines), np.repeat(np.arange(n_lines, dtype=np.int32) + 1, n_wave)
 
 
@@ -406,6 +414,13 @@ def _demo_step(step: int, n_steps: int, n_slit: int, n_depth: int, offsets: np.n
     return mod, fit.astype(np.float32), ori.astype(np.float32)
 
 
+def _layout(first: tuple[int, int], n_steps: int, n_slit: int) -> tuple[int, ...]:
+    """4-d shape with the step and slit lengths on STEP_AXIS / SLIT_AXIS."""
+    shape = [*first, 0, 0]
+    shape[STEP_AXIS], shape[SLIT_AXIS] = n_steps, n_slit
+    return tuple(shape)
+
+
 def line_centre_nm(name: str, default: float | None = None) -> float | None:
     """Centre wavelength in nm from a line name like ``"Fe I (630.15 nm)"``; ``default`` if none."""
     m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*nm", name)
@@ -433,8 +448,8 @@ def write_demo_results(
     n_lines = max(len(spectral_lines), 1)
     offsets, line_ids = _demo_wavelength_grid(n_wave, n_lines)
     centres = [line_centre_nm(name, 500.0 + 10 * i) for i, name in enumerate(spectral_lines or ["demo"])]
-    mod_shape = (N_QUANTITIES, n_depth, n_steps, n_slit)
-    pro_shape = (N_STOKES, n_wave * n_lines, n_steps, n_slit)
+    mod_shape = _layout((N_QUANTITIES, n_depth), n_steps, n_slit)
+    pro_shape = _layout((N_STOKES, n_wave * n_lines), n_steps, n_slit)
     paths = {role: folder / name for role, name in RESULT_FILES.items()}
     info = [("ORIGIN", "L2 demo (fake inversion)"), ("DEMOSEED", seed)]
     off_mod = _reserve_primary(paths["mod"], mod_shape, info)
@@ -448,9 +463,10 @@ def write_demo_results(
     try:
         for step in range(n_steps):
             mod, fit, ori = _demo_step(step, n_steps, n_slit, n_depth, offsets, line_ids, centres, seed)
-            mm_mod[:, :, step, :] = mod
-            mm_pre[:, :, step, :] = fit
-            mm_ori[:, :, step, :] = ori
+            at = tuple(step if axis == STEP_AXIS else slice(None) for axis in range(4))
+            mm_mod[at] = mod
+            mm_pre[at] = fit
+            mm_ori[at] = ori
         for mm in (mm_mod, mm_pre, mm_ori):
             mm.flush()
     finally:
@@ -486,7 +502,7 @@ def demo_l1_header(
         ("DATE-BEG", str(start)), ("DATE-END", str(start + np.timedelta64(3000, "ms"))),
         ("DATE-AVG", str(start + np.timedelta64(1500, "ms"))), ("TELAPSE", 3.0), ("TIMESYS", "UTC"),
         ("DATEREF", str(start)),
-        ("DSETID", ids.get("dataset_id", "BVJVO")), ("FILE_ID", uuid_hex(step)), ("FRAMEVOL", 7.2),
+        ("DSETID", ids.get("dataset_id", "BVJVO")), ("FILE_ID", _demo_file_id(step)), ("FRAMEVOL", 7.2),
         ("PROCTYPE", "L1"), ("LEVEL", 1), ("FILENAME", f"VISP_L1_{step:05d}.fits"),
         ("PROP_ID", ids.get("proposal_id", "pid_2_114")), ("EXPER_ID", ids.get("experiment_id", "eid_2_114")),
         ("OBSPR_ID", ids.get("observing_program_id", "eid_2_114_opE4A3Ek_R001.82591.14097301")),
@@ -526,6 +542,6 @@ def demo_l1_header(
     return header
 
 
-def uuid_hex(n: int) -> str:
+def _demo_file_id(n: int) -> str:
     """A stable uuid-like hex id for demo headers."""
     return hashlib.md5(f"demo-l1-{n}".encode()).hexdigest()

@@ -1,5 +1,6 @@
 """Result intake: demo files and validate_results (DESIGN §8)."""
 
+import hashlib
 import shutil
 
 import numpy as np
@@ -16,7 +17,7 @@ from publishing.results import (
     write_results,
 )
 
-from .conftest import LINES, N_DEPTH, N_SLIT, N_STEPS, N_WAVE
+from .helpers import LINES, N_DEPTH, N_SLIT, N_STEPS, N_WAVE
 
 
 @pytest.fixture()
@@ -42,8 +43,6 @@ def test_demo_results_are_accepted_with_shapes_sizes_and_checksums(good):
     assert (result.n_steps, result.n_slit, result.n_depth, result.n_wave) == (N_STEPS, N_SLIT, N_DEPTH, 2 * N_WAVE)
     assert result.line_slices == ((0, N_WAVE), (N_WAVE, 2 * N_WAVE))
     assert result.spectral_lines == LINES
-    import hashlib
-
     for role, name in (("mod", MOD_FILE), ("pre", PRE_FILE), ("ori", ORI_FILE)):
         data = (good / name).read_bytes()
         assert result.sizes[role] == len(data)
@@ -88,7 +87,7 @@ def test_truncated_file_is_refused(good):
     data = (good / MOD_FILE).read_bytes()
     (good / MOD_FILE).write_bytes(data[: len(data) // 2])
     err = refused(good)
-    assert MOD_FILE in err.message
+    assert f"{MOD_FILE} is truncated" in err.message
 
 
 def test_empty_file_is_refused(good):
