@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 from inversions.states import State
@@ -61,6 +62,13 @@ class ObservingProgram(models.Model):
             ),
             models.Index(fields=["claimed_at"], name="program_claims", condition=Q(state=State.WORKING)),
             GinIndex(fields=["spectral_lines"], name="program_lines"),
+            # The dashboard's text search (icontains is UPPER(col) LIKE …): trigram indexes,
+            # created by migration 0005 only where PostgreSQL has the pg_trgm extension.
+            GinIndex(OpClass(Upper("instrument_program_execution_id"), name="gin_trgm_ops"), name="program_ipeid_trgm"),
+            GinIndex(OpClass(Upper("observing_program_execution_id"), name="gin_trgm_ops"), name="program_opeid_trgm"),
+            GinIndex(OpClass(Upper("primary_proposal_id"), name="gin_trgm_ops"), name="program_proposal_trgm"),
+            GinIndex(OpClass(Upper("primary_experiment_id"), name="gin_trgm_ops"), name="program_experiment_trgm"),
+            GinIndex(OpClass(Upper("experiment_description"), name="gin_trgm_ops"), name="program_description_trgm"),
         ]
 
     def __str__(self) -> str:

@@ -1,10 +1,25 @@
-"""Reads for the pages and the API (writes live in inversions.lifecycle)."""
+"""Reads for the pages and the API (writes live in inversions.lifecycle).
+
+Every list read here issues a fixed number of queries whatever the number of rows
+(select_related / prefetch_related, no per-row lookups); the tests count them.
+"""
 from __future__ import annotations
 
-from django.db.models import Count, Prefetch
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import CharField, Count, Func, OuterRef, Prefetch, Q, Subquery
+from django.db.models.functions import Left
+from django.utils import timezone
 
 from inversions.models import Dataset, ObservingProgram, Transition
 from inversions.states import State
+
+OPTIONS_CACHE_SECONDS = 300
+ATTENTION_ROWS = 8
 
 
 def state_counts() -> dict[str, int]:
@@ -12,20 +27,31 @@ def state_counts() -> dict[str, int]:
     return {state: counts.get(state, 0) for state in State.values}
 
 
+LIST_FIELDS = (
+    "instrument_program_execution_id",
+    "primary_proposal_id",
+    "primary_experiment_id",
+    "instrument_name",
+    "state",
+    "state_changed_at",
+    "start_time",
+    "dataset_count",
+    "spectral_lines",
+    "priority",
+    "queued_at",
+    "settles_at",
+    "datasets_changed_at",
+    "claimed_by__username",
+    "claimed_at",
+)
+
+
 def program_list():
-    return ObservingProgram.objects.select_related("claimed_by").only(
-        "instrument_program_execution_id",
-        "primary_proposal_id",
-        "primary_experiment_id",
-        "instrument_name",
-        "state",
-        "state_changed_at",
-        "start_time",
-        "dataset_count",
-        "spectral_lines",
-        "priority",
-        "claimed_by__username",
-        "claimed_at",
+    """Programs for lists: the columns shown, the claimant, the head of the description."""
+    return (
+        ObservingProgram.objects.select_related("claimed_by")
+        .only(*LIST_FIELDS)
+        .annotate(description_head=Left("experiment_description", 160))
     )
 
 
@@ -38,3 +64,289 @@ def program_detail(ipeid: str) -> ObservingProgram:
         )
         .get(instrument_program_execution_id=ipeid)
     )
+
+
+class Unnest(Func):
+    function = "unnest"
+    output_field = CharField()
+
+
+def instruments() -> list[str]:
+    """Instrument names in use (cached for a few minutes: a filter menu, not a report)."""
+    key = "l2:options:instruments"
+    value = cache.get(key)
+    if value is None:
+        value = list(
+            ObservingProgram.objects.order_by("instrument_name").values_list("instrument_name", flat=True).distinct()
+        )
+        cache.set(key, value, OPTIONS_CACHE_SECONDS)
+    return value
+
+
+def spectral_lines() -> list[str]:
+    """Spectral lines of the programs (cached, as :func:`instruments`)."""
+    key = "l2:options:lines"
+    value = cache.get(key)
+    if value is None:
+        value = sorted(
+            set(
+                ObservingProgram.objects.order_by()
+                .annotate(line=Unnest("spectral_lines"))
+                .values_list("line", flat=True)
+                .distinct()
+            ),
+            key=_line_sort_key,
+        )
+        cache.set(key, value, OPTIONS_CACHE_SECONDS)
+    return value
+
+
+def _line_sort_key(name: str):
+    tail = name.rsplit(" ", 1)[-1]
+    try:
+        return (float(tail), name)
+    except ValueError:
+        return (math.inf, name)
+
+
+# --- Overview ---------------------------------------------------------------------------
+def stale_before():
+    return timezone.now() - timedelta(hours=float(settings.L2_STALE_CLAIM_HOURS))
+
+
+def latest_error_reason():
+    """Subquery: the reason and step of a program's newest transition into Error."""
+    newest = Transition.objects.filter(program=OuterRef("pk"), to_state=State.ERROR).order_by("-at", "-id")
+    return {
+        "error_reason": Subquery(newest.values("reason")[:1]),
+        "error_step": Subquery(newest.values("details__step")[:1]),
+        "error_from": Subquery(newest.values("from_state")[:1]),
+    }
+
+
+def errored(limit: int = ATTENTION_ROWS):
+    return list(program_list().filter(state=State.ERROR).annotate(**latest_error_reason()).order_by("-state_changed_at", "id")[:limit])
+
+
+def stale_claims(limit: int | None = ATTENTION_ROWS):
+    qs = program_list().filter(state=State.WORKING, claimed_at__lt=stale_before()).order_by("claimed_at", "id")
+    return list(qs[:limit] if limit else qs)
+
+
+def settling_soon(limit: int = ATTENTION_ROWS):
+    return list(
+        program_list().filter(state=State.DISCOVERED, settles_at__gt=timezone.now()).order_by("settles_at", "id")[:limit]
+    )
+
+
+def datasets_changed(limit: int = ATTENTION_ROWS):
+    """Programs from Working on whose datasets changed (flagged by the scan)."""
+    return list(
+        program_list()
+        .filter(datasets_changed_at__isnull=False, state__in=[State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR])
+        .order_by("-datasets_changed_at", "id")[:limit]
+    )
+
+
+def attention_counts() -> dict[str, int]:
+    """How many need attention (one query): errors, stale claims, settling, changed datasets."""
+    now = timezone.now()
+    return ObservingProgram.objects.aggregate(
+        errors=Count("id", filter=Q(state=State.ERROR)),
+        stale=Count("id", filter=Q(state=State.WORKING, claimed_at__lt=stale_before())),
+        settling=Count("id", filter=Q(state=State.DISCOVERED, settles_at__gt=now)),
+        changed=Count(
+            "id",
+            filter=Q(datasets_changed_at__isnull=False, state__in=[State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR]),
+        ),
+    )
+
+
+# --- Queue ------------------------------------------------------------------------------
+def queued():
+    return program_list().filter(state=State.QUEUED).order_by("-priority", "queued_at", "id")
+
+
+def ready():
+    """Preprocessed programs not in the queue, oldest first (Pick next takes these after the queue)."""
+    return program_list().filter(state=State.PREPROCESSED).order_by("state_changed_at", "id")
+
+
+def working():
+    return program_list().filter(state=State.WORKING).order_by("claimed_at", "id")
+
+
+# --- Program page -----------------------------------------------------------------------
+QUALIFIED = (State.INVERTIBLE, State.NOT_INVERTIBLE)
+
+
+@dataclass
+class Qualification:
+    """The checklist of the program's newest qualification, for the page."""
+
+    transition: Transition
+    report: dict
+    rules: list[dict]
+    warnings: list[dict]
+    failed_rules: list[str]
+    invertible: bool
+    outdated: bool  # the datasets changed after it (the program went back to Discovered)
+
+
+def show_value(value) -> str:
+    """A measured value or limit of the checklist as short text."""
+    if value is None or value == "" or value == []:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(show_value(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {show_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def qualification(history: list[Transition]) -> Qualification | None:
+    """The newest transition into Invertible / Not Invertible and its report (``details``)."""
+    latest = next((t for t in reversed(history) if t.to_state in QUALIFIED), None)
+    if latest is None:
+        return None
+    report = latest.details if isinstance(latest.details, dict) else {}
+    rules = [
+        {**r, "value_text": show_value(r.get("value")), "limit_text": show_value(r.get("limit"))}
+        for r in report.get("rules") or []
+        if isinstance(r, dict)
+    ]
+    failed = report.get("failed_rules")
+    if not isinstance(failed, list):
+        failed = [r.get("name") for r in rules if not r.get("passed")]
+    later_discovery = any(
+        t.to_state == State.DISCOVERED and (t.at, t.pk) > (latest.at, latest.pk) for t in history
+    )
+    return Qualification(
+        transition=latest,
+        report=report,
+        rules=rules,
+        warnings=[w for w in report.get("warnings") or [] if isinstance(w, dict)],
+        failed_rules=failed,
+        invertible=bool(report.get("invertible", latest.to_state == State.INVERTIBLE)),
+        outdated=later_discovery,
+    )
+
+
+def _fraction(part, whole) -> float | None:
+    if part is None or not whole:
+        return None
+    return part / whole
+
+
+def _count(counts, member: str):
+    if not isinstance(counts, dict):
+        return None
+    values = [v for v in counts.values() if isinstance(v, (int, float))]
+    if not values:
+        return None
+    value = counts.get(member)
+    return value if isinstance(value, (int, float)) else 0
+
+
+def _box(bbox) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    try:
+        (x1, y1), (x2, y2) = bbox
+        return (float(x1), float(y1)), (float(x2), float(y2))
+    except (TypeError, ValueError):
+        return None
+
+
+def solar_radius(when) -> float | None:
+    if when is None:
+        return None
+    try:
+        from scanning.qualification import apparent_solar_radius_arcsec
+
+        return apparent_solar_radius_arcsec(when)
+    except Exception:  # an ephemeris problem must not break the page
+        return None
+
+
+@dataclass
+class DatasetRow:
+    dataset: Dataset
+    health: float | None
+    gos: float | None
+    ao: float | None
+    box: tuple | None
+    distance: float | None  # arcsec, farthest corner from disk centre
+    radius: float | None  # apparent solar radius on the start date (arcsec)
+
+    @property
+    def distance_in_radii(self) -> float | None:
+        return self.distance / self.radius if self.distance is not None and self.radius else None
+
+    def _measure(self, value: float | None, limit: float) -> dict | None:
+        if value is None:
+            return None
+        return {"percent": round(100 * value, 1), "low": value < limit}
+
+    @property
+    def health_measure(self):
+        return self._measure(self.health, float(getattr(settings, "L2_HEALTH_MIN", 0.75)))
+
+    @property
+    def gos_measure(self):
+        return self._measure(self.gos, 1.0)
+
+    @property
+    def ao_measure(self):
+        return self._measure(self.ao, float(getattr(settings, "L2_AO_MIN", 0.75)))
+
+    @property
+    def off_disk(self) -> bool:
+        return self.distance is not None and self.radius is not None and self.distance >= self.radius
+
+
+def dataset_rows(datasets) -> list[DatasetRow]:
+    rows = []
+    for d in datasets:
+        box = _box(d.bounding_box)
+        # all four corners of the box (the record gives two opposite ones)
+        distance = max(math.hypot(x, y) for x in (box[0][0], box[1][0]) for y in (box[0][1], box[1][1])) if box else None
+        rows.append(
+            DatasetRow(
+                dataset=d,
+                health=_fraction(_count(d.health, "good"), d.frame_count),
+                gos=_fraction(_count(d.gos_status, "open"), d.frame_count),
+                ao=_fraction(d.ao_locked, d.frame_count),
+                box=box,
+                distance=distance,
+                radius=solar_radius(d.start_time) if box else None,
+            )
+        )
+    return rows
+
+
+@dataclass
+class RunningWork:
+    """What the program page's progress partial shows (``inversions/partials/work_progress.html``).
+
+    ``done`` / ``total`` in ``unit`` (``total`` None: unknown, an indeterminate bar);
+    ``running`` False ends the polling. Fed by preprocessing work orders once they exist.
+    """
+
+    label: str
+    done: float = 0
+    total: float | None = None
+    unit: str = ""
+    running: bool = True
+    detail: str = ""
+
+    @property
+    def percent(self) -> float | None:
+        return 100.0 * self.done / self.total if self.total else None
+
+
+def running_work(program: ObservingProgram) -> RunningWork | None:
+    """The program's running work, or None. No work orders exist yet: always None for now."""
+    return None

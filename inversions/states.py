@@ -47,7 +47,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     State.INVERTIBLE: frozenset({State.PREPROCESSED, State.DISCOVERED}),
     State.NOT_INVERTIBLE: frozenset({State.DISCOVERED}),
     State.PREPROCESSED: frozenset({State.QUEUED, State.WORKING, State.DISCOVERED}),
-    State.QUEUED: frozenset({State.WORKING, State.PREPROCESSED, State.DISCOVERED}),
+    # Queued → Queued: the priority changed (recorded like any other step)
+    State.QUEUED: frozenset({State.QUEUED, State.WORKING, State.PREPROCESSED, State.DISCOVERED}),
     State.WORKING: frozenset({State.INVERTED, State.PREPROCESSED, State.QUEUED}),
     State.INVERTED: frozenset({State.PUBLISHED}),
     State.PUBLISHED: frozenset(),

@@ -4,9 +4,17 @@ from inversions import views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("queue/", views.queue, name="queue"),
     path("programs/", views.program_list, name="program-list"),
     path("programs/pick-next", views.pick_next, name="pick-next"),
     path("programs/<str:ipeid>/", views.program_detail, name="program-detail"),
+    path("programs/<str:ipeid>/progress", views.program_progress, name="program-progress"),
     path("programs/<str:ipeid>/claim", views.claim, name="program-claim"),
     path("programs/<str:ipeid>/release", views.release, name="program-release"),
+    path("programs/<str:ipeid>/report", views.report_inverted, name="program-report"),
+    path("programs/<str:ipeid>/enqueue", views.enqueue, name="program-enqueue"),
+    path("programs/<str:ipeid>/priority", views.set_priority, name="program-priority"),
+    path("programs/<str:ipeid>/dequeue", views.dequeue, name="program-dequeue"),
+    path("programs/<str:ipeid>/retry", views.retry, name="program-retry"),
+    path("programs/<str:ipeid>/requeue", views.requeue, name="program-requeue"),
 ]

@@ -1,94 +1,621 @@
-"""Dashboard pages. Thin: reads come from selectors, every state change from lifecycle."""
+"""Dashboard pages (DESIGN §11). Thin: reads come from selectors, every state change from lifecycle.
+
+HTMX requests get the swapped part only (``Vary: HX-Request``); history restores and plain
+requests get the full page. Roles are checked here, on the server, for every action.
+"""
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
+
+from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import push_url
 
 from inversions import lifecycle, selectors
+from inversions.forms import (
+    DEFAULT_SORT,
+    PriorityForm,
+    ProgramFilterForm,
+    ReportInvertedForm,
+    filter_programs,
+    query_string,
+)
 from inversions.models import ObservingProgram
 from inversions.states import MAIN_LINE, State
-from l2site.auth import is_operator, is_science, require_role
+from inversions.states import label as state_label
+from l2site.auth import is_admin, is_operator, is_science, require_role
 
 
+# --- helpers ----------------------------------------------------------------------------
+def wants_partial(request) -> bool:
+    """An HTMX swap (not a history restore, which needs the whole page)."""
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def render_page(request, full: str, partial: str, context: dict, *, status: int = 200):
+    is_partial = wants_partial(request)
+    template = partial if is_partial else full
+    context = {"partial": is_partial, **context}
+    response = render(request, template, context, status=status)
+    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
+    return response
+
+
+def paginate(request, items, per_page: int, param: str = "page"):
+    """A page of ``items``; a bad or out-of-range page number is clamped, with a note."""
+    raw = request.GET.get(param, "")
+    number = 1
+    if raw:
+        try:
+            number = int(raw)
+        except ValueError:
+            messages.warning(request, f"Ignored page {raw[:20]!r}: not a page number.")
+        else:
+            if number < 1:
+                messages.warning(request, f"There is no page {number}: showing the first.")
+                number = 1
+    paginator = Paginator(items, per_page)
+    if number > paginator.num_pages:
+        messages.warning(request, f"There is no page {number}: showing the last ({paginator.num_pages}).")
+        number = paginator.num_pages
+    return paginator.page(number)
+
+
+def safe_next(request, default: str) -> str:
+    target = request.POST.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return target
+    return default
+
+
+def roles(user) -> dict:
+    """Role flags for templates (what to show; the views check again) and list-row helpers."""
+    return {
+        "is_science": is_science(user),
+        "is_operator": is_operator(user),
+        "is_admin": is_admin(user),
+        "now": timezone.now(),
+        "changed_flag_states": CHANGED_FLAG_STATES,
+    }
+
+
+CHANGED_FLAG_STATES = (State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR)
+
+
+# --- pictures (server-rendered SVG) -----------------------------------------------------
+@dataclass
+class FunnelBar:
+    state: State
+    count: int
+    reached: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+    @property
+    def text_y(self) -> float:
+        return self.y + self.height / 2 + 5
+
+
+FUNNEL_WIDTH, FUNNEL_LEFT, FUNNEL_RIGHT, FUNNEL_BAR, FUNNEL_GAP = 640, 130, 110, 30, 8
+
+
+def funnel(counts: dict[str, int]) -> dict:
+    """Bars for the main line, centred, each as wide as the programs at that stage or beyond."""
+    reached, running = [], 0
+    for state in reversed(MAIN_LINE):
+        running += counts.get(state, 0)
+        reached.append(running)
+    reached.reverse()
+    top = max(reached[0], 1)
+    area = FUNNEL_WIDTH - FUNNEL_LEFT - FUNNEL_RIGHT
+    bars = []
+    for i, (state, r) in enumerate(zip(MAIN_LINE, reached)):
+        width = max(area * r / top, 3.0)
+        bars.append(
+            FunnelBar(
+                state=State(state),
+                count=counts.get(state, 0),
+                reached=r,
+                x=round(FUNNEL_LEFT + (area - width) / 2, 1),
+                y=i * (FUNNEL_BAR + FUNNEL_GAP),
+                width=round(width, 1),
+                height=FUNNEL_BAR,
+            )
+        )
+    return {
+        "bars": bars,
+        "width": FUNNEL_WIDTH,
+        "height": len(bars) * (FUNNEL_BAR + FUNNEL_GAP) - FUNNEL_GAP,
+        "label_x": FUNNEL_LEFT - 10,
+        "count_x": FUNNEL_WIDTH - FUNNEL_RIGHT + 10,
+        "branches": [(State(s), counts.get(s, 0)) for s in (State.NOT_INVERTIBLE, State.ERROR)],
+        "total": sum(counts.values()),
+    }
+
+
+@dataclass
+class FriedRow:
+    dataset_id: str
+    y: float
+    x_min: float
+    x_p25: float
+    x_med: float
+    x_p75: float
+    x_max: float
+    values: dict
+    level: str  # "ok", "amber" or "red" (the median against the thresholds)
+    clipped: bool  # the maximum is off the axis (an outlier): the whisker ends in an arrow
+
+    @property
+    def box_width(self) -> float:
+        return round(max(self.x_p75 - self.x_p25, 1.0), 1)
+
+    @property
+    def y_mid(self) -> float:
+        return self.y + 11
+
+    @property
+    def y_box(self) -> float:
+        return self.y + 3
+
+    @property
+    def y_text(self) -> float:
+        return self.y + 15
+
+    @property
+    def arrow(self) -> str:
+        x, y = self.x_max, self.y_mid
+        return f"{x},{y} {x - 7},{y - 5} {x - 7},{y + 5}"
+
+
+FRIED_WIDTH, FRIED_LEFT, FRIED_RIGHT, FRIED_ROW, FRIED_AXIS = 640, 80, 100, 30, 34
+FRIED_KEYS = ("min", "p25", "med", "p75", "max")
+
+
+def nice_step(span: float, ticks: int = 6) -> float:
+    """A round tick step (1, 2, 2.5 or 5 × 10ⁿ) giving about ``ticks`` ticks over ``span``."""
+    raw = span / ticks
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+
+
+def fried_plot(datasets) -> dict | None:
+    """A box plot per dataset of the Fried parameter r0 (min, p25, median, p75, max), in cm.
+
+    The axis ends a little past the largest upper quartile (p75 + 2 IQR) so that one wild
+    maximum does not squash every box; a maximum beyond it ends in an arrow with its value.
+    """
+    amber, red = float(settings.L2_FRIED_AMBER), float(settings.L2_FRIED_RED)
+    usable, missing = [], []
+    for d in datasets:
+        fp = d.fried_parameter if isinstance(d.fried_parameter, dict) else {}
+        values = {k: fp.get(k) for k in FRIED_KEYS}
+        if all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values.values()):
+            usable.append((d.dataset_id, values))
+        else:
+            missing.append(d.dataset_id)
+    if not usable:
+        return {"rows": [], "missing": missing} if missing else None
+    reach = max(min(v["max"], v["p75"] + 2 * (v["p75"] - v["p25"])) for _, v in usable)
+    step = nice_step(max(reach, amber * 1.3))
+    top = math.ceil(max(reach, amber * 1.3) / step - 1e-9) * step
+    span = FRIED_WIDTH - FRIED_LEFT - FRIED_RIGHT
+
+    def x(v: float) -> float:
+        return round(FRIED_LEFT + span * min(v, top) / top, 1)
+
+    rows = []
+    for i, (dataset_id, v) in enumerate(usable):
+        level = "red" if v["med"] < red else "amber" if v["med"] < amber else "ok"
+        rows.append(
+            FriedRow(dataset_id, 10 + i * FRIED_ROW, x(v["min"]), x(v["p25"]), x(v["med"]), x(v["p75"]), x(v["max"]),
+                     {k: round(val * 100, 2) for k, val in v.items()}, level, v["max"] > top)
+        )
+    height = 10 + len(rows) * FRIED_ROW
+    ticks = [(x(i * step), f"{i * step * 100:g}") for i in range(int(round(top / step)) + 1)]
+    return {
+        "rows": rows,
+        "missing": missing,
+        "width": FRIED_WIDTH,
+        "height": height + FRIED_AXIS,
+        "plot_bottom": height,
+        "left": FRIED_LEFT,
+        "right": FRIED_WIDTH - FRIED_RIGHT,
+        "ticks": ticks,
+        "tick_y": height + 5,
+        "tick_text_y": height + 18,
+        "unit_y": height + 32,
+        "label_x": FRIED_LEFT - 8,
+        "amber": {"x": x(amber), "cm": round(amber * 100, 1)},
+        "red": {"x": x(red), "cm": round(red * 100, 1)},
+    }
+
+
+# --- Overview ---------------------------------------------------------------------------
+@require_GET
 def overview(request):
+    from scanning.views import last_scan, next_scan, running_scans
+
     counts = selectors.state_counts()
-    return render(
-        request,
-        "inversions/overview.html",
-        {
-            "nav": "overview",
-            "counts": [(State(s), counts[s]) for s in State.values],
-            "main_line": MAIN_LINE,
-            "can_pick": is_science(request.user),
-        },
-    )
+    context = {
+        "nav": "overview",
+        "counts": [(State(s), counts[s]) for s in State.values],
+        "funnel": funnel(counts),
+        "attention": selectors.attention_counts(),
+        "errored": selectors.errored(),
+        "stale": selectors.stale_claims(),
+        "settling": selectors.settling_soon(),
+        "changed": selectors.datasets_changed(),
+        "stale_hours": settings.L2_STALE_CLAIM_HOURS,
+        "last_scan": last_scan(),
+        "next_scan": next_scan(),
+        "running_scans": running_scans(),
+        "working_count": counts[State.WORKING],
+        "queued_count": counts[State.QUEUED],
+        "ready_count": counts[State.PREPROCESSED],
+        **roles(request.user),
+    }
+    return render(request, "inversions/overview.html", context)
 
 
+# --- Programs ---------------------------------------------------------------------------
+COLUMNS = (
+    ("Program", "program"),
+    ("Instrument", "instrument"),
+    ("Proposal", "proposal"),
+    ("Lines", None),
+    ("Observed", "observed"),
+    ("Datasets", "datasets"),
+    ("State", "state"),
+)
+
+
+def _sort_headers(values: dict) -> list[dict]:
+    current = values.get("sort") or DEFAULT_SORT
+    headers = []
+    for label, key in COLUMNS:
+        if key is None:
+            headers.append({"label": label})
+            continue
+        active = current.lstrip("-") == key
+        descending = current.startswith("-")
+        # first click: newest / largest first for dates and counts, A→Z for names
+        first = f"-{key}" if key in ("observed", "datasets", "changed") else key
+        target = (key if descending else f"-{key}") if active else first
+        headers.append(
+            {
+                "label": label,
+                "url": query_string(values, sort=target, page=None),
+                "aria": ("descending" if descending else "ascending") if active else None,
+            }
+        )
+    return headers
+
+
+@require_GET
 def program_list(request):
-    qs = selectors.program_list()
-    state = request.GET.get("state", "")
-    if state in State.values:
-        qs = qs.filter(state=state)
-    page = Paginator(qs, 50).get_page(request.GET.get("page"))
-    return render(
-        request,
-        "inversions/program_list.html",
-        {"nav": "programs", "page": page, "states": State.choices, "state": state},
-    )
+    form = ProgramFilterForm(request.GET, instruments=selectors.instruments(), lines=selectors.spectral_lines())
+    values, notes = form.values()
+    for note in notes:
+        messages.warning(request, note)
+    page = paginate(request, filter_programs(selectors.program_list(), values), settings.L2_PAGE_SIZE)
+    base = reverse("program-list")
+    context = {
+        "nav": "programs",
+        "form": form,
+        "values": values,
+        "page": page,
+        "headers": _sort_headers(values),
+        "sort": values.get("sort", DEFAULT_SORT),
+        "states": State.choices,
+        "prev_url": query_string(values, page=page.previous_page_number()) if page.has_previous() else None,
+        "next_url": query_string(values, page=page.next_page_number()) if page.has_next() else None,
+        "first_url": query_string(values, page=None),
+        "last_url": query_string(values, page=page.paginator.num_pages),
+        "filtered": any(k in values for k in ("q", "state", "instrument", "proposal", "line", "observed_from", "observed_to")),
+        "base_url": base,
+        **roles(request.user),
+    }
+    response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context)
+    if wants_partial(request):
+        push_url(response, base + query_string(values, page=page.number).rstrip("?"))
+    return response
 
 
-def program_detail(request, ipeid: str):
+# --- Program page -----------------------------------------------------------------------
+def _program_or_404(ipeid: str) -> ObservingProgram:
     try:
-        program = selectors.program_detail(ipeid)
+        return selectors.program_detail(ipeid)
     except ObservingProgram.DoesNotExist:
-        raise Http404("No such Observing Program")
-    return render(
-        request,
-        "inversions/program_detail.html",
-        {
-            "nav": "programs",
-            "program": program,
-            "can_claim": is_science(request.user) and program.state in (State.PREPROCESSED, State.QUEUED),
-            "can_release": is_science(request.user) and program.state == State.WORKING,
-            "is_operator": is_operator(request.user),
-        },
-    )
+        raise Http404(f"No Observing Program {ipeid}")
+
+
+def program_context(request, program: ObservingProgram, *, report_form=None, report_error: str = "") -> dict:
+    user = request.user
+    r = roles(user)
+    history = list(program.transitions.all())
+    for t in history:
+        t.from_label = state_label(t.from_state) if t.from_state else ""
+        t.details_text = (
+            json.dumps(t.details, indent=2, sort_keys=True, default=str)
+            if t.details and t.to_state not in selectors.QUALIFIED
+            else ""
+        )
+    datasets = list(program.datasets.all())
+    current = [d for d in datasets if not d.superseded]
+    show_superseded = request.GET.get("superseded") == "1"
+    shown = datasets if show_superseded else current
+    now = timezone.now()
+    state = program.state
+    mine = program.claimed_by_id == user.pk
+    stale = state == State.WORKING and program.claimed_at is not None and program.claimed_at < selectors.stale_before()
+    error = next((t for t in reversed(history) if t.to_state == State.ERROR), None) if state == State.ERROR else None
+    can_report = r["is_science"] and state == State.WORKING and mine
+    if can_report and report_form is None:
+        report_form = ReportInvertedForm(
+            datasets=current, collections=list(settings.L2_COLLECTIONS),
+            initial={"collection": next(iter(settings.L2_COLLECTIONS), ""), "dataset_ids": default_datasets_used(current)},
+        )
+    return {
+        "nav": "programs",
+        "program": program,
+        "history": list(reversed(history)),
+        "history_count": len(history),
+        "datasets": selectors.dataset_rows(shown),
+        "superseded_count": len(datasets) - len(current),
+        "show_superseded": show_superseded,
+        "qualification": selectors.qualification(history),
+        "fried": fried_plot(shown),
+        "work": selectors.running_work(program),
+        "unsettled": state == State.DISCOVERED and program.settles_at is not None and program.settles_at > now,
+        "stale": stale,
+        "mine": mine,
+        "error": error,
+        "error_from": state_label(error.from_state) if error and error.from_state else "",
+        "can_claim": r["is_science"] and state in (State.PREPROCESSED, State.QUEUED),
+        "can_release": state == State.WORKING and ((r["is_science"] and mine) or r["is_admin"]),
+        "can_report": can_report,
+        "report_form": report_form,
+        "report_error": report_error,
+        "can_enqueue": r["is_operator"] and state == State.PREPROCESSED,
+        "can_reprioritise": r["is_operator"] and state == State.QUEUED,
+        "can_dequeue": r["is_operator"] and state == State.QUEUED,
+        "can_retry": r["is_operator"] and state == State.ERROR,
+        "can_requeue": r["is_operator"] and state == State.WORKING,
+        "collections": list(settings.L2_COLLECTIONS),
+        **r,
+    }
+
+
+def default_datasets_used(current) -> list[str]:
+    """The datasets ticked at first in the report form: those with the line every inversion uses."""
+    from scanning.qualification import Thresholds
+
+    line = Thresholds().required_line
+    chosen = [d.dataset_id for d in current if line in (d.spectral_lines or [])]
+    return chosen or [d.dataset_id for d in current]
+
+
+@require_GET
+def program_detail(request, ipeid: str):
+    program = _program_or_404(ipeid)
+    return render(request, "inversions/program_detail.html", program_context(request, program))
+
+
+@require_GET
+def program_progress(request, ipeid: str):
+    """The live-progress partial of the program page (polled while work runs)."""
+    program = get_object_or_404(ObservingProgram.objects.only("id", "instrument_program_execution_id"), instrument_program_execution_id=ipeid)
+    response = render(request, "inversions/partials/work_progress.html", {"program": program, "work": selectors.running_work(program)})
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+# --- Actions ----------------------------------------------------------------------------
+def _target(ipeid: str) -> ObservingProgram:
+    return get_object_or_404(ObservingProgram.objects.select_related("claimed_by"), instrument_program_execution_id=ipeid)
+
+
+def _done(request, program: ObservingProgram):
+    """After an action: the queue partial for HTMX swaps from the queue page, else a redirect."""
+    if wants_partial(request) and request.POST.get("from") == "queue":
+        return queue_response(request, partial=True)
+    return redirect(safe_next(request, reverse("program-detail", args=[program.instrument_program_execution_id])))
+
+
+def _act(request, program, action, success: str):
+    try:
+        action()
+    except (lifecycle.LifecycleError, ObservingProgram.DoesNotExist) as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, success)
+    return _done(request, program)
 
 
 @require_POST
 @require_role(is_science, "Only the science team claims programs.")
 def claim(request, ipeid: str):
-    program = get_object_or_404(ObservingProgram, instrument_program_execution_id=ipeid)
-    try:
-        lifecycle.claim(program, user=request.user)
-        messages.success(request, f"You are working on {program}.")
-    except lifecycle.LifecycleError as exc:
-        messages.error(request, str(exc))
-    return redirect("program-detail", ipeid=ipeid)
+    program = _target(ipeid)
+    return _act(request, program, lambda: lifecycle.claim(program, user=request.user), f"You are working on {program}.")
 
 
 @require_POST
 @require_role(is_science, "Only the science team releases claims.")
 def release(request, ipeid: str):
-    program = get_object_or_404(ObservingProgram, instrument_program_execution_id=ipeid)
+    program = _target(ipeid)
+    if program.state == State.WORKING and program.claimed_by_id != request.user.pk and not is_admin(request.user):
+        who = program.claimed_by.get_username() if program.claimed_by else "nobody"
+        raise PermissionDenied(f"{program} is claimed by {who}: only they (or an operator, with Requeue) can release it.")
     to_state = State.QUEUED if request.POST.get("to") == State.QUEUED else State.PREPROCESSED
-    try:
-        lifecycle.release(program, user=request.user, to_state=to_state)
-        messages.success(request, f"Released {program}.")
-    except lifecycle.LifecycleError as exc:
-        messages.error(request, str(exc))
-    return redirect("program-detail", ipeid=ipeid)
+    return _act(
+        request, program, lambda: lifecycle.release(program, user=request.user, to_state=to_state),
+        f"Released {program} (now {State(to_state).label}).",
+    )
 
 
 @require_POST
 @require_role(is_science, "Only the science team picks programs.")
 def pick_next(request):
-    program = lifecycle.claim_next(user=request.user)
+    try:
+        program = lifecycle.claim_next(user=request.user)
+    except lifecycle.LifecycleError as exc:
+        messages.error(request, str(exc))
+        return redirect("queue")
     if program is None:
         messages.info(request, "Nothing is waiting: no program is Queued or Preprocessed.")
-        return redirect("overview")
+        return redirect("queue")
     messages.success(request, f"You are working on {program}.")
     return redirect("program-detail", ipeid=program.instrument_program_execution_id)
+
+
+def _priority(request) -> int | None:
+    form = PriorityForm(request.POST)
+    if form.is_valid():
+        return form.cleaned_data["priority"]
+    messages.error(request, "Priority must be a whole number between -1000 and 1000.")
+    return None
+
+
+@require_POST
+@require_role(is_operator, "Only operators put programs in the queue.")
+def enqueue(request, ipeid: str):
+    program = _target(ipeid)
+    priority = _priority(request)
+    if priority is None:
+        return _done(request, program)
+    return _act(
+        request, program,
+        lambda: lifecycle.enqueue(program, user=request.user, priority=priority, reason=f"work on this next (priority {priority})"),
+        f"{program} is in the queue with priority {priority}.",
+    )
+
+
+@require_POST
+@require_role(is_operator, "Only operators set priorities.")
+def set_priority(request, ipeid: str):
+    program = _target(ipeid)
+    priority = _priority(request)
+    if priority is None:
+        return _done(request, program)
+    if program.state == State.PREPROCESSED:
+        return enqueue(request, ipeid)
+    return _act(
+        request, program, lambda: lifecycle.reprioritise(program, user=request.user, priority=priority),
+        f"{program} now has priority {priority}.",
+    )
+
+
+@require_POST
+@require_role(is_operator, "Only operators take programs out of the queue.")
+def dequeue(request, ipeid: str):
+    program = _target(ipeid)
+    return _act(request, program, lambda: lifecycle.dequeue(program, user=request.user), f"{program} left the queue.")
+
+
+@require_POST
+@require_role(is_operator, "Only operators retry failed programs.")
+def retry(request, ipeid: str):
+    program = _target(ipeid)
+    try:
+        row = lifecycle.retry(program, user=request.user, reason="retried by an operator")
+    except lifecycle.LifecycleError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{program} is back to {State(row.to_state).label}.")
+    return _done(request, program)
+
+
+@require_POST
+@require_role(is_operator, "Only operators requeue claimed programs.")
+def requeue(request, ipeid: str):
+    program = _target(ipeid)
+    holder = program.claimed_by.get_username() if program.claimed_by else "nobody"
+    since = timezone.localtime(program.claimed_at).strftime("%Y-%m-%d %H:%M") if program.claimed_at else "?"
+    return _act(
+        request, program,
+        lambda: lifecycle.release(program, user=request.user, to_state=State.QUEUED,
+                                  reason=f"requeued by an operator (claimed by {holder} since {since})"),
+        f"{program} is back in the queue (it was claimed by {holder}).",
+    )
+
+
+@require_POST
+@require_role(is_science, "Only the science team reports programs inverted.")
+def report_inverted(request, ipeid: str):
+    from publishing.intake import ReportRejected
+    from publishing.intake import report_inverted as intake
+
+    program = _program_or_404(ipeid)
+    current = [d for d in program.datasets.all() if not d.superseded]
+    form = ReportInvertedForm(request.POST, datasets=current, collections=list(settings.L2_COLLECTIONS))
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            intake(
+                program,
+                user=request.user,
+                collection=data["collection"],
+                path=data["path"],
+                software_commit=data["software_commit"],
+                dataset_ids=list(data["dataset_ids"]),
+                notes=data["notes"],
+                actor=request.user.get_username(),
+            )
+        except ReportRejected as exc:
+            if exc.field and exc.field in form.fields:
+                form.add_error(exc.field, exc.message)
+            error = f"Not reported: {exc.message}"
+        else:
+            messages.success(request, f"{program} is Inverted. Thank you.")
+            return redirect("program-detail", ipeid=ipeid)
+    else:
+        error = "Not reported: please correct the fields marked below."
+    messages.error(request, error)
+    program = _program_or_404(ipeid)
+    context = program_context(request, program, report_form=form, report_error=error)
+    return render(request, "inversions/program_detail.html", context, status=400)
+
+
+# --- Queue ------------------------------------------------------------------------------
+def queue_response(request, *, partial: bool):
+    counts = selectors.state_counts()
+    per_page = settings.L2_PAGE_SIZE
+    page = paginate(request, selectors.queued(), per_page)
+    r = roles(request.user)
+    context = {
+        "nav": "queue",
+        "page": page,
+        "first_position": page.start_index(),
+        "ready": list(selectors.ready()[:per_page]),
+        "ready_count": counts[State.PREPROCESSED],
+        "working": list(selectors.working()[:per_page]),
+        "working_count": counts[State.WORKING],
+        "queued_count": counts[State.QUEUED],
+        "stale_before": selectors.stale_before(),
+        "stale_hours": settings.L2_STALE_CLAIM_HOURS,
+        "partial": partial,
+        **r,
+    }
+    template = "inversions/partials/queue_body.html" if partial else "inversions/queue.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
+    return response
+
+
+@require_GET
+def queue(request):
+    return queue_response(request, partial=wants_partial(request))

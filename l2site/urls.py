@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from l2site import health
+from publishing import api
 
 admin.site.site_header = "L2 administration"
 admin.site.site_title = "L2 admin"
@@ -13,6 +14,8 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("api/v1/programs/<str:ipeid>/inverted", api.report_inverted, name="api-report-inverted"),
     path("api/v1/", include("publishing.urls")),
+    path("scans/", include("scanning.urls")),
     path("", include("inversions.urls")),
 ]

@@ -5,17 +5,19 @@ filterable, ``updated_since`` for incremental pulls. Bad parameters answer 400 w
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from django.core.paginator import EmptyPage, Paginator
 from django.http import JsonResponse
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from inversions import selectors
 from inversions.models import ObservingProgram
 from inversions.states import State
+from l2site.auth import is_science
 
 MAX_PAGE_SIZE = 500
 
@@ -165,3 +167,56 @@ def program(request, ipeid: str):
         ],
     }
     return JsonResponse(body)
+
+
+@require_POST
+@api_view
+def report_inverted(request, ipeid: str):
+    """Report a Working program inverted (DESIGN §8): the science cluster's way.
+
+    Body (JSON): ``{"collection", "path", "software_commit", "dataset_ids": [...], "notes"}``.
+    The token's user must be in the science group. The result files are checked before the
+    program becomes Inverted; a refused report answers 400 ``{"error": reason}`` and changes nothing.
+    """
+    from publishing.intake import ReportRejected
+    from publishing.intake import report_inverted as intake
+
+    if not is_science(request.user):
+        return JsonResponse({"error": "only the science team reports programs inverted"}, status=403)
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body must be a JSON object")
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    program = ObservingProgram.objects.select_related("claimed_by").filter(instrument_program_execution_id=ipeid).first()
+    if program is None:
+        return JsonResponse({"error": f"no Observing Program {ipeid!r}"}, status=404)
+    token = getattr(request, "api_token", None)
+    actor = f"api:{token.name}" if token is not None else request.user.get_username()
+    try:
+        row = intake(
+            program,
+            user=request.user,
+            collection=body.get("collection") or "",
+            path=body.get("path") or "",
+            software_commit=body.get("software_commit") or "",
+            dataset_ids=body.get("dataset_ids") if body.get("dataset_ids") is not None else [],
+            notes=body.get("notes") if body.get("notes") is not None else "",
+            actor=actor,
+            require_claim=False,
+        )
+    except ReportRejected as exc:
+        payload = {"error": exc.message}
+        if exc.field:
+            payload["field"] = exc.field
+        return JsonResponse(payload, status=400)
+    return JsonResponse(
+        {
+            "instrumentProgramExecutionId": program.instrument_program_execution_id,
+            "state": row.to_state,
+            "at": row.at.isoformat(),
+            "actor": row.actor,
+            "details": row.details,
+        }
+    )

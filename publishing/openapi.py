@@ -126,6 +126,40 @@ def spec() -> dict:
                     },
                 }
             },
+            "/programs/{instrumentProgramExecutionId}/inverted": {
+                "post": {
+                    "summary": "Report a Working program inverted (science team tokens)",
+                    "description": "The three result files are fetched from the collection and checked (present, readable, shapes agree with each other and with the program's raster steps) before the program becomes Inverted. A refused report changes nothing.",
+                    "parameters": [{"name": "instrumentProgramExecutionId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["collection", "path", "software_commit", "dataset_ids"],
+                                    "properties": {
+                                        "collection": {"type": "string", "description": "Globus collection id of the result files"},
+                                        "path": {"type": "string", "description": "absolute folder holding inv_res_mod.fits, inv_res_pre.fits, per_ori.fits"},
+                                        "software_commit": {"type": "string", "pattern": "^[0-9a-fA-F]{7,40}$"},
+                                        "dataset_ids": {"type": "array", "items": {"type": "string"}},
+                                        "notes": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "the program is Inverted", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "400": {
+                            "description": "refused: the reason, and the field at fault when there is one",
+                            "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}, "field": {"type": "string"}}, "required": ["error"]}}},
+                        },
+                        **errors(401, 403, 404),
+                        "405": {"description": "only POST"},
+                    },
+                }
+            },
         },
     }
 

@@ -1,6 +1,7 @@
 """The scans page: history with counts and bad records, start a scan, watch it run (DESIGN §5, §11)."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -28,12 +29,34 @@ def start_scan(*, full: bool, triggered_by: str) -> Scan:
     return start(full=full, triggered_by=triggered_by)
 
 
+def took(scan: Scan) -> str:
+    """How long a scan took ("running" while it runs, "—" when the end was not recorded)."""
+    if scan.status == Scan.Status.RUNNING:
+        return "running"
+    if scan.finished_at is None:
+        return "—"
+    seconds = max((scan.finished_at - scan.started_at).total_seconds(), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
+
+
+def with_took(scans):
+    scans = list(scans)
+    for scan in scans:
+        scan.took = took(scan)
+    return scans
+
+
 def last_scan() -> Scan | None:
-    return Scan.objects.exclude(status=Scan.Status.RUNNING).order_by("-started_at", "-id").first()
+    scan = Scan.objects.exclude(status=Scan.Status.RUNNING).order_by("-started_at", "-id").first()
+    return with_took([scan])[0] if scan else None
 
 
 def running_scans() -> list[Scan]:
-    return list(Scan.objects.filter(status=Scan.Status.RUNNING).order_by("-started_at", "-id")[:3])
+    return with_took(Scan.objects.filter(status=Scan.Status.RUNNING).order_by("-started_at", "-id")[:3])
 
 
 def next_scan() -> datetime | None:
@@ -57,6 +80,7 @@ def next_scan() -> datetime | None:
 
 
 def _progress_response(request, scan: Scan):
+    scan.took = took(scan)
     response = render(request, "scanning/partials/scan_progress.html", {"scan": scan})
     patch_vary_headers(response, ["HX-Request"])
     return response
@@ -66,14 +90,17 @@ def _progress_response(request, scan: Scan):
 def scan_list(request):
     scans = Scan.objects.order_by("-started_at", "-id").annotate(bad_records=Count("record_errors"))
     page = paginate(request, scans, settings.L2_PAGE_SIZE)
+    partial = wants_partial(request)
     context = {
         "nav": "scans",
+        "partial": partial,
         "page": page,
+        "scans": with_took(page.object_list),
         "running": running_scans(),
         "next_scan": next_scan(),
         **roles(request.user),
     }
-    template = "scanning/partials/scan_table.html" if wants_partial(request) else "scanning/scans.html"
+    template = "scanning/partials/scan_table.html" if partial else "scanning/scans.html"
     response = render(request, template, context)
     patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
     return response
@@ -82,8 +109,13 @@ def scan_list(request):
 @require_GET
 def scan_detail(request, pk: int):
     scan = get_object_or_404(Scan, pk=pk)
+    scan.took = took(scan)
     page = paginate(request, scan.record_errors.order_by("id"), ERRORS_PER_PAGE)
-    return render(request, "scanning/scan_detail.html", {"nav": "scans", "scan": scan, "page": page, **roles(request.user)})
+    errors = list(page.object_list)
+    for e in errors:
+        e.raw_text = json.dumps(e.raw, indent=2, sort_keys=True, default=str) if e.raw is not None else ""
+    context = {"nav": "scans", "scan": scan, "page": page, "errors": errors, **roles(request.user)}
+    return render(request, "scanning/scan_detail.html", context)
 
 
 @require_GET
@@ -112,6 +144,8 @@ def scan_start(request):
 
 def _progress_or_redirect(request, scan: Scan | None):
     if wants_partial(request):
+        if scan is not None:
+            scan.took = took(scan)
         response = render(request, "scanning/partials/scan_started.html", {"scan": scan})
         patch_vary_headers(response, ["HX-Request"])
         return response

@@ -74,4 +74,4 @@ def test_program_detail_has_datasets_qualification_and_history(api, make_program
 def test_openapi_describes_the_endpoints(client):
     spec = client.get("/api/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
-    assert {"/programs", "/programs/{instrumentProgramExecutionId}"} <= spec["paths"].keys()
+    assert {"/programs", "/programs/{instrumentProgramExecutionId}", "/programs/{instrumentProgramExecutionId}/inverted"} <= spec["paths"].keys()

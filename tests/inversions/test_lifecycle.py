@@ -19,7 +19,7 @@ EXPECTED = {
     S.INVERTIBLE: {S.PREPROCESSED, S.DISCOVERED, S.ERROR},  # Discovered: "datasets changed"
     S.NOT_INVERTIBLE: {S.DISCOVERED, S.ERROR},
     S.PREPROCESSED: {S.QUEUED, S.WORKING, S.DISCOVERED, S.ERROR},
-    S.QUEUED: {S.WORKING, S.PREPROCESSED, S.DISCOVERED, S.ERROR},
+    S.QUEUED: {S.QUEUED, S.WORKING, S.PREPROCESSED, S.DISCOVERED, S.ERROR},  # Queued→Queued: new priority
     S.WORKING: {S.INVERTED, S.PREPROCESSED, S.QUEUED, S.ERROR},  # release → Preprocessed/Queued
     S.INVERTED: {S.PUBLISHED, S.ERROR},
     S.PUBLISHED: {S.ERROR},
@@ -225,3 +225,12 @@ def test_pick_next_takes_priority_then_age(make_program, scientist, operator):
     lifecycle.enqueue(high, user=operator, priority=5)
     order = [lifecycle.claim_next(user=scientist) for _ in range(4)]
     assert [p.pk if p else None for p in order] == [high.pk, low.pk, old.pk, None]
+
+
+@pytest.mark.django_db
+def test_reprioritise_is_recorded_and_keeps_the_age(make_program, operator):
+    program = make_program(S.QUEUED)
+    queued_at = program.queued_at
+    row = lifecycle.reprioritise(program, user=operator, priority=7)
+    assert (row.from_state, row.to_state, row.reason) == (S.QUEUED, S.QUEUED, "priority 0 → 7")
+    assert program.priority == 7 and program.queued_at == queued_at
