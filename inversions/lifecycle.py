@@ -11,6 +11,7 @@ rest of the code uses; each is a thin layer over :func:`apply`.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from inversions.bulk import bulk_update_values
+from inversions.bulk import COPY_THRESHOLD, bulk_update_values, copy_rows, insert_models, reserve_ids
 from inversions.models import ObservingProgram, OutboxEvent, Transition
 from inversions.states import BEFORE_WORKING, State, allowed_targets, label
 
@@ -63,25 +64,36 @@ class Change:
     priority: int | None = None
 
 
+#: The program fields a transition writes (state, and the claim and queue fields kept in step with it).
+STATE_FIELDS = ["state", "state_changed_at", "updated_at", "priority", "queued_at", "claimed_by", "claimed_at"]
+
+
 def apply(
-    changes: Sequence[Change], *, actor: str, user=None, correction: bool = False
+    changes: Sequence[Change], *, actor: str, user=None, correction: bool = False, returning: bool = True
 ) -> list[Transition]:
-    """Make the changes in one transaction, all or nothing, and return the history rows."""
+    """Make the changes in one transaction, all or nothing, and return the history rows.
+
+    With ``returning=False`` a large batch (the scan's qualification) is written without
+    building model instances (COPY of plain rows) and ``[]`` is returned; the rows written
+    are the same.
+    """
     if not changes:
         return []
     if correction and (user is None or not all(c.reason.strip() for c in changes)):
         raise LifecycleError("A correction needs an admin and a reason.")
+    lean = not returning and len(changes) >= COPY_THRESHOLD
     with transaction.atomic():
         ids = sorted({c.program_id for c in changes})
-        programs = {
-            p.pk: p for p in ObservingProgram.objects.select_for_update().filter(pk__in=ids).order_by("pk")
-        }
+        locked = ObservingProgram.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+        if lean:  # only what the checks, the side effects and the event need
+            locked = locked.only("id", "instrument_program_execution_id", "state", "priority", "queued_at", "claimed_by", "claimed_at")
+        programs = {p.pk: p for p in locked}
         missing = set(ids) - programs.keys()
         if missing:
             raise ObservingProgram.DoesNotExist(f"No Observing Program with id {sorted(missing)}")
         before_error = _states_before_error([p.pk for p in programs.values() if p.state == State.ERROR])
         now = timezone.now()
-        transitions: list[Transition] = []
+        steps: list[_Step] = []
         for change in changes:
             program = programs[change.program_id]
             current = program.state
@@ -96,28 +108,61 @@ def apply(
                 raise IllegalTransition(program, current, change.to_state)
             if change.to_state == State.ERROR:
                 before_error[program.pk] = current
-            transitions.append(
-                Transition(
-                    program=program,
-                    from_state=current,
-                    to_state=change.to_state,
-                    at=now,
-                    actor=actor,
-                    actor_user=user,
-                    reason=change.reason,
-                    details=change.details or {},
-                    is_correction=correction,
-                )
-            )
+            steps.append(_Step(program, current, change.to_state, change.reason, change.details or {}))
             _apply_side_effects(program, current, change, user, now)
-        Transition.objects.bulk_create(transitions)
-        bulk_update_values(
-            programs.values(),
-            ["state", "state_changed_at", "updated_at", "priority", "queued_at", "claimed_by", "claimed_at"],
-        )
-        OutboxEvent.objects.bulk_create([_event_for(t) for t in transitions], batch_size=UPDATE_BATCH)
+        transitions = _write_history(steps, at=now, actor=actor, user=user, correction=correction, returning=not lean)
+        bulk_update_values(programs.values(), STATE_FIELDS)
         transaction.on_commit(kick_event_relay, robust=True)
     return transitions
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One checked transition, before it is written."""
+
+    program: ObservingProgram
+    from_state: str
+    to_state: str
+    reason: str
+    details: dict
+
+
+def _write_history(steps: Sequence[_Step], *, at: datetime, actor: str, user, correction: bool,
+                   returning: bool) -> list[Transition]:
+    """Write the history rows and their outbox events (the caller's transaction).
+
+    Returned as Transition instances (``INSERT``, or ``COPY`` for large batches) when
+    ``returning``; otherwise large batches are copied as plain rows, nothing returned.
+    """
+    if returning or len(steps) < COPY_THRESHOLD:
+        transitions = [
+            Transition(program=s.program, from_state=s.from_state, to_state=s.to_state, at=at, actor=actor,
+                       actor_user=user, reason=s.reason, details=s.details, is_correction=correction)
+            for s in steps
+        ]
+        insert_models(transitions, batch_size=UPDATE_BATCH)
+        insert_models([_event_for(t) for t in transitions], batch_size=UPDATE_BATCH)
+        return transitions
+    ids = reserve_ids(Transition, len(steps))
+    user_id = user.pk if user is not None else None
+    copy_rows(
+        Transition._meta.db_table,
+        ["id", "program_id", "from_state", "to_state", "at", "actor", "actor_user_id", "reason", "details", "is_correction"],
+        (
+            (pk, s.program.pk, s.from_state, s.to_state, at, actor, user_id, s.reason, json.dumps(s.details), correction)
+            for pk, s in zip(ids, steps)
+        ),
+    )
+    copy_rows(
+        OutboxEvent._meta.db_table,
+        ["created_at", "routing_key", "payload", "transition_id", "sent_at", "attempts", "last_error"],
+        (
+            (at, _routing_key(s.to_state), json.dumps(_payload(s.program, pk, s.from_state, s.to_state, at, actor,
+                                                               s.reason, correction)), pk, None, 0, "")
+            for pk, s in zip(ids, steps)
+        ),
+    )
+    return []
 
 
 def _states_before_error(program_ids: list[int]) -> dict[int, str]:
@@ -142,7 +187,8 @@ def _apply_side_effects(program: ObservingProgram, current: str, change: Change,
         program.claimed_by = None
         program.claimed_at = None
     if to == State.QUEUED:
-        program.queued_at = now
+        if current != State.QUEUED:  # a new priority keeps the program's age in the queue
+            program.queued_at = now
         if change.priority is not None:
             program.priority = change.priority
     elif to != State.QUEUED:
@@ -152,23 +198,32 @@ def _apply_side_effects(program: ObservingProgram, current: str, change: Change,
     program.updated_at = now
 
 
+def _routing_key(to_state: str) -> str:
+    return f"l2.program.{to_state}"
+
+
+def _payload(program: ObservingProgram, transition_id: int | None, from_state: str, to_state: str, at: datetime,
+             actor: str, reason: str, correction: bool) -> dict:
+    return {
+        "event_id": None,  # filled by the relay with the outbox row's id
+        "program": program.instrument_program_execution_id,
+        "program_id": program.pk,
+        "from": from_state or None,
+        "to": to_state,
+        "at": at.isoformat(),
+        "actor": actor,
+        "reason": reason,
+        "correction": correction,
+        "transition_id": transition_id,
+    }
+
+
 def _event_for(t: Transition) -> OutboxEvent:
     return OutboxEvent(
         created_at=t.at,
-        routing_key=f"l2.program.{t.to_state}",
+        routing_key=_routing_key(t.to_state),
         transition=t,
-        payload={
-            "event_id": None,  # filled by the relay with the outbox row's id
-            "program": t.program.instrument_program_execution_id,
-            "program_id": t.program_id,
-            "from": t.from_state or None,
-            "to": t.to_state,
-            "at": t.at.isoformat(),
-            "actor": t.actor,
-            "reason": t.reason,
-            "correction": t.is_correction,
-            "transition_id": t.pk,
-        },
+        payload=_payload(t.program, t.pk, t.from_state, t.to_state, t.at, t.actor, t.reason, t.is_correction),
     )
 
 
@@ -192,15 +247,12 @@ def create_programs(programs: Sequence[ObservingProgram], *, actor: str, reason:
             program.state = State.DISCOVERED
             program.state_changed_at = now
             program.created_at = program.updated_at = now
-        ObservingProgram.objects.bulk_create(programs, batch_size=UPDATE_BATCH)
-        transitions = Transition.objects.bulk_create(
-            [
-                Transition(program=p, from_state="", to_state=State.DISCOVERED, at=now, actor=actor, reason=reason)
-                for p in programs
-            ],
-            batch_size=UPDATE_BATCH,
+        # Large batches (the scan's) are written with COPY, small ones with INSERT: the same rows.
+        insert_models(programs, batch_size=UPDATE_BATCH)
+        _write_history(
+            [_Step(p, "", State.DISCOVERED, reason, {}) for p in programs],
+            at=now, actor=actor, user=None, correction=False, returning=False,
         )
-        OutboxEvent.objects.bulk_create([_event_for(t) for t in transitions], batch_size=UPDATE_BATCH)
         transaction.on_commit(kick_event_relay, robust=True)
     return list(programs)
 
@@ -316,6 +368,24 @@ def enqueue(program, *, user, priority: int = 0, reason: str = "work on this nex
     )
 
 
+def reprioritise(program, *, user, priority: int) -> Transition:
+    """A Queued program gets a new priority (Queued → Queued, in the history); it keeps its age."""
+    pk = program if isinstance(program, int) else program.pk
+    with transaction.atomic():
+        old = ObservingProgram.objects.select_for_update().values_list("priority", flat=True).get(pk=pk)
+        row = transition(
+            pk,
+            State.QUEUED,
+            actor=_name(user),
+            user=user,
+            reason=f"priority {old} → {priority}",
+            priority=priority,
+            expected_from=(State.QUEUED,),
+        )
+    _refresh(program)
+    return row
+
+
 def dequeue(program, *, user, reason: str = "removed from the queue") -> Transition:
     return transition(
         program, State.PREPROCESSED, actor=_name(user), user=user, reason=reason, expected_from=(State.QUEUED,)
@@ -342,7 +412,7 @@ def datasets_changed(program_ids: Sequence[int], *, actor: str = "scan") -> list
                 back.append(Change(p.pk, State.DISCOVERED, reason="datasets changed"))
             elif p.state != State.DISCOVERED:  # Working or later (or failed there): flag only
                 flagged.append(p.pk)
-        apply(back, actor=actor)
+        apply(back, actor=actor, returning=False)
         if flagged:
             ObservingProgram.objects.filter(pk__in=flagged).update(
                 datasets_changed_at=timezone.now(), updated_at=timezone.now()

@@ -11,27 +11,32 @@ their canonical JSON, and only programs whose datasets changed are touched.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
+from psycopg.types.datetime import TimestamptzLoader
 
 from inversions import lifecycle
-from inversions.bulk import bulk_update_values
+from inversions.bulk import copy_rows, update_rows
 from inversions.errors import L2Error
 from inversions.models import Dataset, ObservingProgram
 from inversions.states import State
 from scanning import qualification, settling
 from scanning.metadata_store import MetadataStoreClient
 from scanning.models import Scan, ScanRecordError
-from scanning.records import DatasetRecord, RecordError, lines_of, mark_superseded, parse_record
+from scanning.records import DatasetRecord, RecordError, _spectral_lines, lines_of, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,15 @@ ACTOR = "scan"
 # --- Plain helpers ----------------------------------------------------------------------
 def raw_hash(raw: Any) -> str:
     return hashlib.sha1(json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def canonical_json(raw: Any) -> tuple[str, str]:
+    """``(canonical JSON text, its SHA-1)``: the text is stored as the raw JSON, the digest is :func:`raw_hash`.
+
+    Raises ValueError for a record holding NaN or ±Infinity (PostgreSQL's JSON has no such numbers).
+    """
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+    return text, hashlib.sha1(text.encode()).hexdigest()
 
 
 def thresholds() -> qualification.Thresholds:
@@ -125,13 +139,52 @@ class PageResult:
     newest_update: datetime | None = None
 
 
+class ScanMemory:
+    """What one scan knows about the programs it created, so that it need not read them back.
+
+    A program created on a page and not touched by a later page has exactly the datasets of
+    that page: its summary (written at creation) is final when it does not depend on the
+    order of datasets with the same wavelength, and its qualification report can be
+    computed there and then, from the records just parsed. Such programs are ``complete``;
+    their reports (small JSON texts, at most :attr:`max_reports`) are used by
+    :func:`qualify_settled` instead of reading their datasets back.
+    """
+
+    max_reports = 50_000
+
+    def __init__(self) -> None:
+        self.complete: set[int] = set()
+        self.reports: dict[int, tuple[str, str, str]] = {}  # program id -> (state, reason, details JSON)
+
+    def created(self, program_id: int, *, exact_summary: bool, report: tuple[str, str, dict] | None) -> None:
+        if exact_summary:
+            self.complete.add(program_id)
+        if report is not None and len(self.reports) < self.max_reports:
+            state, reason, details = report
+            self.reports[program_id] = (state, reason, json.dumps(details))  # a text is ~5 times smaller
+
+    def touched_again(self, program_id: int) -> None:
+        self.complete.discard(program_id)
+        self.reports.pop(program_id, None)
+
+
 # --- The scan -----------------------------------------------------------------------------
 def start_scan(*, full: bool = False, triggered_by: str = "operator") -> Scan:
     """Record a scan and hand it to a worker; the page polls the row for progress."""
     from scanning.tasks import scan_metadata_store
 
     scan = Scan.objects.create(full=full, triggered_by=triggered_by)
-    transaction.on_commit(lambda: scan_metadata_store.apply_async(kwargs={"scan_id": scan.pk}))
+
+    def enqueue():
+        try:
+            scan_metadata_store.apply_async(kwargs={"scan_id": scan.pk}, retry=False)
+        except Exception as exc:  # the broker is down: the scan did not start, say so on its row
+            Scan.objects.filter(pk=scan.pk).update(
+                status=Scan.Status.FAILED, finished_at=timezone.now(), error=f"could not be queued: {type(exc).__name__}: {exc}"
+            )
+            raise
+
+    transaction.on_commit(enqueue)
     return scan
 
 
@@ -191,8 +244,10 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     changed: set[int] = set()
     touched: set[int] = set()
     newest = None
-    for page in store.iter_dataset_inventory_pages(settings.SCAN_PAGE_SIZE, update_date_min=scan.update_date_min):
-        result = upsert_page(scan, page, descriptions)
+    memory = ScanMemory()
+    pages = store.iter_dataset_inventory_pages(settings.SCAN_PAGE_SIZE, update_date_min=scan.update_date_min)
+    for page in read_ahead(pages):
+        result = upsert_page(scan, page, descriptions, memory)
         changed |= result.changed_programs
         touched |= result.touched_programs
         if result.newest_update and (newest is None or result.newest_update > newest):
@@ -211,11 +266,11 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
         )
     previous = _previous_newest(scan)
     scan.newest_update_date = max(filter(None, [newest, previous]), default=None)
-    if touched:
-        summarise_programs(touched, descriptions)
+    if touched - memory.complete:
+        summarise_programs(touched - memory.complete, descriptions)
     if changed:
         lifecycle.datasets_changed(sorted(changed), actor=ACTOR)
-    scan.programs_qualified = qualify_settled(now=now)
+    scan.programs_qualified = qualify_settled(now=now, reports=memory.reports)
 
 
 def _previous_newest(scan: Scan) -> datetime | None:
@@ -225,25 +280,124 @@ def _previous_newest(scan: Scan) -> datetime | None:
     )
 
 
-def upsert_page(scan: Scan, page: list, descriptions: dict[str, str]) -> PageResult:
-    """Parse and upsert one page in one transaction; a fixed number of statements per page."""
+def read_ahead(pages: Iterator[list]) -> Iterator[list]:
+    """The same pages in the same order, the next one fetched (in a thread) while this one is stored.
+
+    Requests are sent in the same order as without read-ahead, one at a time; a failure to
+    fetch page n+1 is raised when page n+1 is asked for, after page n was stored.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read-ahead")
+    try:
+        pending = pool.submit(next, pages, None)
+        while True:
+            page = pending.result()
+            if page is None:
+                return
+            pending = pool.submit(next, pages, None)
+            yield page
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@functools.cache
+def _dataset_columns() -> tuple[list[models.Field], frozenset[str]]:
+    """Dataset's columns but the id, and the names of its JSON columns."""
+    fields = [f for f in Dataset._meta.concrete_fields if not f.primary_key]
+    return fields, frozenset(f.attname for f in fields if isinstance(f, models.JSONField))
+
+
+def _db_values(values: dict, names: Iterable[str], json_names: frozenset[str], raw_text: str) -> list:
+    """Database values (JSON columns as JSON text; ``raw`` as the canonical text) in ``names`` order."""
+    out = []
+    for name in names:
+        value = values[name]
+        if name == "raw":
+            value = raw_text
+        elif name in json_names and value is not None:
+            value = json.dumps(value)
+        out.append(value)
+    return out
+
+
+@contextlib.contextmanager
+def reading_cursor() -> Iterator[Any]:
+    """A cursor of the default connection that loads timestamptz with psycopg's own (C) loader.
+
+    Django registers a Python loader for timestamptz, ten times slower; both give aware
+    datetimes (in the connection's time zone, UTC). JSON columns still come as text.
+    """
+    with connection.cursor() as cursor:
+        cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
+        yield cursor
+
+
+def _by_key(sql: str, keys: list) -> dict[Any, tuple]:
+    """Rows of ``sql`` (first column the key, one array parameter) by key."""
+    if not keys:
+        return {}
+    with reading_cursor() as cursor:
+        cursor.execute(sql, [keys])
+        return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def _clean_id(raw: Any) -> str | None:
+    """The record's datasetId when it is a string the parser keeps as is, else None."""
+    key = raw.get("datasetId") if isinstance(raw, dict) else None
+    return key if isinstance(key, str) and key and key == key.strip() else None
+
+
+def _existing(dataset_ids: list[str]) -> dict[str, tuple]:
+    """``{dataset id: (id, raw_hash, program id, update_date)}`` of the stored datasets among these."""
+    return _by_key(
+        "SELECT dataset_id, id, raw_hash, program_id, update_date FROM inversions_dataset WHERE dataset_id = ANY(%s)",
+        dataset_ids,
+    )
+
+
+def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: ScanMemory | None = None) -> PageResult:
+    """Parse and upsert one page in one transaction; a fixed number of statements per page.
+
+    New datasets are written with one COPY, changed ones with one UPDATE from a COPY-filled
+    temporary table, new programs through ``lifecycle.create_programs`` (with their summary).
+    ``memory`` (the scan's) learns which new programs are complete on this page.
+    """
     result = PageResult()
-    parsed: dict[str, tuple[DatasetRecord, str]] = {}
+    # An unchanged record (same datasetId, same canonical JSON as stored) is counted without parsing it.
+    keys = [_clean_id(raw) for raw in page]
+    repeated = {key for key, n in Counter(keys).items() if n > 1}
+    canonical: list[tuple[str, str] | None] = []
+    for raw, key in zip(page, keys):
+        try:
+            canonical.append(canonical_json(raw) if key is not None else None)
+        except ValueError:
+            canonical.append(None)  # reported by the full path below
+    existing = _existing([key for key in keys if key is not None])
+    parsed: dict[str, tuple[DatasetRecord, str, str]] = {}  # dataset id -> (record, canonical JSON, digest)
     errors: list[ScanRecordError] = []
-    for raw in page:
+    for raw, key, known in zip(page, keys, canonical):
+        if known is not None and key not in repeated and key in existing and existing[key][1] == known[1]:
+            result.unchanged += 1
+            stored_update = existing[key][3]
+            if result.newest_update is None or stored_update > result.newest_update:
+                result.newest_update = stored_update
+            continue
         try:
             rec = parse_record(raw)
+            try:
+                text, digest = known or canonical_json(raw)
+            except ValueError:
+                raise RecordError("the record holds a non-finite number (NaN or Infinity), which JSON cannot store") from None
         except RecordError as exc:
             errors.append(_record_error(scan, raw, exc.reason, exc.field))
             continue
         if rec.dataset_id in parsed:
-            kept, _ = parsed[rec.dataset_id]
+            kept = parsed[rec.dataset_id][0]
             errors.append(
                 _record_error(scan, raw, "duplicate datasetId in this answer; the record with the newest updateDate is kept", "datasetId")
             )
             if rec.update_date <= kept.update_date:
                 continue
-        parsed[rec.dataset_id] = (rec, raw_hash(raw))
+        parsed[rec.dataset_id] = (rec, text, digest)
         if result.newest_update is None or rec.update_date > result.newest_update:
             result.newest_update = rec.update_date
     result.errors = len(errors)
@@ -251,43 +405,68 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str]) -> PageRes
     with transaction.atomic():
         if errors:
             ScanRecordError.objects.bulk_create(errors)
-        existing = {
-            row["dataset_id"]: row
-            for row in Dataset.objects.filter(dataset_id__in=list(parsed)).values("id", "dataset_id", "raw_hash", "program_id")
-        }
-        incoming = [(rec, digest) for rec, digest in parsed.values() if existing.get(rec.dataset_id, {}).get("raw_hash") != digest]
-        result.unchanged = len(parsed) - len(incoming)
+        asked = set(keys)
+        existing.update(_existing([key for key in parsed if key not in asked]))  # ids the parser stripped
+        incoming = [entry for key, entry in parsed.items() if key not in existing or existing[key][1] != entry[2]]
+        result.unchanged += len(parsed) - len(incoming)
         if not incoming:
             return result
-        programs = _programs_for(incoming, descriptions, result)
         now = timezone.now()
-        new_rows, updated_rows = [], []
-        for rec, digest in incoming:
-            program = programs[rec.instrument_program_execution_id]
-            fields = dataset_fields(rec, digest)
+        prepared = []
+        for rec, text, digest in incoming:
+            values = dataset_fields(rec, digest)
             if rec.experiment_description is None:
-                fields["experiment_description"] = descriptions.get(rec.primary_experiment_id or "", "")
+                values["experiment_description"] = descriptions.get(rec.primary_experiment_id or "", "")
+            prepared.append((rec, text, values))
+        programs, created = _programs_for(prepared, descriptions, result, now)
+        superseded = set().union(*(c.superseded for c in created.values()))
+        fields, json_names = _dataset_columns()
+        new_names = [f.attname for f in fields]
+        update_names = [Dataset._meta.get_field(name).attname for name in DATASET_UPDATE_FIELDS]
+        new_datasets, updated_rows = [], []
+        for rec, text, values in prepared:
+            program_id, is_new = programs[rec.instrument_program_execution_id]
+            values.update(program_id=program_id, changed_at=now)
             old = existing.get(rec.dataset_id)
             if old is None:
-                new_rows.append(Dataset(program=program, first_seen_at=now, changed_at=now, **fields))
+                values.update(superseded=rec.dataset_id in superseded, first_seen_at=now)
+                new_datasets.append((values, text))
             else:
-                updated_rows.append(Dataset(pk=old["id"], program=program, changed_at=now, **fields))
-                if old["program_id"] != program.pk:
-                    result.changed_programs.add(old["program_id"])
-                    result.touched_programs.add(old["program_id"])
-            if not program._l2_created:
-                result.changed_programs.add(program.pk)
-            result.touched_programs.add(program.pk)
-        Dataset.objects.bulk_create(new_rows, batch_size=1000)
-        bulk_update_values(updated_rows, DATASET_UPDATE_FIELDS, batch_size=500)
-        result.new, result.updated = len(new_rows), len(updated_rows)
+                old_id, _, old_program, _ = old
+                updated_rows.append([old_id, *_db_values(values, update_names, json_names, text)])
+                if old_program != program_id:
+                    result.changed_programs.add(old_program)
+                    result.touched_programs.add(old_program)
+            if not is_new:
+                result.changed_programs.add(program_id)
+            result.touched_programs.add(program_id)
+        if new_datasets:  # rows made while COPY streams them: the server works meanwhile
+            copy_rows(Dataset._meta.db_table, [f.column for f in fields],
+                      (_db_values(values, new_names, json_names, text) for values, text in new_datasets))
+        update_rows(Dataset, DATASET_UPDATE_FIELDS, updated_rows)
+        result.new, result.updated = len(new_datasets), len(updated_rows)
+    if memory is not None:
+        created_ids = {program_id: c for program_id, c in ((c.program.pk, c) for c in created.values())}
+        for program_id in result.touched_programs - created_ids.keys():
+            memory.touched_again(program_id)
+        limits = thresholds() if created_ids else None
+        for program_id, c in created_ids.items():
+            report = _report(c.current, limits) if len(memory.reports) < memory.max_reports else None
+            memory.created(program_id, exact_summary=c.exact_summary, report=report)
     return result
+
+
+def _report(records: list[DatasetRecord], t: qualification.Thresholds) -> tuple[str, str, dict]:
+    """``(state, reason, details)`` of qualifying a program from its current records."""
+    report = qualification.qualify(records, t)
+    state = State.INVERTIBLE if report.invertible else State.NOT_INVERTIBLE
+    return state, report.reason, report.to_dict()
 
 
 def _record_error(scan: Scan, raw: Any, reason: str, field_name: str | None) -> ScanRecordError:
     dataset_id = raw.get("datasetId") if isinstance(raw, dict) else None
     try:
-        json.dumps(raw)
+        json.dumps(raw, allow_nan=False)
         stored = raw
     except (TypeError, ValueError):
         stored = {"unserialisable": repr(raw)[:2000]}
@@ -297,32 +476,61 @@ def _record_error(scan: Scan, raw: Any, reason: str, field_name: str | None) -> 
     )
 
 
-def _programs_for(incoming, descriptions: dict[str, str], result: PageResult) -> dict[str, ObservingProgram]:
-    """The programs of these records by instrumentProgramExecutionId, creating the missing ones (Discovered)."""
-    ipeids = {rec.instrument_program_execution_id for rec, _ in incoming}
-    programs = {p.instrument_program_execution_id: p for p in ObservingProgram.objects.filter(instrument_program_execution_id__in=ipeids)}
-    for p in programs.values():
-        p._l2_created = False
-    missing = []
-    for rec, _ in incoming:
-        ipeid = rec.instrument_program_execution_id
-        if ipeid in programs:
-            continue
-        program = ObservingProgram(
-            instrument_program_execution_id=ipeid,
-            observing_program_execution_id=rec.observing_program_execution_id or "",
-            primary_proposal_id=rec.primary_proposal_id,
-            primary_experiment_id=rec.primary_experiment_id or "",
-            instrument_name=rec.instrument_name,
-            experiment_description=rec.experiment_description or descriptions.get(rec.primary_experiment_id or "", ""),
-        )
-        program._l2_created = True
-        programs[ipeid] = program
-        missing.append(program)
-    if missing:
-        lifecycle.create_programs(missing, actor=ACTOR)
-        result.programs_new = len(missing)
-    return programs
+@dataclass
+class _Created:
+    """A program created from one page: its row, its current records, the datasets it supersedes."""
+
+    program: ObservingProgram
+    current: list[DatasetRecord]
+    superseded: set[str]
+    exact_summary: bool  # the summary does not depend on how the database orders equal wavelengths
+
+
+def _programs_for(prepared: list, descriptions: dict[str, str], result: PageResult,
+                  now: datetime) -> tuple[dict[str, tuple[int, bool]], dict[str, _Created]]:
+    """``{instrumentProgramExecutionId: (program id, created now)}``, creating the missing programs (Discovered).
+
+    A new program is created with the summary of its datasets on this page (as
+    :func:`summarise_programs` computes it), so that a program found whole on one page is
+    written once; the second value describes the programs created.
+    """
+    ipeids = list(dict.fromkeys(rec.instrument_program_execution_id for rec, _, _ in prepared))
+    programs = {
+        key: (row[0], False)
+        for key, row in _by_key(
+            "SELECT instrument_program_execution_id, id FROM inversions_observingprogram "
+            "WHERE instrument_program_execution_id = ANY(%s)", ipeids,
+        ).items()
+    }
+    datasets: dict[str, list[tuple[DatasetRecord, dict]]] = defaultdict(list)
+    for rec, _, values in prepared:
+        if rec.instrument_program_execution_id not in programs:
+            datasets[rec.instrument_program_execution_id].append((rec, values))
+    created: dict[str, _Created] = {}
+    for ipeid, found in datasets.items():
+        found.sort(key=lambda pair: (pair[1]["wavelength_min"] is None, pair[1]["wavelength_min"] or 0.0,
+                                     pair[1]["dataset_id"]))
+        old = _superseded([values for _, values in found])
+        current = [(rec, values) for rec, values in found if rec.dataset_id not in old]
+        summary = _summary(0, [values for _, values in current], descriptions, now)
+        program = ObservingProgram(instrument_program_execution_id=ipeid, **dict(zip(SUMMARY_FIELDS, summary[1:])))
+        created[ipeid] = _Created(program, [rec for rec, _ in current], old, _first_is_certain(current))
+    if created:
+        lifecycle.create_programs([c.program for c in created.values()], actor=ACTOR)
+        result.programs_new = len(created)
+        programs.update({ipeid: (c.program.pk, True) for ipeid, c in created.items()})
+    return programs, created
+
+
+def _first_is_certain(current: list[tuple[DatasetRecord, dict]]) -> bool:
+    """True when every dataset the database could order first (same lowest wavelength) gives the same summary."""
+    if not current:
+        return True
+    lowest = current[0][1]["wavelength_min"]
+    tied = [values for _, values in current if values["wavelength_min"] == lowest]
+    keys = ("instrument_name", "observing_program_execution_id", "primary_proposal_id", "primary_experiment_id",
+            "experiment_description")
+    return len({tuple(values[k] for k in keys) for values in tied}) == 1
 
 
 # --- Program summaries, supersession, settling --------------------------------------------
@@ -333,22 +541,32 @@ SUMMARY_FIELDS = [
 ]
 
 
+SUMMARY_COLUMNS = (
+    "id", "dataset_id", "product_id", "program_id", "create_date", "update_date", "start_time", "end_time",
+    "spectral_lines", "superseded", "instrument_name", "observing_program_execution_id", "primary_proposal_id",
+    "primary_experiment_id", "experiment_description",
+)
+
+
 def summarise_programs(program_ids: Iterable[int], descriptions: dict[str, str]) -> None:
     """Recompute supersession and the programs' summaries from their datasets."""
     ids = sorted(program_ids)
     for start in range(0, len(ids), QUALIFY_BATCH):
         batch = ids[start : start + QUALIFY_BATCH]
-        with transaction.atomic():
-            rows = list(
-                Dataset.objects.filter(program_id__in=batch).values(
-                    "id", "dataset_id", "product_id", "program_id", "create_date", "update_date", "start_time",
-                    "end_time", "spectral_lines", "superseded", "instrument_name", "observing_program_execution_id",
-                    "primary_proposal_id", "primary_experiment_id", "experiment_description",
-                )
+        with transaction.atomic(), reading_cursor() as cursor:
+            # the order of Dataset.Meta.ordering: a program's first current dataset names its ids
+            cursor.execute(
+                f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM inversions_dataset WHERE program_id = ANY(%s) "
+                "ORDER BY program_id, wavelength_min, dataset_id",
+                [batch],
             )
             by_program: dict[int, list[dict]] = defaultdict(list)
-            for row in rows:
-                by_program[row["program_id"]].append(row)
+            for row in cursor.fetchall():
+                d = dict(zip(SUMMARY_COLUMNS, row))
+                by_program[d["program_id"]].append(d)
+            stored = _by_key(
+                f"SELECT id, {', '.join(SUMMARY_FIELDS[:-1])} FROM inversions_observingprogram WHERE id = ANY(%s)", batch
+            )
             now = timezone.now()
             flips: dict[bool, list[int]] = {True: [], False: []}
             programs = []
@@ -359,11 +577,13 @@ def summarise_programs(program_ids: Iterable[int], descriptions: dict[str, str])
                     if (d["dataset_id"] in superseded) != d["superseded"]:
                         flips[d["dataset_id"] in superseded].append(d["id"])
                 current = [d for d in datasets if d["dataset_id"] not in superseded]
-                programs.append(_summary(pid, current, descriptions, now))
+                summary = _summary(pid, current, descriptions, now)
+                if stored.get(pid) != summary[1:-1]:  # written only when it changed (new programs have it already)
+                    programs.append(summary)
             for value, dataset_ids in flips.items():
                 if dataset_ids:
-                    Dataset.objects.filter(pk__in=dataset_ids).update(superseded=value)
-            bulk_update_values(programs, SUMMARY_FIELDS)
+                    cursor.execute("UPDATE inversions_dataset SET superseded = %s WHERE id = ANY(%s)", [value, dataset_ids])
+            update_rows(ObservingProgram, SUMMARY_FIELDS, programs)
 
 
 def _superseded(datasets: list[dict]) -> set[str]:
@@ -378,30 +598,90 @@ def _superseded(datasets: list[dict]) -> set[str]:
     return {d["dataset_id"] for d in datasets} - keep
 
 
-def _summary(pid: int, current: list[dict], descriptions: dict[str, str], now: datetime) -> ObservingProgram:
+def _summary(pid: int, current: list[dict], descriptions: dict[str, str], now: datetime) -> tuple:
+    """``(program id, *SUMMARY_FIELDS values)`` of a program from its current datasets."""
     newest = max((d["create_date"] for d in current), default=None)
     first = current[0] if current else {}
     experiment = first.get("primary_experiment_id") or ""
-    return ObservingProgram(
-        pk=pid,
-        spectral_lines=sorted({line for d in current for line in (d["spectral_lines"] or [])}),
-        start_time=min((d["start_time"] for d in current if d["start_time"]), default=None),
-        end_time=max((d["end_time"] for d in current if d["end_time"]), default=None),
-        newest_create_date=newest,
-        settles_at=settling.settles_at(newest, settings.L2_SETTLE_DAYS) if newest else None,
-        dataset_count=len(current),
-        instrument_name=first.get("instrument_name", ""),
-        observing_program_execution_id=first.get("observing_program_execution_id", ""),
-        primary_proposal_id=first.get("primary_proposal_id", ""),
-        primary_experiment_id=experiment,
-        experiment_description=first.get("experiment_description") or descriptions.get(experiment, ""),
-        updated_at=now,
+    return (
+        pid,
+        sorted({line for d in current for line in (d["spectral_lines"] or [])}),
+        min((d["start_time"] for d in current if d["start_time"]), default=None),
+        max((d["end_time"] for d in current if d["end_time"]), default=None),
+        newest,
+        settling.settles_at(newest, settings.L2_SETTLE_DAYS) if newest else None,
+        len(current),
+        first.get("instrument_name", ""),
+        first.get("observing_program_execution_id", ""),
+        first.get("primary_proposal_id", ""),
+        experiment,
+        first.get("experiment_description") or descriptions.get(experiment, ""),
+        now,
     )
 
 
 # --- Qualification --------------------------------------------------------------------------
-def qualify_settled(*, now: datetime | None = None) -> int:
-    """Qualify every settled Discovered program; return how many moved."""
+#: The Dataset columns a stored record is rebuilt from, and the record's own spectralLines.
+RECORD_COLUMNS = (
+    "dataset_id", "product_id", "primary_proposal_id", "primary_experiment_id", "observing_program_execution_id",
+    "instrument_program_execution_id", "instrument_name", "create_date", "update_date", "start_time", "end_time",
+    "wavelength_min", "wavelength_max", "stokes_parameters", "bounding_box", "frame_count", "health", "gos_status",
+    "ao_locked", "light_level", "fried_parameter", "exposure_time", "bucket", "browse_movie_url", "is_embargoed",
+    "embargo_end_date", "experiment_description",
+)
+_STORED_AS_EMPTY = frozenset({  # optional strings dataset_fields() stores as "" for null
+    "primary_experiment_id", "observing_program_execution_id", "stokes_parameters", "bucket", "browse_movie_url",
+    "experiment_description",
+})
+_JSON_COLUMNS = frozenset({"bounding_box", "health", "gos_status", "light_level", "fried_parameter"})
+
+
+def stored_record(row: Sequence[Any]) -> DatasetRecord:
+    """The DatasetRecord of a stored dataset, from its columns (RECORD_COLUMNS, then ``raw->'spectralLines'``).
+
+    The columns hold what :func:`scanning.records.parse_record` made of the raw record, so
+    this is that record without parsing the raw JSON again; ``raw`` is left empty. Optional
+    strings the store sent as null come back as None (an empty string from the store too).
+    """
+    values: dict[str, Any] = {}
+    for name, value in zip(RECORD_COLUMNS, row):
+        if name in _JSON_COLUMNS and isinstance(value, str):
+            value = json.loads(value)  # Django's connection hands jsonb over as text
+        elif name in _STORED_AS_EMPTY and value == "":
+            value = None
+        elif isinstance(value, datetime):
+            value = value.astimezone(UTC)
+        values[name] = value
+    box = values["bounding_box"]
+    values["bounding_box"] = ((box[0][0], box[0][1]), (box[1][0], box[1][1])) if box else None
+    lines = row[len(RECORD_COLUMNS)]
+    values["spectral_lines"] = _spectral_lines({"spectralLines": json.loads(lines) if isinstance(lines, str) else lines})
+    return DatasetRecord(raw={}, **values)
+
+
+def current_records(program_ids: Sequence[int]) -> dict[int, list[DatasetRecord]]:
+    """The current (not superseded) datasets of these programs as records, in one query."""
+    records: dict[int, list[DatasetRecord]] = defaultdict(list)
+    if not program_ids:
+        return records
+    with reading_cursor() as cursor:
+        cursor.execute(
+            f"SELECT program_id, {', '.join(RECORD_COLUMNS)}, raw->'spectralLines' FROM inversions_dataset "
+            "WHERE program_id = ANY(%s) AND NOT superseded",
+            [list(program_ids)],
+        )
+        for row in cursor.fetchall():
+            records[row[0]].append(stored_record(row[1:]))
+    return records
+
+
+def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str, str, str]] | None = None) -> int:
+    """Qualify every settled Discovered program; return how many moved.
+
+    ``reports`` (from the scan's :class:`ScanMemory`) gives ``(state, reason, details JSON)``
+    already computed for some programs from the very records their datasets hold.
+    """
+    reports = reports or {}
     now = now or timezone.now()
     ids = list(
         ObservingProgram.objects.filter(state=State.DISCOVERED, settles_at__lte=now, dataset_count__gt=0)
@@ -411,18 +691,17 @@ def qualify_settled(*, now: datetime | None = None) -> int:
     moved = 0
     for start in range(0, len(ids), QUALIFY_BATCH):
         batch = ids[start : start + QUALIFY_BATCH]
-        records: dict[int, list[DatasetRecord]] = defaultdict(list)
-        for pid, raw in Dataset.objects.filter(program_id__in=batch, superseded=False).values_list("program_id", "raw"):
-            records[pid].append(parse_record(raw))  # stored rows parsed once already
+        records = current_records([pid for pid in batch if pid not in reports])
         changes = []
         for pid in batch:
-            report = qualification.qualify(records[pid], t)
-            data = report.to_dict()
-            state = State.INVERTIBLE if report.invertible else State.NOT_INVERTIBLE
-            reason = report.reason
-            changes.append(lifecycle.Change(pid, state, reason=reason, details=data, expected_from=(State.DISCOVERED,)))
+            if pid in reports:
+                state, reason, text = reports[pid]
+                details = json.loads(text)
+            else:
+                state, reason, details = _report(records[pid], t)
+            changes.append(lifecycle.Change(pid, state, reason=reason, details=details, expected_from=(State.DISCOVERED,)))
         try:
-            lifecycle.apply(changes, actor=ACTOR)
+            lifecycle.apply(changes, actor=ACTOR, returning=False)
             moved += len(changes)
         except lifecycle.StateChanged:
             # someone moved one of them meanwhile: take them one by one
