@@ -16,6 +16,11 @@ Stokes axis (STOKES) for polarimetric data. ``DINDEXk`` are 1-based, as ViSP wri
 them (``VSPSTP`` runs 1…``VSPNSTP``; Stokes 1…4).
 
 File names are random UUIDs: nothing about a frame's place can be read from them.
+
+Headers carry every key SPEC-214 requires in its fits, dataset, datacenter, dkist-id
+and ViSP sections (checked against ``dkist-fits-specifications`` in the tests); the
+observatory-state sections (camera, weather station, PAC, telescope position) are
+left out of the demo.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ def _fields(rng: np.random.Generator, n_steps: int, n_slit: int) -> dict[str, np
     x = np.linspace(0.0, 1.0, n_steps)[:, None]
     y = np.linspace(0.0, 1.0, n_slit)[None, :]
     gran = np.zeros((n_steps, n_slit))
-    for _ in range(24):  # granulation-like cells: random plane waves
-        kx, ky = rng.normal(0, 14, 2)
+    for _ in range(64):  # granulation-like cells: plane waves of random direction
+        k, angle = rng.uniform(10, 18), rng.uniform(0, np.pi)
+        kx, ky = k * np.cos(angle), k * np.sin(angle)
         gran += np.cos(2 * np.pi * (kx * x + ky * y) + rng.uniform(0, 2 * np.pi))
     gran /= max(np.abs(gran).max(), 1e-9)
     # a pore (dark, strong positive field) and an opposite-polarity plage patch
@@ -191,6 +197,35 @@ def _template_header(
         ("VSPNSTP", n_steps, "Raster steps in a map"),
         ("VSPNMAPS", n_maps, "Maps in the dataset"),
         ("VSPSLTSS", float(step_scale), "[arcsec] Raster step size"),
+        # configuration keys SPEC-214 requires; plausible constants for the demo
+        ("RRUNID", 1, None),
+        ("RECIPEID", 1, None),
+        ("RINSTID", 1, None),
+        ("IDSOBSID", 1, None),
+        ("DKISTVER", "demo", None),
+        ("CALVERS", "demo", None),
+        ("HEAD_URL", "", None),
+        ("INFO_URL", "", None),
+        ("CAL_URL", "", None),
+        ("NBIN1", 1, None),
+        ("NBIN2", 1, None),
+        ("NBIN3", 1, None),
+        ("NBIN", 1, None),
+        ("VSPARMPS", -4.0, None),
+        ("VSPARMFC", 0.0, None),
+        ("VSPFILT", "FF01-623_32-25", None),
+        ("VSPFWVLN", 621.548, None),
+        ("VSPMODID", "demo", None),
+        ("VSPMOD", "continuous", None),
+        ("VSPEXPRT", 0.0, None),
+        ("VSPGRTID", "316/63", None),
+        ("VSPGRTCN", 316.0, None),
+        ("VSPGRTBA", 63.4, None),
+        ("VSPGRTAN", -65.0, None),
+        ("VSPWID", 0.041, None),
+        ("VSPTPOS", 0.0, None),
+        ("VSPMIRPS", 0.0, None),
+        ("VSPSPOS", 0.0, None),
     ):
         card((key, value, comment) if comment else (key, value))
 
