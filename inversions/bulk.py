@@ -93,8 +93,9 @@ def reserve_ids(model: type[models.Model], count: int) -> list[int]:
         return []
     meta = model._meta
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+        cursor.execute(  # the sequence is looked up once, not per row
+            "SELECT nextval(q.seq) FROM (SELECT pg_get_serial_sequence(%s, %s)::regclass AS seq) AS q, "
+            "generate_series(1, %s)",
             [meta.db_table, meta.pk.column, count],
         )
         return sorted(row[0] for row in cursor.fetchall())

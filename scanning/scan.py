@@ -7,7 +7,15 @@ pages, not with records), so a scan that fails half-way keeps what it stored. A 
 cannot be parsed is stored on the scan as a ScanRecordError with its raw JSON and skipped.
 
 An unchanged store costs no writes but the scan row's: records are compared by the SHA-1 of
-their canonical JSON, and only programs whose datasets changed are touched.
+their canonical JSON (an unchanged record is not even parsed), and only programs whose
+datasets changed are touched.
+
+Speed (DESIGN §13): the next page is fetched while this one is stored (:func:`read_ahead`);
+new datasets, programs, history rows and events are written with ``COPY``
+(:mod:`inversions.bulk`, through ``lifecycle.create_programs`` / ``lifecycle.apply``); a
+new program is created with its summary, and a program found whole on one page is neither
+read back nor summarised again, its qualification report computed from the records just
+parsed (:class:`ScanMemory`). Everything else is read back with one query per batch.
 """
 from __future__ import annotations
 

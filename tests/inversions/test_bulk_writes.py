@@ -156,3 +156,18 @@ def test_reserved_ids_are_unique_ascending_and_never_reused():
     with connection.cursor() as cursor:  # the reserved ids are free for the one who reserved them
         cursor.execute("SELECT count(*) FROM inversions_transition WHERE id = ANY(%s)", [ids])
         assert cursor.fetchone()[0] == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("count", [SMALL, LARGE])
+def test_bulk_update_values_writes_json_fields_by_values_or_by_copy(count):
+    lifecycle.create_programs(new_programs(f"j{count}", count), actor="scan")
+    events = list(OutboxEvent.objects.filter(payload__program__startswith=f"id.j{count}.").order_by("pk"))
+    assert len(events) == count
+    for n, event in enumerate(events):
+        event.payload = {"n": n, "text": "tab\t\"q\" \\ 日本", "list": [1.5, None, {"x": True}]}
+        event.attempts, event.last_error = n, f"error {n}\n"
+    assert bulk.bulk_update_values(events, ["payload", "attempts", "last_error"]) == count
+    for n, event in enumerate(OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).order_by("pk")):
+        assert (event.payload, event.attempts, event.last_error) == (
+            {"n": n, "text": "tab\t\"q\" \\ 日本", "list": [1.5, None, {"x": True}]}, n, f"error {n}\n")

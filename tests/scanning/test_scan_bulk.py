@@ -1,0 +1,162 @@
+"""The scan's fast paths give what the plain way gives: stored records, read-ahead, summaries at creation, reports."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+from django.db import connection
+
+from inversions.errors import BackoffRetryError
+from inversions.models import Dataset, ObservingProgram, Transition
+from inversions.states import State
+from scanning import qualification
+from scanning import scan as scan_module
+from scanning.metadata_store import MetadataStoreClient
+from scanning.models import Scan
+from scanning.records import parse_record
+from scanning.scan import (
+    RECORD_COLUMNS, canonical_json, raw_hash, read_ahead, reading_cursor, run_scan, stored_record, summarise_programs,
+    thresholds,
+)
+from tests.scanning.conftest import TOKEN
+
+
+@pytest.fixture
+def store_client(metadata_store):
+    def make():
+        return MetadataStoreClient(metadata_store.url, TOKEN, timeout=5.0, max_attempts=3, backoff_base=0.001)
+
+    return make
+
+
+def scan(store_client, **kw) -> Scan:
+    result = run_scan(store=store_client(), **kw)
+    assert result.status == Scan.Status.SUCCEEDED, result.error
+    return result
+
+
+# --- plain helpers ---------------------------------------------------------------------------
+def test_canonical_json_is_the_stored_text_and_its_digest_the_raw_hash(fixture_records):
+    for raw in fixture_records[:50]:
+        text, digest = canonical_json(raw)
+        assert json.loads(text) == raw and digest == raw_hash(raw)
+    with pytest.raises(ValueError):
+        canonical_json({**fixture_records[0], "extra": math.nan})
+
+
+def test_read_ahead_keeps_the_order_and_raises_a_fetch_error_after_the_pages_before_it():
+    asked: list[int] = []
+
+    def pages():
+        for number in (1, 2, 3):
+            asked.append(number)
+            yield [f"record {number}"]
+        asked.append(4)
+        raise BackoffRetryError("metadata store unavailable", step="scan")
+
+    got = []
+    with pytest.raises(BackoffRetryError):
+        for page in read_ahead(pages()):
+            got.append(page)
+            assert asked[-1] <= len(got) + 1  # never more than one page ahead
+    assert got == [["record 1"], ["record 2"], ["record 3"]]
+    assert asked == [1, 2, 3, 4]
+
+
+# --- against the database ----------------------------------------------------------------------
+@pytest.mark.django_db
+def test_a_stored_record_is_the_record_the_parser_made(store_client, fixture_records):
+    scan(store_client, full=True)
+    with reading_cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(RECORD_COLUMNS)}, raw->'spectralLines', raw FROM inversions_dataset")
+        rows = cursor.fetchall()
+    assert len(rows) == len(fixture_records) == 508
+    for row in rows:
+        stored = stored_record(row[:-1])
+        parsed = parse_record(json.loads(row[-1]))
+        for name in parsed.__dataclass_fields__:
+            if name in ("raw", "experiment_description"):  # not kept / filled from the descriptions
+                continue
+            assert getattr(stored, name) == getattr(parsed, name), (parsed.dataset_id, name)
+        assert stored.start_time.utcoffset().total_seconds() == 0
+
+
+def _stored_summaries() -> list[tuple]:
+    return list(ObservingProgram.objects.order_by("pk").values_list(*(["pk"] + scan_module.SUMMARY_FIELDS[:-1])))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("page_size", [7, 1000])
+def test_summaries_and_reports_do_not_depend_on_how_pages_cut_programs(metadata_store, store_client, settings,
+                                                                        fixture_records, page_size, monkeypatch):
+    """Programs split over pages or not: summaries equal a recomputation, reports equal qualifying the stored data."""
+    # two arms with the same wavelength but different execution ids: the database's order decides the summary
+    a = copy.deepcopy(fixture_records[40])
+    b = copy.deepcopy(a)
+    for n, record in enumerate((a, b)):
+        record.update(datasetId=f"TIE{n}", instrumentProgramExecutionId="id.tie.1", wavelengthMin=630.0,
+                      wavelengthMax=640.0, observingProgramExecutionId=f"ope.tie.{1 - n}")
+    metadata_store.store.upsert_records([a, b])
+    settings.SCAN_PAGE_SIZE = page_size
+    summarised: list[int] = []
+    original = scan_module.summarise_programs
+    monkeypatch.setattr(scan_module, "summarise_programs", lambda ids, d: summarised.extend(ids) or original(ids, d))
+    result = scan(store_client, full=True)
+    assert result.new == 510 and result.programs_qualified == result.programs_new == 143
+    before = _stored_summaries()
+    summarise_programs([p[0] for p in before], {})
+    assert _stored_summaries() == before  # nothing to correct
+    tie = ObservingProgram.objects.get(instrument_program_execution_id="id.tie.1")
+    assert tie.observing_program_execution_id == "ope.tie.1"  # TIE0 sorts first in the database
+    assert tie.pk in summarised  # its summary at creation depended on an order: recomputed from the database
+    if page_size == 1000:  # every program found whole on one page: the others are not read back
+        assert summarised == [tie.pk]
+    t = thresholds()
+    records = scan_module.current_records([p[0] for p in before])
+    for program in ObservingProgram.objects.all():
+        latest = program.transitions.latest("at", "id")
+        report = qualification.qualify(records[program.pk], t)
+        assert (latest.details, latest.reason) == (json.loads(json.dumps(report.to_dict())), report.reason)
+        assert program.state == (State.INVERTIBLE if report.invertible else State.NOT_INVERTIBLE)
+
+
+@pytest.mark.django_db
+def test_an_unchanged_full_rescan_parses_no_record(store_client, monkeypatch):
+    scan(store_client, full=True)
+    parsed = []
+    monkeypatch.setattr(scan_module, "parse_record", lambda raw: parsed.append(raw) or parse_record(raw))
+    again = scan(store_client, full=True)
+    assert (again.unchanged, again.new, again.updated, parsed) == (508, 0, 0, [])
+    assert again.newest_update_date == Dataset.objects.order_by("-update_date").values_list("update_date", flat=True)[0]
+
+
+@pytest.mark.django_db
+def test_a_record_holding_nan_is_a_record_error_not_a_failed_scan(metadata_store, store_client, fixture_records):
+    good = [copy.deepcopy(r) for r in fixture_records[:10]]
+    bad = copy.deepcopy(fixture_records[10])
+    bad["lightLevel"] = {**bad["lightLevel"], "mean": math.inf}  # a member the parser ignores; JSON has no Infinity
+    metadata_store.store.upsert_records(good + [bad], replace=True)
+    result = scan(store_client, full=True)
+    assert (result.new, result.errors) == (10, 1)
+    error = result.record_errors.get()
+    assert error.dataset_id == bad["datasetId"] and "non-finite" in error.reason
+    assert "unserialisable" in error.raw
+    assert not Dataset.objects.filter(dataset_id=bad["datasetId"]).exists()
+    assert Transition.objects.filter(program__datasets__dataset_id=good[0]["datasetId"]).exists()
+
+
+@pytest.mark.django_db
+def test_the_scan_reads_no_dataset_back_for_programs_found_whole_on_one_page(store_client, settings):
+    settings.SCAN_PAGE_SIZE = 1000  # the 508 fixture records on one page
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        scan(store_client, full=True)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM inversions_dataset" in s]
+    assert len(reads) == 1 and "raw_hash" in reads[0]  # only the lookup of what is stored already
