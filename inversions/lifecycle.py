@@ -183,7 +183,7 @@ def _apply_side_effects(program: ObservingProgram, current: str, change: Change,
     if to == State.WORKING:
         program.claimed_by = user
         program.claimed_at = now
-    elif current == State.WORKING or program.claimed_by_id is not None:
+    else:
         program.claimed_by = None
         program.claimed_at = None
     if to == State.QUEUED:
@@ -191,7 +191,7 @@ def _apply_side_effects(program: ObservingProgram, current: str, change: Change,
             program.queued_at = now
         if change.priority is not None:
             program.priority = change.priority
-    elif to != State.QUEUED:
+    else:
         program.queued_at = None
     program.state = to
     program.state_changed_at = now
@@ -229,7 +229,7 @@ def _event_for(t: Transition) -> OutboxEvent:
 
 def kick_event_relay() -> None:
     """Ask a worker to relay the outbox now; beat also relays periodically, so a failure here is harmless."""
-    if not getattr(settings, "EVENT_RELAY_ON_COMMIT", True):
+    if not settings.EVENT_RELAY_ON_COMMIT:
         return
     from inversions.tasks import relay_events
 

@@ -232,16 +232,21 @@ class advisory_lock:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
 
 
-def _since(scan: Scan) -> datetime | None:
-    if scan.full:
-        return None
-    last = (
+def _last_watermark(scan: Scan) -> datetime | None:
+    """The newest updateDate any earlier successful scan saw (the incremental scans' watermark)."""
+    return (
         Scan.objects.filter(status=Scan.Status.SUCCEEDED, newest_update_date__isnull=False)
         .exclude(pk=scan.pk)
         .order_by("-started_at")
         .values_list("newest_update_date", flat=True)
         .first()
     )
+
+
+def _since(scan: Scan) -> datetime | None:
+    if scan.full:
+        return None
+    last = _last_watermark(scan)
     return last - timedelta(minutes=settings.SCAN_OVERLAP_MINUTES) if last else None
 
 
@@ -272,20 +277,13 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
             pages=scan.pages, records=scan.records, new=scan.new, updated=scan.updated,
             unchanged=scan.unchanged, errors=scan.errors, programs_new=scan.programs_new,
         )
-    previous = _previous_newest(scan)
+    previous = _last_watermark(scan)
     scan.newest_update_date = max(filter(None, [newest, previous]), default=None)
     if touched - memory.complete:
         summarise_programs(touched - memory.complete, descriptions)
     if changed:
         lifecycle.datasets_changed(sorted(changed), actor=ACTOR)
     scan.programs_qualified = qualify_settled(now=now, reports=memory.reports)
-
-
-def _previous_newest(scan: Scan) -> datetime | None:
-    return (
-        Scan.objects.filter(status=Scan.Status.SUCCEEDED).exclude(pk=scan.pk).order_by("-started_at")
-        .values_list("newest_update_date", flat=True).first()
-    )
 
 
 def read_ahead(pages: Iterator[list]) -> Iterator[list]:
