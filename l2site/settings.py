@@ -194,13 +194,27 @@ L2_STALE_CLAIM_HOURS = env_number("L2_STALE_CLAIM_HOURS", 72.0)
 L2_PAGE_SIZE = max(1, int(env_number("L2_PAGE_SIZE", 50, int)))
 
 
+# --- Collections and transfers (DESIGN §7, §9) -------------------------------------------
+# A collection is a Globus collection id (production) or a name standing for one (embedded).
+L2_TRANSFER_BACKEND = env("L2_TRANSFER_BACKEND", "local")  # local | globus
+L2_L1_COLLECTION = env("L2_L1_COLLECTION", "dkist-l1")
+L2_L1_PATH = env("L2_L1_PATH", "/{bucket}/{proposal}/{dataset}/")
+L2_SCRATCH_COLLECTION = env("L2_SCRATCH_COLLECTION", "scratch")
+L2_SCIENCE_COLLECTION = env("L2_SCIENCE_COLLECTION", "science-cluster")
+L2_SCIENCE_PATH = env("L2_SCIENCE_PATH", "/l2/{proposal}/{program}/")
+L2_PUBLISH_COLLECTION = env("L2_PUBLISH_COLLECTION", "publish")
+L2_PUBLISH_PATH = env("L2_PUBLISH_PATH", "/{bucket}/{proposal}/{inversion}/")
+
+
 def _collections() -> dict[str, str]:
-    """Globus collection id -> local folder where its files are visible (for result intake)."""
+    """Collection -> the local folder where its files are visible on this machine."""
     import json
 
     raw = env("L2_COLLECTIONS")
     if raw is None:
-        return {"science-cluster": str(embedded.var_dir() / "collections" / "science-cluster")}
+        root = embedded.var_dir() / "collections"
+        names = (L2_L1_COLLECTION, L2_SCRATCH_COLLECTION, L2_SCIENCE_COLLECTION, L2_PUBLISH_COLLECTION)
+        return {name: str(root / name) for name in names}
     try:
         value = json.loads(raw)
     except ValueError as exc:
@@ -210,7 +224,8 @@ def _collections() -> dict[str, str]:
     return value
 
 
-# Where the result files reported inverted are read: collection id -> local folder.
+# Where each collection's files are visible locally: the local backend copies between these
+# folders; with Globus, scratch (and the science cluster, for result intake) must be listed.
 L2_COLLECTIONS = _collections()
 
 # The metadata store (DESIGN §5). `./l2 up` points these at the embedded emulator.
