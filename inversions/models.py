@@ -172,3 +172,68 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.routing_key} #{self.pk}"
+
+
+class WorkOrder(models.Model):
+    """One run of a worker pipeline for a program (DESIGN §7): preprocess, generate, publish.
+
+    At most one active (Queued or Started) order per program and kind. ``input_fingerprint``
+    (a digest of the inputs' checksums) lets a new order for the same inputs be skipped unless
+    forced. ``progress`` is written as the work goes (files staged, frames assembled, bytes …)
+    for the program page; ``details`` keeps what a redelivered task needs to resume (transfer
+    submission ids, outputs) and, once done, the manifest.
+    """
+
+    class Kind(models.TextChoices):
+        PREPROCESS = "preprocess", "Preprocess"
+        GENERATE = "generate", "Generate L2"
+        PUBLISH = "publish", "Publish"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        STARTED = "started", "Started"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (Status.QUEUED, Status.STARTED)
+
+    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="work_orders")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    step = models.CharField(max_length=40, blank=True, help_text="the step running now, or the one that failed")
+    forced = models.BooleanField(default=False, help_text="run even if the inputs did not change")
+    requested_by = models.CharField(max_length=150, help_text="user name, or beat")
+    requested_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    attempts = models.PositiveIntegerField(default=0, help_text="times a worker started a step of it")
+    progress = models.JSONField(default=dict, blank=True)
+    input_checksums = models.JSONField(default=dict, blank=True, help_text="input name -> checksum")
+    input_fingerprint = models.CharField(max_length=64, blank=True, db_index=True)
+    details = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["program", "kind"],
+                condition=Q(status__in=["queued", "started"]),
+                name="workorder_one_active_per_kind",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["program", "kind", "-created_at"], name="workorder_program_kind"),
+            models.Index(fields=["status", "kind"], name="workorder_status_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} of {self.program_id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
