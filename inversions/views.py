@@ -556,8 +556,7 @@ def requeue(request, ipeid: str):
 @require_POST
 @require_role(is_science, "Only the science team reports programs inverted.")
 def report_inverted(request, ipeid: str):
-    from publishing.intake import ReportRejected
-    from publishing.intake import report_inverted as intake
+    from publishing.intake import ReportRejected, submit_report
 
     program = _program_or_404(ipeid)
     current = [d for d in program.datasets.all() if not d.superseded]
@@ -565,22 +564,24 @@ def report_inverted(request, ipeid: str):
     if form.is_valid():
         data = form.cleaned_data
         try:
-            intake(
+            submit_report(
                 program,
                 user=request.user,
+                actor=request.user.get_username(),
                 collection=data["collection"],
                 path=data["path"],
                 software_commit=data["software_commit"],
                 dataset_ids=list(data["dataset_ids"]),
                 notes=data["notes"],
-                actor=request.user.get_username(),
+                source={"form": request.user.get_username()},
             )
         except ReportRejected as exc:
             if exc.field and exc.field in form.fields:
                 form.add_error(exc.field, exc.message)
             error = f"Not reported: {exc.message}"
         else:
-            messages.success(request, f"{program} is Inverted. Thank you.")
+            messages.success(request, f"Results of {program} reported: a worker fetches and checks the files now. "
+                                      "It becomes Inverted once they pass; the verdict appears on this page.")
             return redirect("program-detail", ipeid=ipeid)
     else:
         error = "Not reported: please correct the fields marked below."
