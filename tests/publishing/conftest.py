@@ -83,7 +83,8 @@ def collections(tmp_path, settings):
 
 
 def make_case(root: Path, claimant, *, steps: int = STEPS, slit: int = SLIT, l1_wave: int = 16,
-              depth: int = DEPTH, wave: int = WAVE, result_steps: int | None = None) -> Case:
+              depth: int = DEPTH, wave: int = WAVE, result_steps: int | None = None, l1: bool = True,
+              stokes: str = "IQUV") -> Case:
     n = next(_n)
     ipeid = f"id.pub.{n}"
     dataset_id = f"BPUB{n}"
@@ -95,14 +96,15 @@ def make_case(root: Path, claimant, *, steps: int = STEPS, slit: int = SLIT, l1_
     dataset = Dataset.objects.create(
         dataset_id=dataset_id, program=program, primary_proposal_id="pid_1_118", primary_experiment_id="eid_1_118",
         instrument_program_execution_id=ipeid, instrument_name="VISP", create_date=now, update_date=now,
-        wavelength_min=630.05, wavelength_max=630.35, stokes_parameters="IQUV", spectral_lines=LINES_CANONICAL,
-        frame_count=4 * steps, bucket=BUCKET, raw={"datasetId": dataset_id}, raw_hash="0" * 40)
+        wavelength_min=630.05, wavelength_max=630.35, stokes_parameters=stokes, spectral_lines=LINES_CANONICAL,
+        frame_count=len(stokes) * steps, bucket=BUCKET, raw={"datasetId": dataset_id}, raw_hash="0" * 40)
     for step in PATHS[State.WORKING]:
         lifecycle.transition(program, step, actor="test", user=claimant, reason=f"to {step}")
     program.refresh_from_db()
     case = Case(program, dataset, root, f"/inversions/run-{n}", steps)
-    write_demo_dataset(case.l1_folder, dataset_id, n_steps=steps, n_wave=l1_wave, n_slit=slit, compress=False,
-                       fast=True, proposal_id="pid_1_118", instrument_program_id=ipeid)
+    if l1:  # the intake does not need them
+        write_demo_dataset(case.l1_folder, dataset_id, n_steps=steps, n_wave=l1_wave, n_slit=slit, compress=False, stokes=stokes,
+                           fast=True, proposal_id="pid_1_118", instrument_program_id=ipeid)
     write_demo_results(case.results_folder, n_steps=result_steps or steps, n_slit=slit, n_depth=depth, n_wave=wave,
                        spectral_lines=LINES_STORE, seed=n)
     return case
