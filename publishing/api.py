@@ -142,6 +142,7 @@ def program(request, ipeid: str):
         "claimedBy": p.claimed_by.username if p.claimed_by else None,
         "claimedAt": p.claimed_at.isoformat() if p.claimed_at else None,
         "qualification": qualification,
+        "intake": _latest_intake(p),
         "datasets": [
             {
                 "datasetId": d.dataset_id,
@@ -312,6 +313,13 @@ def report_inverted(request, ipeid: str):
         return JsonResponse(payload, status=400)
     return JsonResponse(intake_summary(order) | {"instrumentProgramExecutionId": program.instrument_program_execution_id},
                         status=202)
+
+
+def _latest_intake(program) -> dict | None:
+    from publishing.intake import latest_intake
+
+    order = latest_intake(program)
+    return intake_summary(order) if order is not None else None
 
 
 def intake_summary(order) -> dict:

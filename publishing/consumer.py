@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import OperationalError, InterfaceError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection as db_connection
 from kombu import Queue
 
 from inversions.events import connection, exchange
@@ -168,7 +168,8 @@ class Consumer:
                 last = time.monotonic()
                 key = message_key(body, message.properties, message.headers)
                 try:
-                    close_old_connections()
+                    if not db_connection.in_atomic_block:  # a long-running process: drop stale connections
+                        close_old_connections()
                     verdict = handle(body, key)
                 except (OperationalError, InterfaceError) as exc:
                     log.error("event bus: database unavailable, message requeued: %s", exc)

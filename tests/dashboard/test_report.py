@@ -241,6 +241,8 @@ def test_api_reports_a_working_program_inverted(client, root, working, token):
     assert body["inversionId"].startswith("L2") and body["report"]["raster_steps"] == 224
     assert snapshot(working)[0] == State.WORKING
     run_intake(body["intake"])
+    detail = client.get(reverse("api-program", args=[str(working)]), HTTP_AUTHORIZATION=f"Bearer {token}").json()
+    assert detail["intake"]["status"] == "completed" and detail["intake"]["inversionId"] == body["inversionId"]
     row = Transition.objects.filter(program=working).latest("id")
     assert snapshot(working)[0] == State.INVERTED and row.actor == "api:blanca-cluster"
     assert [f["name"] for f in row.details["files"]] == ["inv_res_mod.fits", "inv_res_pre.fits", "per_ori.fits"]

@@ -128,3 +128,29 @@ def store_settings(settings, metadata_store):  # noqa: F811
     settings.METADATA_STORE_TIMEOUT = 5.0
     settings.L2_PUBLISH_BACKOFF_SECONDS = 0.01
     return metadata_store
+
+
+@pytest.fixture
+def make_inversion(make_program):
+    """An Inversion row on a program walked to Published (``recorded``) or Inverted, with its L2 files."""
+    from publishing.models import Inversion, L2File
+
+    def make(inversion_id: str, *, lines=("Fe I (630.15 nm)",), recorded: bool = True, files: int = 0,
+             proposal: str = "pid_1_118") -> Inversion:
+        program = make_program(State.PUBLISHED if recorded else State.INVERTED, ipeid=f"id.{inversion_id}",
+                               primary_proposal_id=proposal)
+        now = timezone.now()
+        inv = Inversion.objects.create(
+            inversion_id=inversion_id, program=program, software_commit="abcdef1", dataset_ids=[f"D{inversion_id}"],
+            spectral_lines=list(lines), raster_steps=max(files, 1), reported_collection="science-cluster",
+            reported_path="/x", scratch_path="/l2/x/", reported_by="han", reported_at=now, bucket="data",
+            asdf_object_key=f"{proposal}/{inversion_id}/{inversion_id}_L2_METADATA.asdf",
+            store_recorded_at=now if recorded else None, generated_at=now if files else None)
+        L2File.objects.bulk_create(
+            [L2File(inversion=inv, kind="frame", step=i, filename=f"{inversion_id}_{i:05d}_L2.fits", size=1000 + i,
+                    sha256=f"{i:064x}") for i in range(files)]
+            + ([L2File(inversion=inv, kind="metadata", filename=f"{inversion_id}_L2_METADATA.asdf", size=500,
+                       sha256="f" * 64)] if files else []))
+        return inv
+
+    return make

@@ -9,7 +9,7 @@ import asdf
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS
+from astropy.wcs import WCS, FITSFixedWarning
 
 from inversions import lifecycle
 from inversions.models import OutboxEvent, Transition, WorkOrder
@@ -83,12 +83,15 @@ def test_generation_writes_valid_frames_and_the_dataset_file(make_case_for, scie
     # WCS pixel (0, 0) of the L2 temperature map = pixel (0, 0) of the L1 frame of the same raster step
     l1 = next(fits.getheader(p, 1) for p in sorted(case.l1_folder.glob("*.fits"))
               if fits.getheader(p, 1)["DINDEX3"] == 3 and fits.getheader(p, 1)["DINDEX4"] == 1)
-    l1_world = WCS(l1).pixel_to_world_values(0, 0, 0)
-    l2_world = WCS(l2_header).pixel_to_world_values(0, 0, 0)
-    lon = [i for i, c in enumerate(WCS(l1).wcs.ctype) if c.startswith("HPLN")][0]
-    lat = [i for i, c in enumerate(WCS(l1).wcs.ctype) if c.startswith("HPLT")][0]
-    lon2 = [i for i, c in enumerate(WCS(l2_header).wcs.ctype) if c.startswith("HPLN")][0]
-    lat2 = [i for i, c in enumerate(WCS(l2_header).wcs.ctype) if c.startswith("HPLT")][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)  # MJD-* filled in from DATE-*
+        w1, w2 = WCS(l1), WCS(l2_header)
+    l1_world = w1.pixel_to_world_values(0, 0, 0)
+    l2_world = w2.pixel_to_world_values(0, 0, 0)
+    lon = [i for i, c in enumerate(w1.wcs.ctype) if c.startswith("HPLN")][0]
+    lat = [i for i, c in enumerate(w1.wcs.ctype) if c.startswith("HPLT")][0]
+    lon2 = [i for i, c in enumerate(w2.wcs.ctype) if c.startswith("HPLN")][0]
+    lat2 = [i for i, c in enumerate(w2.wcs.ctype) if c.startswith("HPLT")][0]
     assert np.allclose([l2_world[lon2], l2_world[lat2]], [l1_world[lon], l1_world[lat]], atol=1e-9)
 
     tree = asdf.open(folder / meta.filename)
