@@ -31,7 +31,7 @@ from inversions.forms import (
     filter_programs,
     query_string,
 )
-from inversions.models import ObservingProgram
+from inversions.models import ObservingProgram, WorkOrder
 from inversions.states import MAIN_LINE, State
 from inversions.states import label as state_label
 from l2site.auth import is_admin, is_operator, is_science, require_role
@@ -363,7 +363,9 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
     mine = program.claimed_by_id == user.pk
     stale = state == State.WORKING and program.claimed_at is not None and program.claimed_at < selectors.stale_before()
     error = next((t for t in reversed(history) if t.to_state == State.ERROR), None) if state == State.ERROR else None
-    can_report = r["is_science"] and state == State.WORKING and mine
+    # not while reported results are being fetched and checked (the publishing part shows that)
+    can_report = r["is_science"] and state == State.WORKING and mine and not program.work_orders.filter(
+        kind=WorkOrder.Kind.INTAKE, status__in=WorkOrder.ACTIVE).exists()
     if can_report and report_form is None:
         report_form = ReportInvertedForm(
             datasets=current, collections=list(settings.L2_COLLECTIONS),

@@ -202,6 +202,7 @@ def test_form_refuses_a_bad_report_with_the_reason_then_takes_a_good_one(client,
     html = good.content.decode()
     assert "a worker fetches and checks the files now" in html
     assert 'data-testid="intake-status"' in html and "fetching the files" in html
+    assert 'id="report"' not in html  # no second report while this one is checked
     assert snapshot(working)[0] == State.WORKING
     run_intake(WorkOrder.objects.get(program=working).pk)
     assert snapshot(working)[0] == State.INVERTED
