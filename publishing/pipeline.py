@@ -47,6 +47,7 @@ from publishing.intake import scratch_folder
 from publishing.l1headers import l1_files, l1_headers_by_step
 from publishing.l2files import dataset_metadata_filename, generate_all, write_dataset_metadata
 from publishing.models import Inversion, L2File
+from publishing.selectors import current_inversion  # noqa: F401  (part of this module's interface)
 from publishing.results import RESULT_FILES, validate_results
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,6 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def current_inversion(program: ObservingProgram) -> Inversion | None:
-    """The program's newest accepted inversion."""
-    return Inversion.objects.filter(program=program).order_by("-created_at", "-id").first()
 
 
 def l2_folder(inversion: Inversion) -> str:

@@ -19,11 +19,11 @@ from inversions import work_orders
 from inversions.models import ObservingProgram, WorkOrder
 from inversions.states import State
 from l2site.auth import is_operator, require_role
-from publishing import pipeline
-from publishing.intake import INTAKE
 from publishing.models import L2File
+from publishing.selectors import current_inversion
 
 ACTIVE = WorkOrder.ACTIVE
+INTAKE = WorkOrder.Kind.INTAKE
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _view(order: WorkOrder | None, done_key: str, total_key: str, unit: str) -> 
 
 def publishing_context(program: ObservingProgram, user) -> dict:
     """What the publishing partial shows for ``program`` and ``user``."""
-    inversion = pipeline.current_inversion(program)
+    inversion = current_inversion(program)
     intake = work_orders.latest(program, INTAKE)
     generate = work_orders.latest(program, WorkOrder.Kind.GENERATE)
     publish = work_orders.latest(program, WorkOrder.Kind.PUBLISH)
@@ -103,6 +103,8 @@ def program_publishing(request, ipeid: str):
 @require_POST
 @require_role(is_operator, "Only operators generate L2 files.")
 def generate(request, ipeid: str):
+    from publishing import pipeline  # the science code: loaded by the views that need it
+
     program = _program(ipeid)
     force = request.POST.get("force") == "1"
     try:
@@ -124,6 +126,8 @@ def generate(request, ipeid: str):
 @require_role(is_operator, "Only operators publish.")
 def publish_confirm(request, ipeid: str):
     """GET: what will be published (files, sizes, destination, the store record). POST: publish it."""
+    from publishing import pipeline
+
     program = _program(ipeid)
     try:
         plan = pipeline.publish_plan(program)
