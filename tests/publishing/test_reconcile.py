@@ -99,3 +99,23 @@ def test_plan_notes_extra_records_we_know_but_did_not_publish():
 
 def test_reconcile_runs_periodically():
     assert django_settings.L2_PERIODIC_TASKS["reconcile with the metadata store"][0] == "publishing.reconcile"
+
+
+def test_admin_shows_inversions_and_runs_read_only(client, admin_user, make_inversion):
+    inv = make_inversion("L2ADMIN", files=2)
+    record = run(dry_run=True, triggered_by="test", client=_EmptyStore())
+    client.force_login(admin_user)
+    for model, pk in (("inversion", inv.pk), ("reconcilerun", record.pk)):
+        assert client.get(f"/admin/publishing/{model}/").status_code == 200
+        page = client.get(f"/admin/publishing/{model}/{pk}/change/")
+        assert page.status_code == 200 and 'type="submit" value="Save"' not in page.content.decode()
+        assert client.get(f"/admin/publishing/{model}/add/").status_code == 403
+    assert "L2ADMIN_00001_L2.fits" in client.get(f"/admin/publishing/inversion/{inv.pk}/change/").content.decode()
+
+
+class _EmptyStore:
+    def l2_inversions(self):
+        return []
+
+    def close(self):
+        pass
