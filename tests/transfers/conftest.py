@@ -1,7 +1,31 @@
-"""Fixtures of the transfer tests (no database)."""
+"""Fixtures of the transfer tests (no database).
+
+Globus is only ever reached through globus-sdk's testing helpers: ``globus_sdk.testing``
+registered responses, served by the ``responses`` library in place of the network.
+"""
 from __future__ import annotations
 
 import pytest
+import responses
+
+from inversions import globus_transfers
+
+
+@pytest.fixture
+def globus_http():
+    """Every HTTP request of the test answered by registered responses (none reaches out).
+
+    The pattern globus-sdk documents for its testing helpers: ``responses.start()`` so that
+    ``globus_sdk.testing.load_response`` registers on the active mock.
+    """
+    globus_transfers.reset_token_cache()
+    responses.start()
+    try:
+        yield responses
+    finally:
+        responses.stop()
+        responses.reset()
+        globus_transfers.reset_token_cache()
 
 
 @pytest.fixture
