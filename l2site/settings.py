@@ -204,6 +204,15 @@ L2_SCIENCE_COLLECTION = env("L2_SCIENCE_COLLECTION", "science-cluster")
 L2_SCIENCE_PATH = env("L2_SCIENCE_PATH", "/l2/{proposal}/{program}/")
 L2_PUBLISH_COLLECTION = env("L2_PUBLISH_COLLECTION", "publish")
 L2_PUBLISH_PATH = env("L2_PUBLISH_PATH", "/{bucket}/{proposal}/{inversion}/")
+if L2_TRANSFER_BACKEND not in ("local", "globus"):
+    raise ImproperlyConfigured(f"L2_TRANSFER_BACKEND must be local or globus, not {L2_TRANSFER_BACKEND!r}")
+# The globus backend's confidential client (client-credentials grant; inversions/globus_transfers.py).
+GLOBUS_CLIENT_ID = env("GLOBUS_CLIENT_ID", "")
+GLOBUS_CLIENT_SECRET = env("GLOBUS_CLIENT_SECRET", "")
+if L2_TRANSFER_BACKEND == "globus" and not (GLOBUS_CLIENT_ID and GLOBUS_CLIENT_SECRET):
+    raise ImproperlyConfigured("L2_TRANSFER_BACKEND=globus needs GLOBUS_CLIENT_ID and GLOBUS_CLIENT_SECRET")
+# How long a pipeline waits before asking Globus again how a transfer is going.
+GLOBUS_POLL_SECONDS = env_number("GLOBUS_POLL_SECONDS", 30.0)
 
 
 def _collections() -> dict[str, str]:
