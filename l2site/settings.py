@@ -240,7 +240,7 @@ L2_PREPROCESS_MAX_RETRIES = max(0, int(env_number("L2_PREPROCESS_MAX_RETRIES", 5
 L2_PREPROCESS_RETRY_SECONDS = env_number("L2_PREPROCESS_RETRY_SECONDS", 30.0)
 L2_PREPROCESS_STALLED_MINUTES = env_number("L2_PREPROCESS_STALLED_MINUTES", 120.0)
 # The embedded default's demo L1 frames (manage.py make_demo_l1): for this many Invertible programs.
-L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 3, int)))
+L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 2, int)))
 
 # The metadata store (DESIGN §5). `./l2 up` points these at the embedded emulator.
 METADATA_STORE_URL = env("METADATA_STORE_URL", "http://127.0.0.1:8765/graphql")
