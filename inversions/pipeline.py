@@ -198,6 +198,11 @@ def after_retry(program: ObservingProgram, *, user=None) -> work_orders.Requeste
     return start(program, user=user)
 
 
+def pickup_order():
+    """Invertible programs in the order beat starts them: priority, then the longest waiting."""
+    return ObservingProgram.objects.filter(state=State.INVERTIBLE).order_by("-priority", "state_changed_at", "id")
+
+
 def schedule(*, queue: str | None = None) -> dict:
     """Beat: re-dispatch stalled orders, then start Invertible programs up to the concurrency bound.
 
@@ -219,11 +224,7 @@ def schedule(*, queue: str | None = None) -> dict:
         room = int(settings.L2_PREPROCESS_CONCURRENCY) - work_orders.count_active(KIND)
         if room > 0:
             busy = WorkOrder.objects.filter(program=OuterRef("pk"), kind=KIND, status__in=work_orders.ACTIVE)
-            candidates = list(
-                ObservingProgram.objects.filter(state=State.INVERTIBLE)
-                .filter(~Exists(busy))
-                .order_by("-priority", "state_changed_at", "id")[:room]
-            )
+            candidates = list(pickup_order().filter(~Exists(busy))[:room])
             for program in candidates:
                 try:
                     result = start(program, requested_by="beat", queue=queue)

@@ -49,11 +49,12 @@ def test_small_dataset_verifies_and_intensity_only(tmp_path):
 
 
 @pytest.mark.django_db
-def test_make_demo_l1_writes_the_smallest_programs_once(l1_program, collections, settings):
-    from inversions.models import Dataset
+def test_make_demo_l1_writes_the_first_programs_beat_takes_once(l1_program, collections, settings):
+    from inversions.models import Dataset, ObservingProgram
 
-    small = l1_program(arms=(("IQUV", 3), ("IQUV", 3)), write=False)
     big = l1_program(arms=(("IQUV", 9),), write=False)
+    small = l1_program(arms=(("IQUV", 3), ("IQUV", 3)), write=False)
+    ObservingProgram.objects.filter(pk=small.pk).update(priority=1)  # beat takes it first
     Dataset.objects.filter(program=small).update(bounding_box=[[-30.15, 129.82], [-52.98, 54.94]])
     out = io.StringIO()
     call_command("make_demo_l1", "--programs", "1", stdout=out)

@@ -7,9 +7,9 @@ frame count, Stokes parameters, wavelength range, field of view and start time c
 from each dataset's record; the frames are small (32 wavelengths × 24 slit pixels).
 
 Idempotent: a dataset folder that already holds its record's number of frames is left
-alone. At most ``--programs`` programs (``L2_DEMO_L1_PROGRAMS``), those with the fewest
-frames first, to keep ``l2 up`` fast; the other programs have no L1 files, and their
-preprocessing ends in Error ("staging the L1 files: … is not a folder").
+alone. At most ``--programs`` programs (``L2_DEMO_L1_PROGRAMS``, to keep ``l2 up`` fast and
+small): the first ones beat will preprocess (``pipeline.pickup_order``). The other programs
+have no L1 files; their preprocessing ends in Error ("staging the L1 files: … is not a folder").
 """
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q
 
 from inversions.errors import DoNotRetryError
 from inversions.models import Dataset, ObservingProgram
-from inversions.pipeline import l1_path
+from inversions.pipeline import l1_path, pickup_order
 from inversions.preprocessing.demo_l1 import write_small_dataset
-from inversions.states import State
 from inversions.transfers import local_folder
 
 N_WAVE, N_SLIT = 32, 24
@@ -42,7 +41,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--programs", type=int, default=None,
-                            help="how many Invertible programs (fewest frames first); default L2_DEMO_L1_PROGRAMS")
+                            help="how many Invertible programs (in beat's order); default L2_DEMO_L1_PROGRAMS")
 
     def handle(self, *args, programs: int | None, **options):
         limit = settings.L2_DEMO_L1_PROGRAMS if programs is None else programs
@@ -53,12 +52,7 @@ class Command(BaseCommand):
         except DoNotRetryError as exc:
             raise CommandError(f"the L1 collection is not a folder on this machine: {exc}") from exc
         current = Q(datasets__superseded=False)
-        chosen = list(
-            ObservingProgram.objects.filter(state=State.INVERTIBLE)
-            .annotate(frames=Sum("datasets__frame_count", filter=current), arms=Count("datasets", filter=current))
-            .filter(arms__gt=0)
-            .order_by("frames", "instrument_program_execution_id")[:limit]
-        )
+        chosen = list(pickup_order().annotate(arms=Count("datasets", filter=current)).filter(arms__gt=0)[:limit])
         started = time.monotonic()
         written = kept = 0
         for program in chosen:
