@@ -380,10 +380,14 @@ def running_work(program: ObservingProgram) -> RunningWork | None:
         if order.finished_at is None or order.finished_at < timezone.now() - FINISHED_WORK_SHOWN:
             return None
         if order.status == WorkOrder.Status.COMPLETED:
-            same = order.details.get("same_as")
-            detail = (f"Inputs unchanged since order #{same}: nothing to redo." if same else
-                      f"{p.get('cubes', 0)} cubes, {_size(p.get('bytes_written'))}.")
-            return RunningWork(label="Preprocessing completed", done=1, total=1, unit="", running=False, detail=detail)
+            if order.details.get("same_as"):
+                checked = p.get("files_verified", 0)
+                return RunningWork(label="Preprocessing completed", done=checked, total=checked, unit="files checked",
+                                   running=False,
+                                   detail=f"Inputs unchanged since order #{order.details['same_as']}: nothing to redo.")
+            return RunningWork(label="Preprocessing completed", done=p.get("frames_assembled", 0),
+                               total=p.get("frames_total"), unit="frames assembled", running=False,
+                               detail=f"{p.get('cubes', 0)} cubes, {_size(p.get('bytes_written'))}.")
         return RunningWork(label="Preprocessing failed", running=False, detail=order.error)
     step = order.step if order.status == WorkOrder.Status.STARTED else ""
     label = f"Preprocessing: {_STEP_LABELS.get(step, 'queued')}"

@@ -140,6 +140,7 @@ def test_progress_partial_follows_the_order(client, scientist, l1_program, sent)
     drive_from(order.pk, "assemble")
     done = client.get(url, HTTP_HX_REQUEST="true")
     assert "Preprocessing completed" in done.content.decode() and "hx-trigger" not in done.content.decode()
+    assert "20 of 20 frames assembled (100 %)" in done.content.decode()
     assert done["HX-Refresh"] == "true"  # the page reloads once: new state, cubes, quick-looks
     # the reloaded page shows it ended, without polling
     page = client.get(reverse("program-detail", args=[str(program)])).content.decode()
