@@ -211,3 +211,17 @@ def test_retry_of_other_failures_starts_nothing(client, operator, make_program, 
     client.force_login(operator)
     response = client.post(reverse("program-retry", args=[str(program)]), follow=True)
     assert "is back to Working." in response.content.decode() and not WorkOrder.objects.exists()
+
+
+def test_admin_lists_work_orders_read_only(client, admin_user, l1_program, sent):
+    program = l1_program(write=False)
+    order = pipeline.start(program, requested_by="beat").order
+    drive(order.pk)  # fails at staging: no L1 files
+    client.force_login(admin_user)
+    listing = client.get(reverse("admin:inversions_workorder_changelist"), {"status__exact": "failed", "kind__exact": "preprocess"})
+    html = listing.content.decode()
+    assert listing.status_code == 200 and str(program) in html and "staging the L1 files" in html
+    detail = client.get(reverse("admin:inversions_workorder_change", args=[order.pk]))
+    assert detail.status_code == 200 and "submission_id" in detail.content.decode()
+    assert client.post(reverse("admin:inversions_workorder_delete", args=[order.pk]), {"post": "yes"}).status_code == 403
+    assert WorkOrder.objects.filter(pk=order.pk).exists()
