@@ -237,6 +237,20 @@ def _collections() -> dict[str, str]:
 # folders; with Globus, scratch (and the science cluster, for result intake) must be listed.
 L2_COLLECTIONS = _collections()
 
+# --- Preprocessing (DESIGN §7) ------------------------------------------------------------
+# A program's folder on scratch: staged L1 frames (l1/), each work order's cubes, quick-looks
+# and manifest (orders/<id>/). {program}: the instrument program execution id; {proposal}.
+L2_SCRATCH_PATH = env("L2_SCRATCH_PATH", "/preprocess/{proposal}/{program}/")
+# Programs preprocessed at once when beat starts them (operators may start more).
+L2_PREPROCESS_CONCURRENCY = max(0, int(env_number("L2_PREPROCESS_CONCURRENCY", 2, int)))
+L2_PREPROCESS_INTERVAL_SECONDS = env_number("L2_PREPROCESS_INTERVAL_SECONDS", 60.0)
+L2_PREPROCESS_POLL_SECONDS = env_number("L2_PREPROCESS_POLL_SECONDS", 30.0)
+L2_PREPROCESS_MAX_RETRIES = max(0, int(env_number("L2_PREPROCESS_MAX_RETRIES", 5, int)))
+L2_PREPROCESS_RETRY_SECONDS = env_number("L2_PREPROCESS_RETRY_SECONDS", 30.0)
+L2_PREPROCESS_STALLED_MINUTES = env_number("L2_PREPROCESS_STALLED_MINUTES", 120.0)
+# The embedded default's demo L1 frames (manage.py make_demo_l1): for this many Invertible programs.
+L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 2, int)))
+
 # The metadata store (DESIGN §5). `./l2 up` points these at the embedded emulator.
 METADATA_STORE_URL = env("METADATA_STORE_URL", "http://127.0.0.1:8765/graphql")
 METADATA_STORE_TOKEN = env("METADATA_STORE_TOKEN", "")
@@ -259,6 +273,7 @@ L2_LINE_TOLERANCE_NM = env_number("L2_LINE_TOLERANCE_NM", 0.5)
 L2_PERIODIC_TASKS = {
     "relay events": ("inversions.relay_events", EVENT_RELAY_INTERVAL_SECONDS),
     "scan the metadata store": ("scanning.scan_metadata_store", SCAN_INTERVAL_SECONDS),
+    "preprocess invertible programs": ("inversions.preprocess_pending", L2_PREPROCESS_INTERVAL_SECONDS),
 }
 L2_API_TOKEN_PREFIX = "l2t_"
 
