@@ -82,3 +82,21 @@ def test_make_demo_l1_needs_a_local_l1_collection(settings):
     settings.L2_COLLECTIONS = {"scratch": "/tmp"}
     with pytest.raises(CommandError, match="the L1 collection is not a folder on this machine"):
         call_command("make_demo_l1")
+
+
+@pytest.mark.django_db
+def test_make_demo_l1_start_preprocesses_only_the_programs_with_frames(l1_program, collections):
+    from inversions.models import WorkOrder
+
+    with_files = l1_program(arms=(("IQUV", 3),), write=False)
+    without = l1_program(arms=(("IQUV", 3),), write=False)
+    out = io.StringIO()
+    call_command("make_demo_l1", "--programs", "1", "--start", stdout=out)
+    chosen = with_files if WorkOrder.objects.filter(program=with_files).exists() else without
+    other = without if chosen == with_files else with_files
+    order = WorkOrder.objects.get(program=chosen)
+    assert (order.kind, order.status, order.requested_by) == ("preprocess", "queued", "demo")
+    assert f"{chosen}: preprocessing started" in out.getvalue()
+    assert not WorkOrder.objects.filter(program=other).exists()
+    call_command("make_demo_l1", "--programs", "1", "--start", stdout=io.StringIO())  # again: the active order stands
+    assert WorkOrder.objects.filter(program=chosen).count() == 1

@@ -8,8 +8,11 @@ from each dataset's record; the frames are small (32 wavelengths × 24 slit pixe
 
 Idempotent: a dataset folder that already holds its record's number of frames is left
 alone. At most ``--programs`` programs (``L2_DEMO_L1_PROGRAMS``, to keep ``l2 up`` fast and
-small): the first ones beat will preprocess (``pipeline.pickup_order``). The other programs
+small): the first ones beat would preprocess (``pipeline.pickup_order``). The other programs
 have no L1 files; their preprocessing ends in Error ("staging the L1 files: … is not a folder").
+With ``--start`` it also starts preprocessing those programs (``l2 up`` does this, and turns
+beat's own pick-up off with ``L2_PREPROCESS_CONCURRENCY=0`` so that the programs without files
+stay Invertible instead of failing one after the other).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from django.db.models import Count, Q
 
 from inversions.errors import DoNotRetryError
 from inversions.models import Dataset, ObservingProgram
-from inversions.pipeline import l1_path, pickup_order
+from inversions.pipeline import StartRefused, l1_path, pickup_order
+from inversions.pipeline import start as pipeline_start
 from inversions.preprocessing.demo_l1 import write_small_dataset
 from inversions.transfers import local_folder
 
@@ -42,8 +46,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--programs", type=int, default=None,
                             help="how many Invertible programs (in beat's order); default L2_DEMO_L1_PROGRAMS")
+        parser.add_argument("--start", action="store_true",
+                            help="also start preprocessing the programs that got frames")
 
-    def handle(self, *args, programs: int | None, **options):
+    def handle(self, *args, programs: int | None, start: bool = False, **options):
         limit = settings.L2_DEMO_L1_PROGRAMS if programs is None else programs
         if limit < 0:
             raise CommandError("--programs must be 0 or more")
@@ -64,6 +70,14 @@ class Command(BaseCommand):
             f"demo L1 in {root}: {len(chosen)} program(s); {written} frames written, "
             f"{kept} dataset(s) already there ({time.monotonic() - started:.1f} s)"
         )
+        if start:
+            for program in chosen:
+                try:
+                    result = pipeline_start(program, requested_by="demo")
+                except StartRefused as exc:
+                    self.stderr.write(str(exc))
+                    continue
+                self.stdout.write(f"{program}: {'preprocessing started' if result.created else result.reason}")
 
     def _dataset(self, program: ObservingProgram, dataset: Dataset, arm: int) -> int:
         stokes = "IQUV" if (dataset.stokes_parameters or "").upper() == "IQUV" else "I"
