@@ -9,7 +9,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from inversions import lifecycle
-from inversions.models import Dataset, ObservingProgram, OutboxEvent, Transition
+from inversions.models import Dataset, ObservingProgram, OutboxEvent, Transition, WorkOrder
 from inversions.states import State
 
 
@@ -146,3 +146,33 @@ class OutboxEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "routing_key", "created_at", "sent_at", "attempts", "last_error")
     list_filter = ("routing_key",)
     search_fields = ("routing_key",)
+
+
+@admin.register(WorkOrder)
+class WorkOrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Pipeline runs, for looking: they are written by the workers (start, retry from the program page)."""
+
+    list_display = ("id", "program", "kind", "status", "step", "forced", "attempts", "requested_by", "created_at",
+                    "finished_at", "short_error")
+    list_filter = ("status", "kind", "forced")
+    search_fields = ("program__instrument_program_execution_id", "requested_by", "error", "input_fingerprint")
+    list_select_related = ("program",)
+    date_hierarchy = "created_at"
+    exclude = ("progress", "input_checksums", "details")
+    readonly_fields = ("progress_pretty", "input_checksums_pretty", "details_pretty")
+
+    @admin.display(description="Error")
+    def short_error(self, obj):
+        return (obj.error[:120] + "…") if len(obj.error) > 120 else obj.error
+
+    @admin.display(description="Progress")
+    def progress_pretty(self, obj):
+        return pretty_json(obj.progress)
+
+    @admin.display(description="Input checksums")
+    def input_checksums_pretty(self, obj):
+        return pretty_json(obj.input_checksums)
+
+    @admin.display(description="Details (resume data, outputs, manifest)")
+    def details_pretty(self, obj):
+        return pretty_json(obj.details)

@@ -15,7 +15,7 @@ from django.db.models import CharField, Count, Func, OuterRef, Prefetch, Q, Subq
 from django.db.models.functions import Left
 from django.utils import timezone
 
-from inversions.models import Dataset, ObservingProgram, Transition
+from inversions.models import Dataset, ObservingProgram, Transition, WorkOrder
 from inversions.states import State
 
 OPTIONS_CACHE_SECONDS = 300
@@ -332,7 +332,7 @@ class RunningWork:
     """What the program page's progress partial shows (``inversions/partials/work_progress.html``).
 
     ``done`` / ``total`` in ``unit`` (``total`` None: unknown, an indeterminate bar);
-    ``running`` False ends the polling. Fed by preprocessing work orders once they exist.
+    ``running`` False ends the polling. Fed by the program's preprocessing work order.
     """
 
     label: str
@@ -347,6 +347,69 @@ class RunningWork:
         return 100.0 * self.done / self.total if self.total else None
 
 
+#: A finished order still shows (not polling) this long: the last poll sees how it ended.
+FINISHED_WORK_SHOWN = timedelta(minutes=10)
+_STEP_LABELS = {
+    "stage": "staging the L1 files",
+    "verify": "verifying the L1 files",
+    "assemble": "assembling Stokes cubes",
+    "quicklook": "drawing quick-looks",
+    "handover": "handing over to the science cluster",
+}
+
+
+def _size(n) -> str:
+    from django.template.defaultfilters import filesizeformat
+
+    return filesizeformat(n or 0)
+
+
 def running_work(program: ObservingProgram) -> RunningWork | None:
-    """The program's running work, or None. No work orders exist yet: always None for now."""
-    return None
+    """The program's preprocessing as the progress partial shows it: the active order, or the
+    one that ended in the last few minutes (``running`` False: the polling stops); else None."""
+    order = (
+        WorkOrder.objects.filter(program_id=program.pk, kind=WorkOrder.Kind.PREPROCESS)
+        .only("id", "status", "step", "progress", "attempts", "error", "finished_at", "details", "forced")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if order is None:
+        return None
+    p = order.progress or {}
+    if not order.is_active:
+        if order.finished_at is None or order.finished_at < timezone.now() - FINISHED_WORK_SHOWN:
+            return None
+        if order.status == WorkOrder.Status.COMPLETED:
+            if order.details.get("same_as"):
+                checked = p.get("files_verified", 0)
+                return RunningWork(label="Preprocessing completed", done=checked, total=checked, unit="files checked",
+                                   running=False,
+                                   detail=f"Inputs unchanged since order #{order.details['same_as']}: nothing to redo.")
+            return RunningWork(label="Preprocessing completed", done=p.get("frames_assembled", 0),
+                               total=p.get("frames_total"), unit="frames assembled", running=False,
+                               detail=f"{p.get('cubes', 0)} cubes, {_size(p.get('bytes_written'))}.")
+        return RunningWork(label="Preprocessing failed", running=False, detail=order.error)
+    step = order.step if order.status == WorkOrder.Status.STARTED else ""
+    label = f"Preprocessing: {_STEP_LABELS.get(step, 'queued')}"
+    notes = [f"order #{order.pk}" + (" (forced)" if order.forced else "")]
+    if (order.details.get("retries") or {}).get(step):
+        notes.append(f"attempt {order.attempts}")
+    if (order.details.get("retries") or {}).get(step) and order.details.get("last_problem"):
+        notes.append(f"retrying after: {order.details['last_problem']}")
+    work = RunningWork(label=label, detail=" · ".join(notes))
+    if step == "stage":
+        work.done, work.total, work.unit = p.get("files_staged", 0), p.get("files_expected"), "files staged"
+        notes.append(f"{_size(p.get('bytes_staged'))} copied")
+    elif step == "verify":
+        work.done, work.total, work.unit = p.get("datasets_verified", 0), p.get("datasets"), "datasets verified"
+    elif step == "assemble":
+        work.done, work.total, work.unit = p.get("frames_assembled", 0), p.get("frames_total"), "frames assembled"
+        if p.get("dataset"):
+            notes.append(f"dataset {p['dataset']}")
+        notes.append(f"{_size(p.get('bytes_written'))} written")
+    elif step == "quicklook":
+        work.done, work.unit = p.get("cubes", 0), "cubes to draw"
+    elif step == "handover":
+        work.done, work.unit = p.get("files_handed_over", 0), "files handed over"
+    work.detail = " · ".join(notes)
+    return work

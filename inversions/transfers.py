@@ -20,7 +20,10 @@ Backends:
   temporary name and renamed, so a killed worker never leaves a half file under the real name.
   Files whose size and modification time already match are skipped (rsync's rule).
 - ``globus``: globus-sdk ``TransferClient`` as a confidential client
-  (``inversions.globus_transfers``), ``sync_level="checksum"``.
+  (``inversions.globus_transfers``), ``sync_level="checksum"``; poll ``status`` every
+  ``backend.poll_seconds`` (``GLOBUS_POLL_SECONDS``).
+
+:func:`transfer_and_wait` submits and polls in one call, for commands and tests.
 
 Failures are classified here, where they happen (``inversions.errors``): an unknown
 collection or a missing source is a ``DoNotRetryError``; an I/O error a ``RetryError``;
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -76,6 +80,8 @@ class TransferBackend(ABC):
     """Submit transfers and ask how they are going."""
 
     name: str
+    # How long to wait before polling ``status`` again (the globus backend: GLOBUS_POLL_SECONDS).
+    poll_seconds: float = 0.0
 
     @abstractmethod
     def submit(
@@ -183,8 +189,12 @@ def _copy_if_changed(src: Path, dst: Path) -> bool:
             pass
         dst.parent.mkdir(parents=True, exist_ok=True)
         partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-        shutil.copy2(src, partial)
-        os.replace(partial, dst)
+        try:
+            shutil.copy2(src, partial)
+            os.replace(partial, dst)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # nothing half-written stays behind
+            raise
         return True
     except OSError as exc:
         raise RetryError(f"copying {src.name} failed: {exc}", step=STEP, details={"file": str(src)}) from exc
@@ -200,3 +210,42 @@ def get_backend(name: str | None = None) -> TransferBackend:
 
         return GlobusBackend.from_settings()
     raise DoNotRetryError(f"unknown transfer backend {name!r} (local or globus)", step=STEP)
+
+
+def transfer_and_wait(
+    backend: TransferBackend,
+    source_collection: str,
+    destination_collection: str,
+    items: Sequence[TransferItem],
+    *,
+    label: str,
+    submission_id: str | None = None,
+    timeout: float = 3600.0,
+    poll_seconds: float | None = None,
+    sleep=time.sleep,
+) -> TransferStatus:
+    """Submit and poll until done, for commands and tests (a Celery task polls by retrying).
+
+    Returns the status of a transfer that succeeded. A failed transfer raises
+    ``DoNotRetryError`` (its reason); one still running after ``timeout`` seconds raises
+    ``RetryError`` whose details carry the ``task_id`` to keep polling.
+    """
+    submission_id = submission_id or backend.new_submission_id()
+    task_id = backend.submit(source_collection, destination_collection, items, label=label, submission_id=submission_id)
+    interval = backend.poll_seconds if poll_seconds is None else poll_seconds
+    deadline = time.monotonic() + timeout
+    while True:
+        status = backend.status(task_id)
+        if status.done:
+            if not status.ok:
+                raise DoNotRetryError(
+                    status.error or f"transfer {task_id} failed", step=STEP,
+                    details={"task_id": task_id, "submission_id": submission_id, **status.details},
+                )
+            return status
+        if time.monotonic() >= deadline:
+            raise RetryError(
+                f"transfer {task_id} still running after {timeout:g} s ({status.files} files so far)",
+                step=STEP, details={"task_id": task_id, "submission_id": submission_id, **status.details},
+            )
+        sleep(max(0.0, min(interval, deadline - time.monotonic())))

@@ -17,4 +17,6 @@ urlpatterns = [
     path("programs/<str:ipeid>/dequeue", views.dequeue, name="program-dequeue"),
     path("programs/<str:ipeid>/retry", views.retry, name="program-retry"),
     path("programs/<str:ipeid>/requeue", views.requeue, name="program-requeue"),
+    path("programs/<str:ipeid>/preprocess", views.preprocess, name="program-preprocess"),
+    path("programs/<str:ipeid>/quicklook/<int:order_id>/<str:name>", views.quicklook, name="program-quicklook"),
 ]

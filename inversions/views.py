@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -22,7 +22,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 
-from inversions import lifecycle, selectors
+from inversions import lifecycle, pipeline, selectors
 from inversions.forms import (
     DEFAULT_SORT,
     PriorityForm,
@@ -382,6 +382,7 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
         "qualification": selectors.qualification(history),
         "fried": fried_plot(shown),
         "work": selectors.running_work(program),
+        **preprocessing_context(program, r),
         "unsettled": state == State.DISCOVERED and program.settles_at is not None and program.settles_at > now,
         "stale": stale,
         "mine": mine,
@@ -400,6 +401,13 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
         "collections": list(settings.L2_COLLECTIONS),
         **r,
     }
+
+
+def preprocessing_context(program: ObservingProgram, r: dict) -> dict:
+    """The preprocessing card (partials/preprocessing.html): orders, cubes, quick-looks, actions."""
+    summary = pipeline.summary(program)
+    can = r["is_operator"] and program.state in pipeline.START_STATES and summary.active is None
+    return {"preprocessing": summary, "can_preprocess": can}
 
 
 def default_datasets_used(current) -> list[str]:
@@ -421,8 +429,24 @@ def program_detail(request, ipeid: str):
 def program_progress(request, ipeid: str):
     """The live-progress partial of the program page (polled while work runs)."""
     program = get_object_or_404(ObservingProgram.objects.only("id", "instrument_program_execution_id"), instrument_program_execution_id=ipeid)
-    response = render(request, "inversions/partials/work_progress.html", {"program": program, "work": selectors.running_work(program)})
+    work = selectors.running_work(program)
+    response = render(request, "inversions/partials/work_progress.html", {"program": program, "work": work})
+    if request.htmx and (work is None or not work.running):
+        response["HX-Refresh"] = "true"  # it ended: the page shows the new state, outputs and history
     patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@require_GET
+def quicklook(request, ipeid: str, order_id: int, name: str):
+    """A quick-look PNG of a completed preprocessing order, streamed from scratch (logged-in users)."""
+    program = get_object_or_404(ObservingProgram.objects.only("id", "instrument_program_execution_id"),
+                                instrument_program_execution_id=ipeid)
+    path = pipeline.quicklook_file(program, order_id, name)
+    if path is None:
+        raise Http404(f"No quick-look {name!r} for {program}")
+    response = FileResponse(open(path, "rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
     return response
 
 
@@ -537,7 +561,28 @@ def retry(request, ipeid: str):
     except lifecycle.LifecycleError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"{program} is back to {State(row.to_state).label}.")
+        again = pipeline.after_retry(program, user=request.user)  # Invertible: preprocess again now
+        more = f" Preprocessing runs again (order #{again.order.pk})." if again else ""
+        messages.success(request, f"{program} is back to {State(row.to_state).label}.{more}")
+    return _done(request, program)
+
+
+@require_POST
+@require_role(is_operator, "Only operators start preprocessing.")
+def preprocess(request, ipeid: str):
+    """Start preprocessing now; ``force`` redoes it even when the inputs did not change."""
+    program = _target(ipeid)
+    forced = request.POST.get("force", "").lower() in ("1", "true", "on", "yes")
+    try:
+        result = pipeline.start(program, user=request.user, forced=forced)
+    except pipeline.StartRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        if result.created:
+            how = " (forced: even if its inputs did not change)" if forced else ""
+            messages.success(request, f"Preprocessing of {program} started{how}: order #{result.order.pk}.")
+        else:
+            messages.info(request, f"Preprocessing of {program} is already under way: {result.reason}.")
     return _done(request, program)
 
 

@@ -204,10 +204,17 @@ L2_SCIENCE_COLLECTION = env("L2_SCIENCE_COLLECTION", "science-cluster")
 L2_SCIENCE_PATH = env("L2_SCIENCE_PATH", "/l2/{proposal}/{program}/")
 L2_PUBLISH_COLLECTION = env("L2_PUBLISH_COLLECTION", "publish")
 L2_PUBLISH_PATH = env("L2_PUBLISH_PATH", "/{bucket}/{proposal}/{inversion}/")
+if L2_TRANSFER_BACKEND not in ("local", "globus"):
+    raise ImproperlyConfigured(f"L2_TRANSFER_BACKEND must be local or globus, not {L2_TRANSFER_BACKEND!r}")
+# The globus backend's confidential client (client-credentials grant; inversions/globus_transfers.py).
+GLOBUS_CLIENT_ID = env("GLOBUS_CLIENT_ID", "")
+GLOBUS_CLIENT_SECRET = env("GLOBUS_CLIENT_SECRET", "")
+if L2_TRANSFER_BACKEND == "globus" and not (GLOBUS_CLIENT_ID and GLOBUS_CLIENT_SECRET):
+    raise ImproperlyConfigured("L2_TRANSFER_BACKEND=globus needs GLOBUS_CLIENT_ID and GLOBUS_CLIENT_SECRET")
+# How long a pipeline waits before asking Globus again how a transfer is going.
+GLOBUS_POLL_SECONDS = env_number("GLOBUS_POLL_SECONDS", 30.0)
 # Scratch folder of one inversion: results/ (the fetched result files) and files/ (the L2 files).
 L2_SCRATCH_L2_PATH = env("L2_SCRATCH_L2_PATH", "/l2/{proposal}/{inversion}/")
-# How often a task looks again at a running transfer (Globus; the local backend is done at once).
-L2_TRANSFER_POLL_SECONDS = env_number("L2_TRANSFER_POLL_SECONDS", 30.0)
 
 
 def _collections() -> dict[str, str]:
@@ -232,6 +239,20 @@ def _collections() -> dict[str, str]:
 # folders; with Globus, scratch (and the science cluster, for result intake) must be listed.
 L2_COLLECTIONS = _collections()
 
+# --- Preprocessing (DESIGN §7) ------------------------------------------------------------
+# A program's folder on scratch: staged L1 frames (l1/), each work order's cubes, quick-looks
+# and manifest (orders/<id>/). {program}: the instrument program execution id; {proposal}.
+L2_SCRATCH_PATH = env("L2_SCRATCH_PATH", "/preprocess/{proposal}/{program}/")
+# Programs preprocessed at once when beat starts them (operators may start more).
+L2_PREPROCESS_CONCURRENCY = max(0, int(env_number("L2_PREPROCESS_CONCURRENCY", 2, int)))
+L2_PREPROCESS_INTERVAL_SECONDS = env_number("L2_PREPROCESS_INTERVAL_SECONDS", 60.0)
+L2_PREPROCESS_POLL_SECONDS = env_number("L2_PREPROCESS_POLL_SECONDS", 30.0)
+L2_PREPROCESS_MAX_RETRIES = max(0, int(env_number("L2_PREPROCESS_MAX_RETRIES", 5, int)))
+L2_PREPROCESS_RETRY_SECONDS = env_number("L2_PREPROCESS_RETRY_SECONDS", 30.0)
+L2_PREPROCESS_STALLED_MINUTES = env_number("L2_PREPROCESS_STALLED_MINUTES", 120.0)
+# The embedded default's demo L1 frames (manage.py make_demo_l1): for this many Invertible programs.
+L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 2, int)))
+
 # The metadata store (DESIGN §5). `./l2 up` points these at the embedded emulator.
 METADATA_STORE_URL = env("METADATA_STORE_URL", "http://127.0.0.1:8765/graphql")
 METADATA_STORE_TOKEN = env("METADATA_STORE_TOKEN", "")
@@ -254,6 +275,7 @@ L2_LINE_TOLERANCE_NM = env_number("L2_LINE_TOLERANCE_NM", 0.5)
 L2_PERIODIC_TASKS = {
     "relay events": ("inversions.relay_events", EVENT_RELAY_INTERVAL_SECONDS),
     "scan the metadata store": ("scanning.scan_metadata_store", SCAN_INTERVAL_SECONDS),
+    "preprocess invertible programs": ("inversions.preprocess_pending", L2_PREPROCESS_INTERVAL_SECONDS),
 }
 L2_API_TOKEN_PREFIX = "l2t_"
 

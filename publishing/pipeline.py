@@ -9,8 +9,8 @@ Published once the metadata store has recorded the inversion, and goes to Error 
 
 **Generate** (restartable): the three result files (fetched to scratch by the intake) are
 checked again against the checksums recorded then; the L1 header of each raster step is read
-from the L1 frames (where the L1 collection is visible locally, else from a copy staged to
-scratch with the transfer interface); :func:`publishing.l2files.generate_all` writes one FITS
+from the L1 frames (the copy preprocessing staged on scratch, else the L1 collection where it is
+visible locally, else a copy staged to scratch now with the transfer interface); :func:`publishing.l2files.generate_all` writes one FITS
 per raster step in a process pool, keeping every frame already written and valid, then the
 dataset's ASDF file. The files are recorded as :class:`~publishing.models.L2File` rows with
 their sizes and sha256. A worker killed half-way leaves valid frames and no half file: the
@@ -64,7 +64,7 @@ class Refused(Exception):
 class Outcome(str, Enum):
     DONE = "done"
     FAILED = "failed"  # the program is in Error
-    WAITING = "waiting"  # a transfer is running: look again in L2_TRANSFER_POLL_SECONDS
+    WAITING = "waiting"  # a transfer is running: look again after the backend's poll interval
     RETRY = "retry"  # the metadata store is unavailable: try again after a backoff
     NOTHING = "nothing"  # the order had finished already (a duplicate task)
 
@@ -83,6 +83,11 @@ def software_version() -> str:
         return "0+unknown"
 
 
+
+
+def poll_delay(backend) -> float:
+    """Seconds before asking a running transfer again (``GLOBUS_POLL_SECONDS``; local copies finish at once)."""
+    return getattr(backend, "poll_seconds", 0.0) or settings.GLOBUS_POLL_SECONDS
 
 
 def l2_folder(inversion: Inversion) -> str:
@@ -134,14 +139,32 @@ def _reference_dataset(inversion: Inversion) -> Dataset:
                           step="generate")
 
 
+def _staged_by_preprocessing(program: ObservingProgram, dataset_id: str) -> Path | None:
+    """The dataset's L1 frames as the program's newest completed preprocessing staged them on scratch."""
+    order = work_orders.latest(program, WorkOrder.Kind.PREPROCESS, status=WorkOrder.Status.COMPLETED)
+    for ds in (order.details.get("datasets") or []) if order is not None else []:
+        if ds.get("dataset_id") == dataset_id and ds.get("staged"):
+            try:
+                folder = transfers.local_folder(settings.L2_SCRATCH_COLLECTION, ds["staged"])
+            except DoNotRetryError:
+                return None
+            return folder if folder.is_dir() and any(folder.glob("*.fits")) else None
+    return None
+
+
 def _l1_folder(order: WorkOrder, inversion: Inversion, backend) -> Path | None:
     """Where the reference dataset's L1 frames can be read; None while they are being staged.
 
-    The L1 collection itself when it is visible on this machine (``L2_COLLECTIONS``), else a
-    copy staged to scratch under the same path (submitted once; the submission id is kept on
-    the order before submitting, so a redelivered task finds the same transfer).
+    In order: the copy the program's preprocessing staged on scratch (still there after it
+    completed); the L1 collection itself when it is visible on this machine
+    (``L2_COLLECTIONS``); else a copy staged to scratch now under the L1 path (submitted once;
+    the submission id is kept on the order before submitting, so a redelivered task finds the
+    same transfer).
     """
     dataset = _reference_dataset(inversion)
+    staged = _staged_by_preprocessing(inversion.program, dataset.dataset_id)
+    if staged is not None:
+        return staged
     collection, path = _l1_source(dataset, inversion.program)
     if collection in (settings.L2_COLLECTIONS or {}):
         folder = transfers.local_folder(collection, path)
@@ -210,9 +233,10 @@ def run_generate(order_id: int, *, backend=None, poll: bool = False, workers: in
     stage = "headers"
     try:
         results = _checked_results(inversion)
-        folder = _l1_folder(order, inversion, backend or transfers.get_backend())
+        backend = backend or transfers.get_backend()
+        folder = _l1_folder(order, inversion, backend)
         if folder is None:
-            return Result(Outcome.WAITING, settings.L2_TRANSFER_POLL_SECONDS)
+            return Result(Outcome.WAITING, poll_delay(backend))
         dataset = _reference_dataset(inversion)
         headers = l1_headers_by_step(l1_files(folder), dataset.frame_count or 0)
         if len(headers) != inversion.raster_steps:
@@ -424,7 +448,7 @@ def _transfer(order: WorkOrder, inversion: Inversion, backend) -> Result | None:
     work_orders.set_progress(order.pk, files_done=status.files + status.files_skipped, files_total=len(files),
                              bytes=status.bytes)
     if not status.done:
-        return Result(Outcome.WAITING, settings.L2_TRANSFER_POLL_SECONDS)
+        return Result(Outcome.WAITING, poll_delay(backend))
     if not status.ok:
         raise DoNotRetryError(f"transferring the L2 files to {order.details['collection']}:{destination} failed: "
                               f"{status.error or 'transfer failed'}", step="publish")

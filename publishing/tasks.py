@@ -54,7 +54,7 @@ def intake_results(self, order_id: int, poll: bool = False, io_tries: int = 0) -
         intake.refuse(order, f"unexpected failure while checking the results: {type(exc).__name__}: {exc}")
         raise
     if outcome == intake.Outcome.WAITING:
-        raise _again(self, order_id, settings.L2_TRANSFER_POLL_SECONDS, poll=True)
+        raise _again(self, order_id, settings.GLOBUS_POLL_SECONDS, poll=True)  # only Globus transfers take time
     return outcome.value
 
 

@@ -11,3 +11,13 @@ os.environ.setdefault("EVENT_RELAY_ON_COMMIT", "false")
 os.environ.setdefault("L2_MANIFEST_STATIC", "false")
 
 from l2site.settings import *  # noqa: E402,F401,F403
+
+# Tests only: seconds each assembled frame waits (makes a worker's assembly slow enough to be
+# killed in the middle of it, tests/preprocessing/test_preprocess_worker.py).
+L2_TEST_FRAME_DELAY = float(os.environ.get("L2_TEST_FRAME_DELAY") or 0)
+# Tests only: a worker that looks for unacknowledged messages to redeliver every second (kombu's
+# Redis default is about every 100 s), so a test need not wait that long after a SIGKILL.
+if os.environ.get("L2_TEST_FAST_RESTORE") and CELERY_BROKER_URL.startswith("redis"):  # noqa: F405
+    CELERY_BROKER_TRANSPORT_OPTIONS = {  # noqa: F405
+        **CELERY_BROKER_TRANSPORT_OPTIONS, "unacked_restore_interval": 1, "unacked_restore_throttle": 1,  # noqa: F405
+    }

@@ -248,3 +248,17 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
         delays = [pipeline.backoff_delay(failures, base=30.0, rng=rng) for _ in range(50)]
         assert all(cap / 2 <= d <= cap for d in delays) and len(set(delays)) > 40
     assert pipeline.backoff_delay(30, base=30.0, rng=rng) <= 3600.0
+
+
+def test_generation_reads_the_l1_frames_preprocessing_staged(make_case_for, scientist):
+    import shutil
+
+    from inversions import work_orders
+
+    case = inverted(make_case_for, scientist)
+    staged = f"/preprocess/pid_1_118/{case.program}/l1/{case.dataset.dataset_id}.000000000000/"
+    shutil.move(case.l1_folder, case.root / "scratch" / staged.strip("/"))  # no L1 collection copy any more
+    order = work_orders.request(case.program, WorkOrder.Kind.PREPROCESS, requested_by="beat").order
+    work_orders.complete(order, details={"datasets": [{"dataset_id": case.dataset.dataset_id, "staged": staged}]})
+    done = generated(case)
+    assert done.details["written"] == 5 and "l1_stage" not in done.details  # nothing staged again

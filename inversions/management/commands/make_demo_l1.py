@@ -1,0 +1,105 @@
+"""Demo L1 frames for the embedded default: `manage.py make_demo_l1 [--programs N]`.
+
+Writes small ViSP frames with SPEC-214 headers (``inversions.preprocessing.demo_l1``)
+for the current datasets of Invertible programs into the L1 collection, at
+``L2_L1_PATH``, so that the embedded system preprocesses real files end to end. The
+frame count, Stokes parameters, wavelength range, field of view and start time come
+from each dataset's record; the frames are small (32 wavelengths × 24 slit pixels).
+
+Idempotent: a dataset folder that already holds its record's number of frames is left
+alone. At most ``--programs`` programs (``L2_DEMO_L1_PROGRAMS``, to keep ``l2 up`` fast and
+small): the first ones beat would preprocess (``pipeline.pickup_order``). The other programs
+have no L1 files; their preprocessing ends in Error ("staging the L1 files: … is not a folder").
+With ``--start`` it also starts preprocessing those programs (``l2 up`` does this, and turns
+beat's own pick-up off with ``L2_PREPROCESS_CONCURRENCY=0`` so that the programs without files
+stay Invertible instead of failing one after the other).
+"""
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Count, Q
+
+from inversions.errors import DoNotRetryError
+from inversions.models import Dataset, ObservingProgram
+from inversions.pipeline import StartRefused, l1_path, pickup_order
+from inversions.pipeline import start as pipeline_start
+from inversions.preprocessing.demo_l1 import write_small_dataset
+from inversions.transfers import local_folder
+
+N_WAVE, N_SLIT = 32, 24
+
+
+def _bbox(value) -> tuple[tuple[float, float], tuple[float, float]]:
+    try:
+        (x1, y1), (x2, y2) = value
+        return (float(x1), float(y1)), (float(x2), float(y2))
+    except (TypeError, ValueError):
+        return (-60.0, -400.0), (-40.0, -370.0)
+
+
+class Command(BaseCommand):
+    help = "Write small demo L1 frames for Invertible programs into the L1 collection (embedded default)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--programs", type=int, default=None,
+                            help="how many Invertible programs (in beat's order); default L2_DEMO_L1_PROGRAMS")
+        parser.add_argument("--start", action="store_true",
+                            help="also start preprocessing the programs that got frames")
+
+    def handle(self, *args, programs: int | None, start: bool = False, **options):
+        limit = settings.L2_DEMO_L1_PROGRAMS if programs is None else programs
+        if limit < 0:
+            raise CommandError("--programs must be 0 or more")
+        try:
+            root = local_folder(settings.L2_L1_COLLECTION, "/")
+        except DoNotRetryError as exc:
+            raise CommandError(f"the L1 collection is not a folder on this machine: {exc}") from exc
+        current = Q(datasets__superseded=False)
+        chosen = list(pickup_order().annotate(arms=Count("datasets", filter=current)).filter(arms__gt=0)[:limit])
+        started = time.monotonic()
+        written = kept = 0
+        for program in chosen:
+            for arm, dataset in enumerate(program.datasets.filter(superseded=False).order_by("wavelength_min", "dataset_id"), 1):
+                n = self._dataset(program, dataset, arm)
+                written += n
+                kept += not n
+        self.stdout.write(
+            f"demo L1 in {root}: {len(chosen)} program(s); {written} frames written, "
+            f"{kept} dataset(s) already there ({time.monotonic() - started:.1f} s)"
+        )
+        if start:
+            for program in chosen:
+                try:
+                    result = pipeline_start(program, requested_by="demo")
+                except StartRefused as exc:
+                    self.stderr.write(str(exc))
+                    continue
+                self.stdout.write(f"{program}: {'preprocessing started' if result.created else result.reason}")
+
+    def _dataset(self, program: ObservingProgram, dataset: Dataset, arm: int) -> int:
+        stokes = "IQUV" if (dataset.stokes_parameters or "").upper() == "IQUV" else "I"
+        frames = dataset.frame_count or 0
+        if frames <= 0 or frames % len(stokes):
+            self.stderr.write(f"{dataset.dataset_id}: {frames} frames cannot be {stokes} × raster steps; skipped")
+            return 0
+        folder = local_folder(settings.L2_L1_COLLECTION, l1_path(dataset))
+        present = [p for p in folder.glob("*.fits")] if folder.is_dir() else []
+        if len(present) == frames:
+            return 0
+        for stale in present:
+            stale.unlink()
+        low = dataset.wavelength_min or 630.05
+        high = dataset.wavelength_max if (dataset.wavelength_max or 0) > low else low + 0.3
+        start = (dataset.start_time or program.start_time)
+        write_small_dataset(
+            folder, dataset.dataset_id, n_steps=frames // len(stokes), stokes=stokes, n_wave=N_WAVE, n_slit=N_SLIT,
+            wavelength_range=(float(low), float(high)), bbox=_bbox(dataset.bounding_box),
+            start_time=start.replace(tzinfo=None) if start else "2022-06-02T17:21:59.6475",
+            proposal_id=dataset.primary_proposal_id, experiment_id=dataset.primary_experiment_id or "demo",
+            observing_program_id=dataset.observing_program_execution_id or "demo",
+            instrument_program_id=dataset.instrument_program_execution_id, arm_id=arm, seed=arm,
+        )
+        return frames
