@@ -563,6 +563,11 @@ def retry(request, ipeid: str):
     else:
         again = pipeline.after_retry(program, user=request.user)  # Invertible: preprocess again now
         more = f" Preprocessing runs again (order #{again.order.pk})." if again else ""
+        if again is None:  # Inverted: generation or publication again
+            from publishing.pipeline import after_retry as publishing_after_retry
+
+            redo = publishing_after_retry(program, user=request.user)
+            more = f" {redo[0]} runs again (order #{redo[1].order.pk})." if redo and redo[1].created else ""
         messages.success(request, f"{program} is back to {State(row.to_state).label}.{more}")
     return _done(request, program)
 

@@ -321,6 +321,30 @@ def fail_program(order: WorkOrder, program: ObservingProgram, step: str, stage: 
                            details={"order": order.pk, "inversion_id": order.details.get("inversion_id"), **extra})
 
 
+def after_retry(program: ObservingProgram, *, user=None) -> tuple[str, work_orders.Requested] | None:
+    """An operator's retry sent the program back to Inverted: run the failed step again now.
+
+    Returns (what runs again, the request), or None when there is nothing to run (the program
+    is not Inverted, the failure was not generation or publication, or it cannot start now).
+    """
+    from inversions.models import Transition
+
+    program.refresh_from_db(fields=["state"])
+    if program.state != State.INVERTED:
+        return None
+    error = Transition.objects.filter(program=program, to_state=State.ERROR).order_by("-at", "-id").first()
+    step = (error.details or {}).get("step") if error is not None else None
+    actor = user.get_username() if user is not None else "retry"
+    try:
+        if step == "generate":
+            return "L2 generation", request_generate(program, actor=actor, user=user, force=True)
+        if step == "publish":
+            return "Publication", request_publish(program, actor=actor, user=user)
+    except Refused:
+        return None
+    return None
+
+
 # ----------------------------------------------------------------------------- publish
 
 

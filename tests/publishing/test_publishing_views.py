@@ -91,3 +91,16 @@ def test_posts_need_the_csrf_token(inv, operator):
     assert strict.post(urls(inv)["generate"]).status_code == 403
     assert strict.post(urls(inv)["publish"], {"inversion": "L2VIEW"}).status_code == 403
     assert not WorkOrder.objects.exists()
+
+
+@pytest.mark.parametrize("step, kind, message", [("generate", "generate", "L2 generation runs again"),
+                                                 ("publish", "publish", "Publication runs again")])
+def test_retry_after_a_failed_generation_or_publication_runs_it_again(client, inv, operator, step, kind, message):
+    from inversions import lifecycle
+
+    lifecycle.fail(inv.program, step=step, reason="it broke")
+    client.force_login(operator)
+    response = client.post(reverse("program-retry", args=[str(inv.program)]), follow=True)
+    assert message in response.content.decode()
+    inv.program.refresh_from_db()
+    assert inv.program.state == "inverted" and WorkOrder.objects.get().kind == kind
