@@ -51,12 +51,19 @@ def _view(order: WorkOrder | None, done_key: str, total_key: str, unit: str) -> 
     return OrderView(order, p.get(done_key), p.get(total_key), unit)
 
 
+#: states in which the program page shows its Level 2 part (none before anyone worked on it)
+SHOWN_IN = (State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR)
+
+
 def publishing_context(program: ObservingProgram, user) -> dict:
-    """What the publishing partial shows for ``program`` and ``user``."""
-    inversion = current_inversion(program)
-    intake = work_orders.latest(program, INTAKE)
-    generate = work_orders.latest(program, WorkOrder.Kind.GENERATE)
-    publish = work_orders.latest(program, WorkOrder.Kind.PUBLISH)
+    """What the publishing partial shows for ``program`` and ``user`` (at most 3 queries)."""
+    if program.state not in SHOWN_IN:
+        return {"program": program, "show": False}
+    latest = {o.kind: o for o in WorkOrder.objects.filter(
+        program=program, kind__in=[INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH],
+    ).order_by("kind", "-created_at", "-id").distinct("kind")}
+    intake, generate, publish = (latest.get(k) for k in (INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH))
+    inversion = current_inversion(program) if (latest or program.state != State.WORKING) else None
     if inversion is not None:  # orders of an earlier inversion are not this one's
         if generate is not None and generate.details.get("inversion_id") != inversion.inversion_id:
             generate = None
@@ -83,7 +90,7 @@ def publishing_context(program: ObservingProgram, user) -> dict:
         "can_publish": operator and state == State.INVERTED and inversion is not None and not running
         and inversion.generated_at is not None,
         "is_operator": operator,
-        "show": bool(inversion or intake or state in (State.INVERTED, State.PUBLISHED)),
+        "show": bool(inversion or show_intake or state in (State.INVERTED, State.PUBLISHED)),
     }
 
 

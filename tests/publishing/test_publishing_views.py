@@ -104,3 +104,17 @@ def test_retry_after_a_failed_generation_or_publication_runs_it_again(client, in
     assert message in response.content.decode()
     inv.program.refresh_from_db()
     assert inv.program.state == "inverted" and WorkOrder.objects.get().kind == kind
+
+
+def test_the_level_2_part_costs_three_queries_whatever_the_files(client, make_inversion, operator):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(operator)
+    counts = []
+    for name, files in (("L2FEW", 2), ("L2MANY", 40)):
+        inv = make_inversion(name, recorded=False, files=files)
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(urls(inv)["publishing"]).status_code == 200
+        counts.append(len([q for q in ctx.captured_queries if "publishing_" in q["sql"] or "workorder" in q["sql"]]))
+    assert counts == [3, 3]
