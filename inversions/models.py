@@ -175,7 +175,7 @@ class OutboxEvent(models.Model):
 
 
 class WorkOrder(models.Model):
-    """One run of a worker pipeline for a program (DESIGN §7): preprocess, generate, publish.
+    """One run of a worker pipeline for a program (DESIGN §7): preprocess, intake, generate, publish.
 
     At most one active (Queued or Started) order per program and kind. ``input_fingerprint``
     (a digest of the inputs' checksums) lets a new order for the same inputs be skipped unless
@@ -188,6 +188,7 @@ class WorkOrder(models.Model):
         PREPROCESS = "preprocess", "Preprocess"
         GENERATE = "generate", "Generate L2"
         PUBLISH = "publish", "Publish"
+        INTAKE = "intake", "Result intake"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

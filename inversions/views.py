@@ -31,7 +31,7 @@ from inversions.forms import (
     filter_programs,
     query_string,
 )
-from inversions.models import ObservingProgram
+from inversions.models import ObservingProgram, WorkOrder
 from inversions.states import MAIN_LINE, State
 from inversions.states import label as state_label
 from l2site.auth import is_admin, is_operator, is_science, require_role
@@ -363,7 +363,9 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
     mine = program.claimed_by_id == user.pk
     stale = state == State.WORKING and program.claimed_at is not None and program.claimed_at < selectors.stale_before()
     error = next((t for t in reversed(history) if t.to_state == State.ERROR), None) if state == State.ERROR else None
-    can_report = r["is_science"] and state == State.WORKING and mine
+    # not while reported results are being fetched and checked (the publishing part shows that)
+    can_report = r["is_science"] and state == State.WORKING and mine and not program.work_orders.filter(
+        kind=WorkOrder.Kind.INTAKE, status__in=WorkOrder.ACTIVE).exists()
     if can_report and report_form is None:
         report_form = ReportInvertedForm(
             datasets=current, collections=list(settings.L2_COLLECTIONS),
@@ -561,6 +563,11 @@ def retry(request, ipeid: str):
     else:
         again = pipeline.after_retry(program, user=request.user)  # Invertible: preprocess again now
         more = f" Preprocessing runs again (order #{again.order.pk})." if again else ""
+        if again is None:  # Inverted: generation or publication again
+            from publishing.pipeline import after_retry as publishing_after_retry
+
+            redo = publishing_after_retry(program, user=request.user)
+            more = f" {redo[0]} runs again (order #{redo[1].order.pk})." if redo and redo[1].created else ""
         messages.success(request, f"{program} is back to {State(row.to_state).label}.{more}")
     return _done(request, program)
 
@@ -601,8 +608,7 @@ def requeue(request, ipeid: str):
 @require_POST
 @require_role(is_science, "Only the science team reports programs inverted.")
 def report_inverted(request, ipeid: str):
-    from publishing.intake import ReportRejected
-    from publishing.intake import report_inverted as intake
+    from publishing.intake import ReportRejected, submit_report
 
     program = _program_or_404(ipeid)
     current = [d for d in program.datasets.all() if not d.superseded]
@@ -610,22 +616,24 @@ def report_inverted(request, ipeid: str):
     if form.is_valid():
         data = form.cleaned_data
         try:
-            intake(
+            submit_report(
                 program,
                 user=request.user,
+                actor=request.user.get_username(),
                 collection=data["collection"],
                 path=data["path"],
                 software_commit=data["software_commit"],
                 dataset_ids=list(data["dataset_ids"]),
                 notes=data["notes"],
-                actor=request.user.get_username(),
+                source={"form": request.user.get_username()},
             )
         except ReportRejected as exc:
             if exc.field and exc.field in form.fields:
                 form.add_error(exc.field, exc.message)
             error = f"Not reported: {exc.message}"
         else:
-            messages.success(request, f"{program} is Inverted. Thank you.")
+            messages.success(request, f"Results of {program} reported: a worker fetches and checks the files now. "
+                                      "It becomes Inverted once they pass; the verdict appears on this page.")
             return redirect("program-detail", ipeid=ipeid)
     else:
         error = "Not reported: please correct the fields marked below."

@@ -213,6 +213,8 @@ if L2_TRANSFER_BACKEND == "globus" and not (GLOBUS_CLIENT_ID and GLOBUS_CLIENT_S
     raise ImproperlyConfigured("L2_TRANSFER_BACKEND=globus needs GLOBUS_CLIENT_ID and GLOBUS_CLIENT_SECRET")
 # How long a pipeline waits before asking Globus again how a transfer is going.
 GLOBUS_POLL_SECONDS = env_number("GLOBUS_POLL_SECONDS", 30.0)
+# Scratch folder of one inversion: results/ (the fetched result files) and files/ (the L2 files).
+L2_SCRATCH_L2_PATH = env("L2_SCRATCH_L2_PATH", "/l2/{proposal}/{inversion}/")
 
 
 def _collections() -> dict[str, str]:
@@ -276,6 +278,23 @@ L2_PERIODIC_TASKS = {
     "preprocess invertible programs": ("inversions.preprocess_pending", L2_PREPROCESS_INTERVAL_SECONDS),
 }
 L2_API_TOKEN_PREFIX = "l2t_"
+
+# --- Publishing (DESIGN §9) -------------------------------------------------------------
+# Processes generating L2 frames in parallel per generate task (0: one per CPU core).
+L2_GENERATE_WORKERS = int(env_number("L2_GENERATE_WORKERS", 0, int))
+# Notifying the metadata store: tries (task retries, each after the client's own retries)
+# and the base of the exponential backoff between them (full jitter, capped at one hour).
+L2_PUBLISH_MAX_TRIES = max(1, int(env_number("L2_PUBLISH_MAX_TRIES", 8, int)))
+L2_PUBLISH_BACKOFF_SECONDS = env_number("L2_PUBLISH_BACKOFF_SECONDS", 30.0)
+# The schema has no mutation deleting an L2 inversion: reconcile --remove-extra (and
+# --update-existing, as delete + create) POST {"inversionId": …} here when it is set
+# (the emulator: http://…/_control/l2inversions/delete); unset, they report what they cannot do.
+METADATA_STORE_L2_DELETE_URL = env("METADATA_STORE_L2_DELETE_URL", "")
+RECONCILE_INTERVAL_SECONDS = env_number("RECONCILE_INTERVAL_SECONDS", 3600.0)
+# Event-bus intake (`manage.py consume_events`): "inverted" messages name a client token, or one
+# of these trusted client names (the broker's own authentication stands for them).
+L2_EVENT_CLIENTS = env_list("L2_EVENT_CLIENTS")
+L2_PERIODIC_TASKS["reconcile with the metadata store"] = ("publishing.reconcile", RECONCILE_INTERVAL_SECONDS)
 
 LOGGING = {
     "version": 1,

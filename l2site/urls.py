@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from l2site import health
 from publishing import api
+from publishing.urls import program_urlpatterns
 
 admin.site.site_header = "L2 administration"
 admin.site.site_title = "L2 admin"
@@ -17,5 +18,6 @@ urlpatterns = [
     path("api/v1/programs/<str:ipeid>/inverted", api.report_inverted, name="api-report-inverted"),
     path("api/v1/", include("publishing.urls")),
     path("scans/", include("scanning.urls")),
+    path("programs/<str:ipeid>/", include(program_urlpatterns)),
     path("", include("inversions.urls")),
 ]

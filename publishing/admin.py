@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from publishing.models import ApiToken
+from publishing.models import ApiToken, Inversion, L2File, ReconcileRun
 
 
 @admin.action(description="Revoke selected tokens")
@@ -26,3 +26,47 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written by the workers: shown, never edited here."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class L2FileInline(admin.TabularInline):
+    model = L2File
+    fields = ("kind", "step", "filename", "size", "sha256", "object_key")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Inversion)
+class InversionAdmin(ReadOnlyAdmin):
+    list_display = ("inversion_id", "program", "software_commit", "reported_by", "created_at", "generated_at",
+                    "store_recorded_at")
+    list_filter = (("store_recorded_at", admin.EmptyFieldListFilter), ("generated_at", admin.EmptyFieldListFilter))
+    search_fields = ("inversion_id", "program__instrument_program_execution_id", "software_commit")
+    list_select_related = ("program",)
+    inlines = [L2FileInline]
+
+
+@admin.register(ReconcileRun)
+class ReconcileRunAdmin(ReadOnlyAdmin):
+    """Reconcile runs (``manage.py reconcile`` and the periodic task): what each found and did."""
+
+    list_display = ("id", "started_at", "status", "triggered_by", "dry_run", "ours", "theirs", "missing", "extra",
+                    "differing", "added", "updated", "removed")
+    list_filter = ("status", "dry_run")

@@ -33,6 +33,10 @@ def api_view(view):
         if not request.user.is_authenticated:
             return JsonResponse({"error": "authentication required (Bearer token or session)"}, status=401)
         try:
+            if any("\x00" in value for values in request.GET.lists() for value in values[1]) or any(
+                isinstance(value, str) and "\x00" in value for value in kwargs.values()
+            ):
+                raise BadRequest("parameters must not contain NUL characters")
             return view(request, *args, **kwargs)
         except BadRequest as exc:
             return JsonResponse({"error": str(exc)}, status=400)
@@ -138,6 +142,7 @@ def program(request, ipeid: str):
         "claimedBy": p.claimed_by.username if p.claimed_by else None,
         "claimedAt": p.claimed_at.isoformat() if p.claimed_at else None,
         "qualification": qualification,
+        "intake": _latest_intake(p),
         "datasets": [
             {
                 "datasetId": d.dataset_id,
@@ -169,17 +174,111 @@ def program(request, ipeid: str):
     return JsonResponse(body)
 
 
+def inversion_summary(inv) -> dict:
+    """An inversion for the metadata store and the portal (the store's field names where it has them)."""
+    program = inv.program
+    return {
+        "inversionId": inv.inversion_id,
+        "instrumentProgramExecutionId": program.instrument_program_execution_id,
+        "primaryProposalId": program.primary_proposal_id,
+        "primaryExperimentId": program.primary_experiment_id,
+        "programState": program.state,
+        "datasetIds": list(inv.dataset_ids),
+        "spectralLines": list(inv.spectral_lines),
+        "softwareCommit": inv.software_commit,
+        "rasterSteps": inv.raster_steps,
+        "reportedBy": inv.reported_by,
+        "reportedAt": inv.reported_at.isoformat(),
+        "acceptedAt": inv.created_at.isoformat(),
+        "generatedAt": inv.generated_at.isoformat() if inv.generated_at else None,
+        "bucket": inv.bucket or None,
+        "publishedCollection": inv.published_collection or None,
+        "publishedPath": inv.published_path or None,
+        "publishedAt": inv.published_at.isoformat() if inv.published_at else None,
+        "asdfObjectKey": inv.asdf_object_key or None,
+        "recordedInStoreAt": inv.store_recorded_at.isoformat() if inv.store_recorded_at else None,
+        "fileCount": getattr(inv, "file_count", None),
+        "updatedAt": inv.updated_at.isoformat(),
+    }
+
+
+def l2_file(f) -> dict:
+    return {
+        "filename": f.filename,
+        "kind": f.kind,
+        "step": f.step,
+        "size": f.size,
+        "sha256": f.sha256,
+        "fileId": f.file_id or None,
+        "objectKey": f.object_key or None,
+    }
+
+
+PUBLISHED_FILTER = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+@require_GET
+@api_view
+def inversions(request):
+    """Inversions, oldest change first: ?program=&proposal=&dataset=&published=&updated_since=&page=&page_size="""
+    from django.db.models import Count
+
+    from publishing.models import Inversion
+
+    qs = Inversion.objects.select_related("program").annotate(file_count=Count("files")).order_by("updated_at", "id")
+    for param, lookup in (("program", "program__instrument_program_execution_id"),
+                          ("proposal", "program__primary_proposal_id")):
+        value = request.GET.get(param)
+        if value:
+            qs = qs.filter(**{lookup: value[:200]})
+    if request.GET.get("dataset"):
+        qs = qs.filter(dataset_ids__contains=[request.GET["dataset"][:64]])
+    published = request.GET.get("published")
+    if published not in (None, ""):
+        if published.lower() not in PUBLISHED_FILTER:
+            raise BadRequest(f"published must be true or false, not {published[:20]!r}")
+        qs = qs.filter(store_recorded_at__isnull=not PUBLISHED_FILTER[published.lower()])
+    since = datetime_param(request, "updated_since")
+    if since is not None:
+        qs = qs.filter(updated_at__gt=since)
+    return JsonResponse(paginate(request, qs, inversion_summary))
+
+
+@require_GET
+@api_view
+def inversion(request, inversion_id: str):
+    """One inversion with its result files and its L2 files."""
+    from django.db.models import Count
+
+    from publishing.models import Inversion
+
+    inv = (Inversion.objects.select_related("program").annotate(file_count=Count("files"))
+           .filter(inversion_id=inversion_id).first())
+    if inv is None:
+        return JsonResponse({"error": f"no inversion {inversion_id[:100]!r}"}, status=404)
+    body = inversion_summary(inv) | {
+        "notes": inv.notes,
+        "reportedCollection": inv.reported_collection,
+        "reportedPath": inv.reported_path,
+        "resultFiles": inv.result_files,
+        "files": [l2_file(f) for f in inv.files.order_by("kind", "step", "filename")],
+    }
+    return JsonResponse(body)
+
+
 @require_POST
 @api_view
 def report_inverted(request, ipeid: str):
     """Report a Working program inverted (DESIGN §8): the science cluster's way.
 
     Body (JSON): ``{"collection", "path", "software_commit", "dataset_ids": [...], "notes"}``.
-    The token's user must be in the science group. The result files are checked before the
-    program becomes Inverted; a refused report answers 400 ``{"error": reason}`` and changes nothing.
+    The token's user must be in the science group. Everything that can be checked without the
+    files is checked now: a refused report answers 400 ``{"error", "field"}`` and changes
+    nothing. An accepted one answers 202 with the intake order; a worker then fetches and
+    checks the files: the program becomes Inverted, or Error (step ``results``) with the reason
+    (``GET /api/v1/programs/<id>`` shows which, and ``intake``).
     """
-    from publishing.intake import ReportRejected
-    from publishing.intake import report_inverted as intake
+    from publishing.intake import ReportRejected, submit_report
 
     if not is_science(request.user):
         return JsonResponse({"error": "only the science team reports programs inverted"}, status=403)
@@ -195,28 +294,42 @@ def report_inverted(request, ipeid: str):
     token = getattr(request, "api_token", None)
     actor = f"api:{token.name}" if token is not None else request.user.get_username()
     try:
-        row = intake(
+        order = submit_report(
             program,
             user=request.user,
+            actor=actor,
             collection=body.get("collection") or "",
             path=body.get("path") or "",
             software_commit=body.get("software_commit") or "",
             dataset_ids=body.get("dataset_ids") if body.get("dataset_ids") is not None else [],
             notes=body.get("notes") if body.get("notes") is not None else "",
-            actor=actor,
             require_claim=False,
+            source={"api_token": token.name} if token is not None else {"user": actor},
         )
     except ReportRejected as exc:
         payload = {"error": exc.message}
         if exc.field:
             payload["field"] = exc.field
         return JsonResponse(payload, status=400)
-    return JsonResponse(
-        {
-            "instrumentProgramExecutionId": program.instrument_program_execution_id,
-            "state": row.to_state,
-            "at": row.at.isoformat(),
-            "actor": row.actor,
-            "details": row.details,
-        }
-    )
+    return JsonResponse(intake_summary(order) | {"instrumentProgramExecutionId": program.instrument_program_execution_id},
+                        status=202)
+
+
+def _latest_intake(program) -> dict | None:
+    from publishing.intake import latest_intake
+
+    order = latest_intake(program)
+    return intake_summary(order) if order is not None else None
+
+
+def intake_summary(order) -> dict:
+    """An intake order, for API answers."""
+    return {
+        "intake": order.pk,
+        "status": order.status,
+        "inversionId": order.details.get("inversion_id"),
+        "reportedAt": order.details.get("reported_at"),
+        "reportedBy": order.requested_by,
+        "error": order.error or None,
+        "report": order.details.get("report"),
+    }

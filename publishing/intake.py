@@ -1,31 +1,61 @@
-"""Report a program inverted: check the submission and its result files, then move it (DESIGN §8).
+"""Report a program inverted, then fetch and check its result files (DESIGN §8).
 
-Used by the dashboard form and by ``POST /api/v1/programs/<id>/inverted``. A bad submission
-raises :class:`ReportRejected` with a message for people and changes nothing; a good one
-becomes one ``Working → Inverted`` transition whose details record the submission and the
-files (name, size, sha256, shape).
+Two halves:
 
-Files are located through ``settings.L2_COLLECTIONS`` (collection id → the local folder
-where that Globus collection's files are visible): ``<root>/<path>/inv_res_mod.fits`` …
+1. :func:`submit_report` — the dashboard form, ``POST /api/v1/programs/<id>/inverted`` and the
+   event-bus consumer. It checks, at once, everything that can be checked without the files
+   (the fields, the program is Working — and, from the dashboard, claimed by the reporter —,
+   the datasets are current ones of the program with a whole and equal number of raster steps,
+   the collection is one we can fetch from, the path is absolute and stays inside it) and
+   refuses a bad report with :class:`ReportRejected` (a message for people, nothing changed).
+   A good one becomes an *intake* work order (the report, a new inversion id, the transfer's
+   submission id), and a worker task is queued. The program stays Working, claimed.
+
+2. :func:`run_intake` — the worker. It fetches the three files from the reported collection
+   and path into scratch with the transfer interface (``inversions.transfers``), checks them
+   with :func:`publishing.results.validate_results` (present, readable FITS, shapes agreeing
+   with each other and with the program's raster steps), and then:
+
+   * good files: an :class:`~publishing.models.Inversion` is recorded (id, software commit,
+     datasets used, the files with sizes and sha256) and the program goes Working → Inverted,
+     ready to generate, in one transaction;
+   * bad files (or files that cannot be fetched): the program goes Working → Error with step
+     ``results`` and the reason (which file, what is wrong). An operator's Retry brings it
+     back to Working, so the team can report corrected files.
+
+When the program becomes Inverted. DESIGN §8 says the files are "checked … before the program
+becomes Inverted; a bad set is refused with a clear message"; the issue says a bad set sends
+the program to Error ("results"). Both hold here: the program is Inverted only once a worker
+has checked the files, and a set that fails the check is refused with its reason as an Error
+of step ``results`` (the submission itself is answered at once: a bad field is refused before
+anything is queued; the files are judged by the worker, whose verdict is on the program page).
 """
 from __future__ import annotations
 
 import re
+import secrets
+import uuid
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from enum import Enum
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from inversions import lifecycle
-from inversions.errors import L2Error
-from inversions.models import Dataset, ObservingProgram, Transition
+from inversions import lifecycle, transfers, work_orders
+from inversions.errors import BackoffRetryError, DoNotRetryError, L2Error, RetryError
+from inversions.models import Dataset, ObservingProgram, WorkOrder
 from inversions.states import State
 from publishing.results import RESULT_FILES, validate_results
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
+GLOBUS_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_NOTES = 10_000
 MAX_FIELD = 1_000
+STEP = "results"
+INTAKE = WorkOrder.Kind.INTAKE
 
 
 class ReportRejected(Exception):
@@ -40,27 +70,31 @@ class ReportRejected(Exception):
         return self.message
 
 
-def collection_root(collection: str) -> Path:
-    """The local folder of a configured collection; ReportRejected for an unknown one."""
-    roots = getattr(settings, "L2_COLLECTIONS", {}) or {}
-    if collection not in roots:
-        known = ", ".join(sorted(roots)) or "none configured"
-        raise ReportRejected(f"unknown collection {collection!r} (known: {known})", field="collection")
-    return Path(roots[collection]).resolve()
+def new_inversion_id() -> str:
+    """A public inversion id: ``L2`` + 10 upper-case hex digits (unique in practice; the database checks)."""
+    return "L2" + secrets.token_hex(5).upper()
 
 
-def resolve_folder(collection: str, path: str) -> Path:
-    """``<root>/<path>`` of a collection, refusing paths that leave the collection's root."""
-    if not path.startswith("/"):
-        raise ReportRejected(f"path must be absolute (start with '/'), not {path[:80]!r}", field="path")
-    if "\x00" in path:
-        raise ReportRejected("path contains a NUL character", field="path")
-    root = collection_root(collection)
-    relative = PurePosixPath(path).relative_to("/")
-    folder = (root / relative).resolve()  # follows symbolic links: a link out of the root is refused too
-    if folder != root and root not in folder.parents:
-        raise ReportRejected(f"path {path[:200]!r} leaves the collection {collection!r}", field="path")
-    return folder
+def scratch_folder(program: ObservingProgram, inversion_id: str) -> str:
+    """The inversion's folder in the scratch collection (``L2_SCRATCH_L2_PATH``), ending in ``/``."""
+    path = settings.L2_SCRATCH_L2_PATH.format(
+        proposal=program.primary_proposal_id, program=program.instrument_program_execution_id,
+        inversion=inversion_id,
+    )
+    return path if path.endswith("/") else path + "/"
+
+
+_CANONICAL_LINE = re.compile(r"^(?P<species>.*?\S)\s+(?P<wl>\d+\.\d+)$")
+
+
+def store_line_name(name: str) -> str:
+    """A line as the metadata store and the L2 files name it: ``"Fe I 630.15"`` → ``"Fe I (630.15 nm)"``.
+
+    Our datasets keep canonical names (``scanning.records``); the store's records and the L2
+    headers use the form with the wavelength in nm, from which the L2 wavelength axis is built.
+    """
+    match = _CANONICAL_LINE.match(name.strip())
+    return f"{match['species']} ({match['wl']} nm)" if match else name
 
 
 def expected_raster_steps(datasets: Sequence[Dataset]) -> int:
@@ -94,7 +128,7 @@ def expected_raster_steps(datasets: Sequence[Dataset]) -> int:
     return next(iter(steps.values()))
 
 
-def _check_fields(collection: str, path: str, software_commit: str, dataset_ids, notes: str) -> tuple[str, str, str, list[str], str]:
+def _check_fields(collection, path, software_commit, dataset_ids, notes) -> tuple[str, str, str, list[str], str]:
     if not isinstance(collection, str) or not collection.strip():
         raise ReportRejected("collection is required", field="collection")
     if not isinstance(path, str) or not path.strip():
@@ -121,6 +155,20 @@ def _check_fields(collection: str, path: str, software_commit: str, dataset_ids,
     return collection, path, commit, ids, notes.strip()
 
 
+def _check_location(collection: str, path: str) -> None:
+    """The collection is one the transfer backend can fetch from; the path stays inside it."""
+    known = getattr(settings, "L2_COLLECTIONS", {}) or {}
+    if collection not in known and not (settings.L2_TRANSFER_BACKEND == "globus" and GLOBUS_ID_RE.match(collection)):
+        listed = ", ".join(sorted(known)) or "none configured"
+        raise ReportRejected(f"unknown collection {collection!r} (known: {listed})", field="collection")
+    try:
+        transfers.check_path(path)
+        if collection in known:
+            transfers.local_folder(collection, path)  # refuses a path (or a link) leaving the collection
+    except DoNotRetryError as exc:
+        raise ReportRejected(exc.message, field="path") from exc
+
+
 def _check_program(program: ObservingProgram, user, require_claim: bool) -> None:
     if program.state != State.WORKING:
         raise ReportRejected(f"{program} is {program.get_state_display()}, not Working: only a program being "
@@ -130,33 +178,31 @@ def _check_program(program: ObservingProgram, user, require_claim: bool) -> None
         raise ReportRejected(f"{program} is claimed by {who}, not by you")
 
 
-def report_inverted(
-    program: ObservingProgram,
-    *,
-    user,
-    collection: str,
-    path: str,
-    software_commit: str,
-    dataset_ids: list[str],
-    notes: str,
-    actor: str,
-    require_claim: bool = True,
-) -> Transition:
-    """Check a report and its three result files; on success move ``program`` to Inverted.
+@dataclass(frozen=True)
+class Report:
+    """A report that passed every check that needs no file."""
 
-    Checks, in order: the fields (collection and path given, path absolute, commit 7–40 hex
-    digits, at least one dataset id); the program is Working and — with ``require_claim``
-    (the dashboard) — claimed by ``user`` (the API passes ``require_claim=False``: a science
-    token may report any Working program); the dataset ids are current datasets of the
-    program; the collection is configured and the path stays inside it; the files pass
-    :func:`publishing.results.validate_results` with ``expected_steps`` from
-    :func:`expected_raster_steps` and the datasets' spectral lines (when all of them list any).
+    collection: str
+    path: str
+    software_commit: str
+    dataset_ids: list[str]
+    notes: str
+    raster_steps: int
+    spectral_lines: list[str] | None
 
-    Raises :class:`ReportRejected` on any failure, having changed nothing.
-    """
+    def to_dict(self) -> dict:
+        return {
+            "collection": self.collection, "path": self.path, "software_commit": self.software_commit,
+            "dataset_ids": self.dataset_ids, "notes": self.notes, "raster_steps": self.raster_steps,
+            "spectral_lines": self.spectral_lines,
+        }
+
+
+def check_report(program: ObservingProgram, *, user, collection, path, software_commit, dataset_ids, notes,
+                 require_claim: bool = True) -> Report:
+    """Every check that needs no file; :class:`ReportRejected` for the first that fails."""
     collection, path, commit, ids, notes = _check_fields(collection, path, software_commit, dataset_ids, notes)
     _check_program(program, user, require_claim)
-
     current = {d.dataset_id: d for d in Dataset.objects.filter(program=program, superseded=False).defer("raw")}
     unknown = [d for d in ids if d not in current]
     if unknown:
@@ -166,41 +212,198 @@ def report_inverted(
         )
     used = sorted((current[d] for d in ids), key=lambda d: (d.wavelength_min or 0.0, d.dataset_id))
     steps = expected_raster_steps(used)
-    lines = [line for d in used for line in (d.spectral_lines or [])] if all(d.spectral_lines for d in used) else None
+    lines = ([store_line_name(line) for d in used for line in (d.spectral_lines or [])]
+             if all(d.spectral_lines for d in used) else None)
+    _check_location(collection, path)
+    return Report(collection, path, commit, [d.dataset_id for d in used], notes, steps, lines or None)
 
-    folder = resolve_folder(collection, path)
-    try:
-        checked = validate_results(folder, expected_steps=steps, spectral_lines=lines or None)
-    except L2Error as exc:
-        raise ReportRejected(f"the result files in {collection}:{path} were refused: {exc}") from exc
 
-    shapes = {"mod": list(checked.mod_shape), "pre": list(checked.profile_shape), "ori": list(checked.profile_shape)}
+def submit_report(
+    program: ObservingProgram,
+    *,
+    user,
+    actor: str,
+    collection,
+    path,
+    software_commit,
+    dataset_ids,
+    notes="",
+    require_claim: bool = True,
+    source: dict | None = None,
+    enqueue: bool = True,
+) -> WorkOrder:
+    """Check a report and queue the fetch-and-check of its files; return the intake order.
+
+    ``require_claim`` (the dashboard): the reporter must hold the claim; the API and the event
+    bus pass False (a science-team token may report any Working program). ``source`` is kept
+    on the order (the API token, the bus message id …). Raises :class:`ReportRejected` for a
+    bad report or when results of the program are already being checked; nothing changes then.
+    """
+    report = check_report(program, user=user, collection=collection, path=path, software_commit=software_commit,
+                          dataset_ids=dataset_ids, notes=notes, require_claim=require_claim)
+    inversion_id = new_inversion_id()
     details = {
-        "collection": collection,
-        "path": path,
-        "software_commit": commit,
-        "dataset_ids": ids,
-        "notes": notes,
-        "raster_steps": checked.n_steps,
-        "files": [
-            {"name": name, "size": checked.sizes.get(role), "sha256": checked.sha256.get(role), "shape": shapes[role]}
-            for role, name in RESULT_FILES.items()
-        ],
+        "report": report.to_dict(),
+        "inversion_id": inversion_id,
+        "reported_at": timezone.now().isoformat(),
+        "scratch": scratch_folder(program, inversion_id) + "results/",
+        "submission_id": str(uuid.uuid4()),  # the transfer's, stored before it is submitted
+        "source": source or {},
     }
     with transaction.atomic():
-        locked = ObservingProgram.objects.select_for_update().get(pk=program.pk)
-        _check_program(locked, user, require_claim)  # nobody changed it while the files were read
-        try:
-            row = lifecycle.transition(
-                locked,
-                State.INVERTED,
-                actor=actor,
-                user=user,
-                reason="reported inverted",
-                details=details,
-                expected_from=(State.WORKING,),
+        locked = ObservingProgram.objects.select_for_update(of=("self",)).select_related("claimed_by").get(pk=program.pk)
+        _check_program(locked, user, require_claim)  # nobody changed it meanwhile
+        requested = work_orders.request(locked, INTAKE, requested_by=actor, user=user if getattr(user, "pk", None) else None,
+                                        details=details)
+        if not requested.created:
+            order = requested.order
+            reported = order.details.get("reported_at", "")
+            raise ReportRejected(
+                f"results of {program} reported at {reported[:19].replace('T', ' ')} UTC are being fetched and "
+                f"checked (intake #{order.pk}); wait for the verdict on the program page"
             )
-        except lifecycle.LifecycleError as exc:
-            raise ReportRejected(str(exc)) from exc
-    program.refresh_from_db()
-    return row
+        order = requested.order
+        if enqueue:
+            from publishing.tasks import intake_results
+
+            transaction.on_commit(lambda: intake_results.delay(order.pk))
+    return order
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+class Outcome(str, Enum):
+    DONE = "done"  # the program is Inverted
+    REFUSED = "refused"  # the program is in Error (results)
+    WAITING = "waiting"  # the transfer is still running: look again later
+    NOTHING = "nothing"  # the order had finished already (a duplicate task)
+
+
+def _fetch(order: WorkOrder, backend) -> transfers.TransferStatus:
+    """Submit (once: the submission id makes a redelivered submit the same transfer) or poll."""
+    report = order.details["report"]
+    task_id = order.details.get("transfer_task_id")
+    if task_id:
+        return backend.status(task_id)
+    source = report["path"].rstrip("/") + "/"
+    items = [transfers.TransferItem(source + name, order.details["scratch"] + name) for name in RESULT_FILES.values()]
+    task_id = backend.submit(report["collection"], settings.L2_SCRATCH_COLLECTION, items,
+                             label=f"L2 results {order.details['inversion_id']}",
+                             submission_id=order.details["submission_id"])
+    work_orders.merge_details(order.pk, transfer_task_id=task_id)
+    order.details["transfer_task_id"] = task_id
+    return backend.status(task_id)
+
+
+def run_intake(order_id: int, *, backend=None, poll: bool = False) -> Outcome:
+    """Fetch and check the files of an intake order; record the inversion or refuse the files.
+
+    ``poll``: this run only looks at a transfer that was already submitted (not a new attempt).
+    Raises ``RetryError`` / ``BackoffRetryError`` for failures worth another try (the task
+    retries); every other failure refuses the files (program → Error, step ``results``).
+    """
+    if poll:
+        order = WorkOrder.objects.filter(pk=order_id, status__in=work_orders.ACTIVE).first()
+    else:
+        order = work_orders.start(order_id, "fetch")
+    if order is None:
+        return Outcome.NOTHING
+    report = order.details["report"]
+    where = f"{report['collection']}:{report['path']}"
+    stage = "fetch"
+    try:
+        status = _fetch(order, backend or transfers.get_backend())
+        if not status.done:
+            work_orders.set_progress(order.pk, files=status.files, bytes=status.bytes)
+            return Outcome.WAITING
+        if not status.ok:
+            raise DoNotRetryError(f"fetching the result files from {where} failed: {status.error or 'transfer failed'}",
+                                  step=STEP, details={"transfer": status.task_id})
+        work_orders.advance(order.pk, "fetch", "check")
+        stage = "check"
+        folder = transfers.local_folder(settings.L2_SCRATCH_COLLECTION, order.details["scratch"])
+        checked = validate_results(folder, expected_steps=report["raster_steps"],
+                                   spectral_lines=report.get("spectral_lines") or None)
+    except (RetryError, BackoffRetryError):
+        raise
+    except L2Error as exc:
+        refuse(order, f"the result files in {where} were refused: {exc.message}", stage=stage, details=exc.details)
+        return Outcome.REFUSED
+    return Outcome.DONE if _record(order, checked) else Outcome.NOTHING
+
+
+def refuse(order: WorkOrder, reason: str, *, stage: str = "check", details: dict | None = None) -> None:
+    """The files are refused: the order fails and the program (still Working) goes to Error (results)."""
+    with transaction.atomic():
+        program = ObservingProgram.objects.select_for_update().get(pk=order.program_id)
+        if work_orders.fail(order, step=stage, error=reason) is None:
+            return  # finished meanwhile (a duplicate task)
+        if program.state == State.WORKING:
+            lifecycle.fail(program, step=STEP, reason=reason, actor="worker",
+                           details={"intake": order.pk, "inversion_id": order.details.get("inversion_id"),
+                                    "report": order.details.get("report"), **_jsonable(details or {})})
+
+
+def _jsonable(details: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in details.items()}
+
+
+def _record(order: WorkOrder, checked) -> bool:
+    """Record the inversion and make the program Inverted (one transaction). False if nothing was done."""
+    from publishing.models import Inversion
+
+    report = order.details["report"]
+    shapes = {"mod": list(checked.mod_shape), "pre": list(checked.profile_shape), "ori": list(checked.profile_shape)}
+    files = [
+        {"name": name, "size": checked.sizes.get(role), "sha256": checked.sha256.get(role), "shape": shapes[role]}
+        for role, name in RESULT_FILES.items()
+    ]
+    with transaction.atomic():
+        program = ObservingProgram.objects.select_for_update().get(pk=order.program_id)
+        if program.state != State.WORKING:
+            work_orders.fail(order, step="record", error=(
+                f"{program} is {program.get_state_display()} now, not Working: the checked results were not recorded"))
+            return False
+        locked = WorkOrder.objects.select_for_update().get(pk=order.pk)
+        if locked.status not in work_orders.ACTIVE:
+            return False
+        now = timezone.now()
+        inversion = Inversion.objects.create(
+            inversion_id=order.details["inversion_id"],
+            program=program,
+            software_commit=report["software_commit"],
+            dataset_ids=report["dataset_ids"],
+            spectral_lines=list(checked.spectral_lines),
+            raster_steps=checked.n_steps,
+            notes=report.get("notes", ""),
+            reported_collection=report["collection"],
+            reported_path=report["path"],
+            scratch_path=order.details["scratch"],
+            result_files=files,
+            reported_by=order.requested_by,
+            reported_by_user=order.requested_by_user,
+            reported_at=parse_datetime(order.details.get("reported_at", "")) or order.created_at,
+            created_at=now,
+            updated_at=now,
+            bucket=_bucket(program, report["dataset_ids"]),
+        )
+        lifecycle.transition(
+            program, State.INVERTED, actor=order.requested_by, user=order.requested_by_user,
+            reason="reported inverted; result files checked",
+            details={"inversion_id": inversion.inversion_id, "intake": order.pk, **report,
+                     "files": files},
+            expected_from=(State.WORKING,),
+        )
+        work_orders.complete(order, details={"files": files}, progress={"files": len(files)})
+    return True
+
+
+def _bucket(program: ObservingProgram, dataset_ids: list[str]) -> str:
+    buckets = list(Dataset.objects.filter(program=program, dataset_id__in=dataset_ids).exclude(bucket="")
+                   .order_by("wavelength_min", "dataset_id").values_list("bucket", flat=True))
+    return buckets[0] if buckets else ""
+
+
+def latest_intake(program: ObservingProgram) -> WorkOrder | None:
+    return work_orders.latest(program, INTAKE)

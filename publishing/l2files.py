@@ -187,7 +187,7 @@ def primary_header(
         ("PROCTYPE", "L2", "Degree of processing of the frame"),
         ("DSETID", inversion_id, "Inversion id (L2 dataset)"),
         ("FILE_ID", frame_file_id(inversion_id, step), "Unique id of this file"),
-        ("FILENAME", filename, "Name of this file"),
+        ("FILENAME", filename, "File name"),  # short: long names must not truncate the comment
         ("STEPIDX", step, "Raster step of this frame (0-based)"),
         ("DATE", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "File creation time (UTC)"),
     ]

@@ -5,6 +5,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
@@ -62,3 +63,130 @@ class ApiToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+class InversionQuerySet(models.QuerySet):
+    def published(self):
+        """Inversions recorded in the metadata store (what reconcile compares with l2Inversions)."""
+        return self.filter(store_recorded_at__isnull=False)
+
+
+class Inversion(models.Model):
+    """One accepted set of inversion results for a program (DESIGN §8, §9).
+
+    Created by the result intake once the three result files were fetched and checked; then
+    generation adds its :class:`L2File` rows, publication the published location and the
+    metadata store's record. ``updated_at`` moves with every change (``updated_since`` in the API).
+    """
+
+    inversion_id = models.CharField(max_length=64, unique=True, help_text="public id (the L2 dataset id)")
+    program = models.ForeignKey("inversions.ObservingProgram", on_delete=models.PROTECT, related_name="inversions")
+    software_commit = models.CharField(max_length=40)
+    dataset_ids = ArrayField(models.CharField(max_length=64), help_text="the L1 datasets the inversion used")
+    spectral_lines = ArrayField(models.CharField(max_length=40), default=list, blank=True)
+    raster_steps = models.PositiveIntegerField()
+    notes = models.TextField(blank=True)
+
+    # Where the science team said the results are, and where the worker fetched them to.
+    reported_collection = models.CharField(max_length=200)
+    reported_path = models.CharField(max_length=1000)
+    scratch_path = models.CharField(max_length=1000, help_text="folder in the scratch collection holding the fetched files")
+    #: [{"name", "size", "sha256", "shape"}] of inv_res_mod.fits, inv_res_pre.fits, per_ori.fits
+    result_files = models.JSONField(default=list)
+
+    reported_by = models.CharField(max_length=150, help_text="user name, api:<token>, or bus:<client>")
+    reported_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reported_at = models.DateTimeField(help_text="when the report was received")
+    created_at = models.DateTimeField(default=timezone.now, help_text="when the files were accepted")
+
+    generated_at = models.DateTimeField(null=True, blank=True)
+    l2_path = models.CharField(max_length=1000, blank=True, help_text="folder of the generated files in scratch")
+    published_collection = models.CharField(max_length=200, blank=True)
+    published_path = models.CharField(max_length=1000, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True, help_text="when the files reached the publish collection")
+    bucket = models.CharField(max_length=100, blank=True)
+    asdf_object_key = models.CharField(max_length=1000, blank=True)
+    store_recorded_at = models.DateTimeField(null=True, blank=True, help_text="when the metadata store recorded it")
+    store_record = models.JSONField(null=True, blank=True, help_text="the metadata store's answer")
+
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = InversionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["updated_at", "id"], name="inversion_updated"),
+            models.Index(fields=["program", "-created_at"], name="inversion_program"),
+        ]
+
+    def __str__(self) -> str:
+        return self.inversion_id
+
+    def touch(self, *fields: str) -> None:
+        """Save ``fields`` and ``updated_at``."""
+        self.updated_at = timezone.now()
+        self.save(update_fields=[*fields, "updated_at"])
+
+
+class L2File(models.Model):
+    """One generated Level 2 file: a frame (one raster step) or the dataset's ASDF metadata file."""
+
+    class Kind(models.TextChoices):
+        FRAME = "frame", "L2 frame (FITS)"
+        METADATA = "metadata", "Dataset metadata (ASDF)"
+
+    inversion = models.ForeignKey(Inversion, on_delete=models.CASCADE, related_name="files")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    step = models.PositiveIntegerField(null=True, blank=True, help_text="raster step (0-based) of a frame")
+    filename = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    file_id = models.CharField(max_length=64, blank=True, help_text="FILE_ID of a frame")
+    object_key = models.CharField(max_length=1000, blank=True, help_text="key in the bucket once published")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["inversion_id", "kind", "step", "filename"]
+        constraints = [models.UniqueConstraint(fields=["inversion", "filename"], name="l2file_unique_name")]
+        verbose_name = "L2 file"
+
+    def __str__(self) -> str:
+        return self.filename
+
+
+class ReconcileRun(models.Model):
+    """One comparison of our published inversions with the metadata store's l2Inversions (DESIGN §9.5)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    triggered_by = models.CharField(max_length=150, help_text="user name, command, or beat")
+    dry_run = models.BooleanField(default=False)
+    update_existing = models.BooleanField(default=False)
+    remove_extra = models.BooleanField(default=False)
+    ours = models.PositiveIntegerField(default=0, help_text="inversions we published")
+    theirs = models.PositiveIntegerField(default=0, help_text="inversions the store lists")
+    missing = models.PositiveIntegerField(default=0, help_text="ours, absent from the store")
+    extra = models.PositiveIntegerField(default=0, help_text="in the store, not published by us")
+    differing = models.PositiveIntegerField(default=0, help_text="on both sides with different fields")
+    added = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    removed = models.PositiveIntegerField(default=0)
+    plan = models.JSONField(default=dict, blank=True)
+    actions = models.JSONField(default=list, blank=True, help_text="what was done (or could not be), one entry per record")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        kind = "dry run" if self.dry_run else "run"
+        return f"Reconcile {kind} #{self.pk} ({self.status})"

@@ -66,6 +66,75 @@ TRANSITION = {
         "details": {"type": "object"},
     },
 }
+INVERSION_SUMMARY = {
+    "type": "object",
+    "description": "An accepted set of inversion results and what became of it (the metadata store's names where it has them)",
+    "properties": {
+        "inversionId": {"type": "string"},
+        "instrumentProgramExecutionId": {"type": "string"},
+        "primaryProposalId": {"type": "string"},
+        "primaryExperimentId": {"type": "string"},
+        "programState": {"type": "string", "enum": State.values},
+        "datasetIds": {"type": "array", "items": {"type": "string"}},
+        "spectralLines": {"type": "array", "items": {"type": "string"}},
+        "softwareCommit": {"type": "string"},
+        "rasterSteps": {"type": "integer"},
+        "reportedBy": {"type": "string"},
+        "reportedAt": {"type": "string", "format": "date-time"},
+        "acceptedAt": {"type": "string", "format": "date-time", "description": "when the result files passed the checks"},
+        "generatedAt": {"type": ["string", "null"], "format": "date-time"},
+        "bucket": {"type": ["string", "null"]},
+        "publishedCollection": {"type": ["string", "null"]},
+        "publishedPath": {"type": ["string", "null"], "description": "/{bucket}/{proposal}/{inversion}/"},
+        "publishedAt": {"type": ["string", "null"], "format": "date-time"},
+        "asdfObjectKey": {"type": ["string", "null"]},
+        "recordedInStoreAt": {"type": ["string", "null"], "format": "date-time", "description": "when createL2InversionInventory succeeded"},
+        "fileCount": {"type": "integer"},
+        "updatedAt": {"type": "string", "format": "date-time"},
+    },
+}
+L2_FILE = {
+    "type": "object",
+    "properties": {
+        "filename": {"type": "string"},
+        "kind": {"type": "string", "enum": ["frame", "metadata"], "description": "an L2 FITS frame (one raster step) or the dataset's ASDF file"},
+        "step": {"type": ["integer", "null"], "description": "raster step (0-based) of a frame"},
+        "size": {"type": "integer"},
+        "sha256": {"type": "string"},
+        "fileId": {"type": ["string", "null"]},
+        "objectKey": {"type": ["string", "null"], "description": "key in the bucket once published"},
+    },
+}
+INVERSION = {
+    "allOf": [
+        {"$ref": "#/components/schemas/InversionSummary"},
+        {
+            "type": "object",
+            "properties": {
+                "notes": {"type": "string"},
+                "reportedCollection": {"type": "string"},
+                "reportedPath": {"type": "string"},
+                "resultFiles": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "size": {"type": "integer"}, "sha256": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer"}}}}},
+                "files": {"type": "array", "items": {"$ref": "#/components/schemas/L2File"}},
+            },
+        },
+    ]
+}
+INTAKE = {
+    "type": "object",
+    "properties": {
+        "intake": {"type": "integer", "description": "the intake work order"},
+        "status": {"type": "string", "enum": ["queued", "started", "completed", "failed"]},
+        "inversionId": {"type": "string", "description": "the id the inversion gets if its files pass"},
+        "instrumentProgramExecutionId": {"type": "string"},
+        "reportedAt": {"type": "string", "format": "date-time"},
+        "reportedBy": {"type": "string"},
+        "error": {"type": ["string", "null"]},
+        "report": {"type": "object"},
+    },
+}
 PROGRAM = {
     "allOf": [
         {"$ref": "#/components/schemas/ProgramSummary"},
@@ -75,6 +144,7 @@ PROGRAM = {
                 "claimedBy": {"type": ["string", "null"]},
                 "claimedAt": {"type": ["string", "null"], "format": "date-time"},
                 "qualification": {"type": ["object", "null"], "description": "rules with pass/fail and measured values, warnings"},
+                "intake": {"oneOf": [{"$ref": "#/components/schemas/Intake"}, {"type": "null"}], "description": "the newest report of results and how its check went"},
                 "datasets": {"type": "array", "items": {"type": "object"}},
                 "history": {"type": "array", "items": {"$ref": "#/components/schemas/Transition"}},
             },
@@ -98,7 +168,9 @@ def spec() -> dict:
                 "token": {"type": "http", "scheme": "bearer", "description": "an API token from `manage.py api_token create`"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
             },
-            "schemas": {"ProgramSummary": PROGRAM_SUMMARY, "Program": PROGRAM, "Transition": TRANSITION, "Error": ERROR},
+            "schemas": {"ProgramSummary": PROGRAM_SUMMARY, "Program": PROGRAM, "Transition": TRANSITION, "Error": ERROR,
+                        "InversionSummary": INVERSION_SUMMARY, "Inversion": INVERSION, "L2File": L2_FILE,
+                        "Intake": INTAKE},
         },
         "paths": {
             "/programs": {
@@ -129,7 +201,7 @@ def spec() -> dict:
             "/programs/{instrumentProgramExecutionId}/inverted": {
                 "post": {
                     "summary": "Report a Working program inverted (science team tokens)",
-                    "description": "The three result files are fetched from the collection and checked (present, readable, shapes agree with each other and with the program's raster steps) before the program becomes Inverted. A refused report changes nothing.",
+                    "description": "Everything that can be checked without the files (fields, program Working, datasets, collection and path) is checked at once: a refused report answers 400 and changes nothing. An accepted one answers 202 with the intake order; a worker then fetches the three result files from the collection and checks them (present, readable FITS, shapes agree with each other and with the program's raster steps). Good files: the inversion is recorded and the program becomes Inverted. Bad files: the program goes to Error with step `results` and the reason (see GET /programs/{id}).",
                     "parameters": [{"name": "instrumentProgramExecutionId", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "requestBody": {
                         "required": True,
@@ -150,13 +222,39 @@ def spec() -> dict:
                         },
                     },
                     "responses": {
-                        "200": {"description": "the program is Inverted", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "202": {"description": "accepted: the files are being fetched and checked", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Intake"}}}},
                         "400": {
                             "description": "refused: the reason, and the field at fault when there is one",
                             "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}, "field": {"type": "string"}}, "required": ["error"]}}},
                         },
                         **errors(401, 403, 404),
                         "405": {"description": "only POST"},
+                    },
+                }
+            },
+            "/inversions": {
+                "get": {
+                    "summary": "Inversions, oldest change first (for incremental pulls: updated_since)",
+                    "parameters": [
+                        {"name": "program", "in": "query", "description": "instrumentProgramExecutionId", "schema": {"type": "string"}},
+                        {"name": "proposal", "in": "query", "schema": {"type": "string"}},
+                        {"name": "dataset", "in": "query", "description": "an L1 dataset the inversion used", "schema": {"type": "string"}},
+                        {"name": "published", "in": "query", "description": "recorded in the metadata store or not", "schema": {"type": "boolean"}},
+                        *PAGE_PARAMS,
+                    ],
+                    "responses": {
+                        "200": {"description": "a page", "content": {"application/json": {"schema": page_of("#/components/schemas/InversionSummary")}}},
+                        **errors(400, 401),
+                    },
+                }
+            },
+            "/inversions/{inversionId}": {
+                "get": {
+                    "summary": "One inversion with its result files and its L2 files",
+                    "parameters": [{"name": "inversionId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the inversion", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Inversion"}}}},
+                        **errors(400, 401, 404),
                     },
                 }
             },

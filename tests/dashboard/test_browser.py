@@ -136,13 +136,22 @@ def test_pick_next_as_two_users_at_once_gets_two_programs(open_as, make_user, ma
     assert sorted(claims.values()) == ["han", "mei"]
 
 
-def test_report_inverted_bad_then_good(open_as, scientist, make_op, tmp_path, settings):
-    settings.L2_COLLECTIONS = {"science-cluster": str(tmp_path)}
+def test_report_inverted_bad_then_good(open_as, scientist, make_op, tmp_path, settings, monkeypatch):
+    from inversions.models import WorkOrder
+    from publishing.intake import run_intake
+    from publishing.tasks import intake_results
+
+    (tmp_path / "science").mkdir()
+    (tmp_path / "scratch").mkdir()
+    settings.L2_COLLECTIONS = {"science-cluster": str(tmp_path / "science"), "scratch": str(tmp_path / "scratch")}
+    settings.L2_SCRATCH_COLLECTION, settings.L2_TRANSFER_BACKEND = "scratch", "local"
+    queued = []
+    monkeypatch.setattr(intake_results, "delay", lambda order_id: queued.append(order_id))  # the worker: below
     program = make_op(State.WORKING, claimant=scientist)
     datasets = list(Dataset.objects.filter(program=program).order_by("wavelength_min"))
     fe = next(d for d in datasets if "Fe I 630.15" in (d.spectral_lines or []))
     steps = fe.frame_count // len(fe.stokes_parameters)
-    write_demo_results(tmp_path / "inversions" / "run-1", n_steps=steps, n_slit=6, n_depth=3, n_wave=6,
+    write_demo_results(tmp_path / "science" / "inversions" / "run-1", n_steps=steps, n_slit=6, n_depth=3, n_wave=6,
                        spectral_lines=fe.spectral_lines, seed=1)
     page = open_as(scientist)
     page.goto(reverse("program-detail", args=[str(program)]))
@@ -156,22 +165,30 @@ def test_report_inverted_bad_then_good(open_as, scientist, make_op, tmp_path, se
     assert "7 to 40 hexadecimal digits" in form.inner_text()
     assert state_of(program) == State.WORKING
 
-    # every dataset ticked: the files hold 2 lines, the datasets 4 → refused
+    # a path leaving the collection is refused at once, with the reason, and the form keeps its values
     form.get_by_label("Inversion software commit").fill("3f2c9e1")
-    for d in datasets:
-        form.locator(f'input[name="dataset_ids"][value="{d.dataset_id}"]').check()
+    form.get_by_label("Path of the result files").fill("/inversions/../../etc")
     form.get_by_role("button", name="Report inverted").click()
     page.wait_for_load_state()
-    assert "spectral line" in page.locator("#messages").inner_text()
-    assert state_of(program) == State.WORKING
+    assert "contains '..'" in page.locator("#messages").inner_text()
+    assert state_of(program) == State.WORKING and not queued
 
-    for d in datasets:
-        form.locator(f'input[name="dataset_ids"][value="{d.dataset_id}"]').set_checked(d == fe)
+    form.get_by_label("Path of the result files").fill("/inversions/run-1")
     form.get_by_role("button", name="Report inverted").click()
     page.wait_for_url(re.compile(re.escape(reverse("program-detail", args=[str(program)])) + "(#.*)?$"))
-    assert "is Inverted" in page.locator("#messages").inner_text()
-    assert page.get_by_test_id("program-state").inner_text() == "Inverted"
+    assert "a worker fetches and checks the files now" in page.locator("#messages").inner_text()
+    assert "fetching the files" in page.get_by_test_id("intake-status").inner_text()
+    assert state_of(program) == State.WORKING
+
+    # the worker checks the files; the polling part of the page shows the accepted inversion
+    [order_id] = queued
+    run_intake(order_id)
+    inversion_id = WorkOrder.objects.get(pk=order_id).details["inversion_id"]
+    page.get_by_test_id("inversion-id").wait_for(timeout=TIMEOUT_MS)
+    assert page.get_by_test_id("inversion-id").inner_text() == inversion_id
     assert state_of(program) == State.INVERTED
+    page.reload()
+    assert page.get_by_test_id("program-state").inner_text() == "Inverted"
     files = program.transitions.latest("at", "id").details["files"]
     assert [f["name"] for f in files] == ["inv_res_mod.fits", "inv_res_pre.fits", "per_ori.fits"]
     assert "inv_res_mod.fits" in page.locator("#history").inner_text()

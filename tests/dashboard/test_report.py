@@ -1,4 +1,8 @@
-"""Report inverted: the checks of publishing.intake, the dashboard form and the API endpoint."""
+"""Report inverted: the checks of publishing.intake, the dashboard form and the API endpoint.
+
+A report is checked at once (fields, program, datasets, collection and path); its files are
+fetched and checked by the intake worker (run here directly with ``run_intake``).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,9 +12,9 @@ import os
 import pytest
 from django.urls import reverse
 
-from inversions.models import Dataset, ObservingProgram, Transition
+from inversions.models import Dataset, ObservingProgram, Transition, WorkOrder
 from inversions.states import State
-from publishing.intake import ReportRejected, expected_raster_steps, report_inverted
+from publishing.intake import ReportRejected, expected_raster_steps, run_intake, submit_report
 from publishing.models import ApiToken
 from publishing.results import write_demo_results
 
@@ -23,7 +27,10 @@ COMMIT = "3f2c9e1a"
 def root(tmp_path, settings):
     folder = tmp_path / "science-cluster"
     folder.mkdir()
-    settings.L2_COLLECTIONS = {"science-cluster": str(folder)}
+    (tmp_path / "scratch").mkdir()
+    settings.L2_COLLECTIONS = {"science-cluster": str(folder), "scratch": str(tmp_path / "scratch")}
+    settings.L2_SCRATCH_COLLECTION = "scratch"
+    settings.L2_TRANSFER_BACKEND = "local"
     return folder
 
 
@@ -52,6 +59,14 @@ def submission(program, **changes) -> dict:
     } | changes
 
 
+def report_inverted(program, *, user, actor, require_claim=True, **fields):
+    """Submit the report, then run the intake worker; the program's newest transition."""
+    order = submit_report(program, user=user, actor=actor, require_claim=require_claim, enqueue=False, **fields)
+    run_intake(order.pk)
+    program.refresh_from_db()
+    return Transition.objects.filter(program=program).latest("id")
+
+
 def snapshot(program):
     p = ObservingProgram.objects.get(pk=program.pk)
     return p.state, p.claimed_by_id, Transition.objects.filter(program=program).count()
@@ -62,7 +77,8 @@ def test_a_good_report_makes_the_program_inverted(root, working, scientist):
     row = report_inverted(working, user=scientist, actor="han", **submission(working, software_commit="3F2C9E1A"))
     working.refresh_from_db()
     assert working.state == State.INVERTED and working.claimed_by is None
-    assert (row.from_state, row.to_state, row.actor, row.reason) == (State.WORKING, State.INVERTED, "han", "reported inverted")
+    assert (row.from_state, row.to_state, row.actor, row.reason) == (State.WORKING, State.INVERTED, "han",
+                                                                     "reported inverted; result files checked")
     d = row.details
     assert d["collection"] == "science-cluster" and d["path"] == "/inversions/run-1"
     assert d["software_commit"] == "3f2c9e1a" and d["notes"] == "SIR, 3 cycles"
@@ -81,12 +97,11 @@ def test_a_good_report_makes_the_program_inverted(root, working, scientist):
     "changes, message",
     [
         ({"collection": ""}, "collection is required"),
-        ({"collection": "blanca"}, "unknown collection 'blanca' (known: science-cluster)"),
+        ({"collection": "blanca"}, "unknown collection 'blanca' (known: science-cluster, scratch)"),
         ({"path": ""}, "path is required"),
         ({"path": "inversions/run-1"}, "path must be absolute"),
-        ({"path": "/../outside"}, "leaves the collection"),
-        ({"path": "/inversions/../../outside"}, "leaves the collection"),
-        ({"path": "/inversions/run-2"}, "missing result file(s): inv_res_mod.fits, inv_res_pre.fits, per_ori.fits"),
+        ({"path": "/../outside"}, "contains '..'"),
+        ({"path": "/inversions/../../outside"}, "contains '..'"),
         ({"software_commit": "xyz"}, "7 to 40 hexadecimal digits"),
         ({"software_commit": "abc12"}, "7 to 40 hexadecimal digits"),
         ({"software_commit": "a" * 41}, "7 to 40 hexadecimal digits"),
@@ -109,17 +124,21 @@ def test_a_bad_report_is_refused_and_changes_nothing(root, working, scientist, c
 def test_all_datasets_when_the_files_hold_fewer_lines_is_refused(root, working, scientist):
     results_for(working, root / "inversions" / "run-1")
     every = list(Dataset.objects.filter(program=working).values_list("dataset_id", flat=True))
-    with pytest.raises(ReportRejected, match=r"holds 2 spectral line\(s\), the program has 4"):
-        report_inverted(working, user=scientist, actor="han", **submission(working, dataset_ids=every))
-    assert working.state == State.WORKING
+    row = report_inverted(working, user=scientist, actor="han", **submission(working, dataset_ids=every))
+    assert working.state == State.ERROR and row.details["step"] == "results"
+    assert "holds 2 spectral line(s), the program has 4" in row.reason
 
 
 def test_files_with_the_wrong_number_of_steps_are_refused(root, working, scientist):
     results_for(working, root / "inversions" / "run-1", steps_delta=-1)
-    before = snapshot(working)
-    with pytest.raises(ReportRejected, match="223 raster steps .* the program has 224 frames"):
-        report_inverted(working, user=scientist, actor="han", **submission(working))
-    assert snapshot(working) == before
+    row = report_inverted(working, user=scientist, actor="han", **submission(working))
+    assert working.state == State.ERROR and row.details["step"] == "results"
+    assert "223 raster steps" in row.reason and "the program has 224 frames" in row.reason
+
+
+def test_missing_files_are_refused_by_the_worker(root, working, scientist):
+    row = report_inverted(working, user=scientist, actor="han", **submission(working, path="/inversions/run-2"))
+    assert working.state == State.ERROR and "inv_res_mod.fits does not exist" in row.reason
 
 
 def test_a_symbolic_link_out_of_the_collection_is_refused(root, working, scientist, tmp_path):
@@ -169,18 +188,23 @@ def test_form_refuses_a_bad_report_with_the_reason_then_takes_a_good_one(client,
     results_for(working, root / "inversions" / "run-1")
     client.force_login(scientist)
     url = reverse("program-report", args=[str(working)])
-    bad = client.post(url, submission(working, path="/inversions/missing"))
+    bad = client.post(url, submission(working, path="/inversions/../missing"))
     assert bad.status_code == 400
     html = bad.content.decode()
-    assert "Not reported: the result files in science-cluster:/inversions/missing were refused: missing result file(s)" in html
-    assert 'value="/inversions/missing"' in html  # the form keeps what was typed
+    assert "Not reported: path &#x27;/inversions/../missing&#x27; contains &#x27;..&#x27;" in html
+    assert 'value="/inversions/../missing"' in html  # the form keeps what was typed
     assert snapshot(working)[0] == State.WORKING
     invalid = client.post(url, submission(working, software_commit="zz"))
     assert invalid.status_code == 400
     assert 'class="field-error" id="id_software_commit-err"' in invalid.content.decode()
     good = client.post(url, submission(working), follow=True)
     assert good.redirect_chain[-1] == (reverse("program-detail", args=[str(working)]), 302)
-    assert "is Inverted. Thank you." in good.content.decode()
+    html = good.content.decode()
+    assert "a worker fetches and checks the files now" in html
+    assert 'data-testid="intake-status"' in html and "fetching the files" in html
+    assert 'id="report"' not in html  # no second report while this one is checked
+    assert snapshot(working)[0] == State.WORKING
+    run_intake(WorkOrder.objects.get(program=working).pk)
     assert snapshot(working)[0] == State.INVERTED
 
 
@@ -212,11 +236,17 @@ def api_post(client, program, body, token=None, raw: bytes | None = None):
 def test_api_reports_a_working_program_inverted(client, root, working, token):
     results_for(working, root / "inversions" / "run-1")
     response = api_post(client, working, submission(working), token)
-    assert response.status_code == 200, response.content
+    assert response.status_code == 202, response.content
     body = response.json()
-    assert body["state"] == State.INVERTED and body["actor"] == "api:blanca-cluster"
-    assert [f["name"] for f in body["details"]["files"]] == ["inv_res_mod.fits", "inv_res_pre.fits", "per_ori.fits"]
-    assert snapshot(working)[0] == State.INVERTED
+    assert body["status"] == "queued" and body["reportedBy"] == "api:blanca-cluster"
+    assert body["inversionId"].startswith("L2") and body["report"]["raster_steps"] == 224
+    assert snapshot(working)[0] == State.WORKING
+    run_intake(body["intake"])
+    detail = client.get(reverse("api-program", args=[str(working)]), HTTP_AUTHORIZATION=f"Bearer {token}").json()
+    assert detail["intake"]["status"] == "completed" and detail["intake"]["inversionId"] == body["inversionId"]
+    row = Transition.objects.filter(program=working).latest("id")
+    assert snapshot(working)[0] == State.INVERTED and row.actor == "api:blanca-cluster"
+    assert [f["name"] for f in row.details["files"]] == ["inv_res_mod.fits", "inv_res_pre.fits", "per_ori.fits"]
 
 
 @pytest.mark.parametrize(
@@ -276,4 +306,4 @@ def test_api_token_posts_need_no_csrf_but_sessions_do(root, working, token, scie
     assert snapshot(working)[0] == State.WORKING
     robot = Client(enforce_csrf_checks=True)
     response = robot.post(url, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
-    assert response.status_code == 200 and snapshot(working)[0] == State.INVERTED
+    assert response.status_code == 202 and WorkOrder.objects.filter(program=working, kind="intake").count() == 1

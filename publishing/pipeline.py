@@ -1,0 +1,566 @@
+"""Generate and publish an inversion's Level 2 files (DESIGN §9.1–9.3): the worker side.
+
+Each run is a work order (``inversions.work_orders``) of kind ``generate`` or ``publish``;
+the Celery tasks in :mod:`publishing.tasks` call :func:`run_generate` / :func:`run_publish`
+and act on the :class:`Outcome`. The program's state changes only through
+``inversions.lifecycle``: it stays Inverted while generating and publishing, becomes
+Published once the metadata store has recorded the inversion, and goes to Error with step
+``generate`` or ``publish`` (and the reason) when a step fails for good.
+
+**Generate** (restartable): the three result files (fetched to scratch by the intake) are
+checked again against the checksums recorded then; the L1 header of each raster step is read
+from the L1 frames (the copy preprocessing staged on scratch, else the L1 collection where it is
+visible locally, else a copy staged to scratch now with the transfer interface); :func:`publishing.l2files.generate_all` writes one FITS
+per raster step in a process pool, keeping every frame already written and valid, then the
+dataset's ASDF file. The files are recorded as :class:`~publishing.models.L2File` rows with
+their sizes and sha256. A worker killed half-way leaves valid frames and no half file: the
+redelivered task writes only the missing frames.
+
+**Publish**: the recorded files are transferred to the publish collection
+(``L2_PUBLISH_PATH``, ``/{bucket}/{proposal}/{inversion}/``), then
+``createL2InversionInventory`` tells the metadata store. A store that is down (5xx, timeouts:
+``BackoffRetryError``) is tried again later with exponential backoff and jitter, up to
+``L2_PUBLISH_MAX_TRIES``; the program stays Inverted meanwhile. A refusal (4xx, GraphQL
+errors: ``DoNotRetryError``) puts the program in Error with the store's message.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from inversions import lifecycle, transfers, work_orders
+from inversions.errors import BackoffRetryError, DoNotRetryError, L2Error, RetryError
+from inversions.models import Dataset, ObservingProgram, WorkOrder
+from inversions.states import State
+from publishing.intake import scratch_folder
+from publishing.l1headers import l1_files, l1_headers_by_step
+from publishing.l2files import dataset_metadata_filename, generate_all, write_dataset_metadata
+from publishing.models import Inversion, L2File
+from publishing.selectors import current_inversion  # noqa: F401  (part of this module's interface)
+from publishing.results import RESULT_FILES, validate_results
+
+log = logging.getLogger(__name__)
+
+GENERATE = WorkOrder.Kind.GENERATE
+PUBLISH = WorkOrder.Kind.PUBLISH
+BACKOFF_CAP_SECONDS = 3600.0
+
+
+class Refused(Exception):
+    """A request that cannot be made now (wrong state, nothing generated …); the message says why."""
+
+
+class Outcome(str, Enum):
+    DONE = "done"
+    FAILED = "failed"  # the program is in Error
+    WAITING = "waiting"  # a transfer is running: look again after the backend's poll interval
+    RETRY = "retry"  # the metadata store is unavailable: try again after a backoff
+    NOTHING = "nothing"  # the order had finished already (a duplicate task)
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    delay: float = 0.0  # for RETRY / WAITING
+    message: str = ""
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("l2")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+
+
+def poll_delay(backend) -> float:
+    """Seconds before asking a running transfer again (``GLOBUS_POLL_SECONDS``; local copies finish at once)."""
+    return getattr(backend, "poll_seconds", 0.0) or settings.GLOBUS_POLL_SECONDS
+
+
+def l2_folder(inversion: Inversion) -> str:
+    """Folder of the generated files in the scratch collection."""
+    return inversion.l2_path or scratch_folder(inversion.program, inversion.inversion_id) + "files/"
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def request_generate(program: ObservingProgram, *, actor: str, user=None, force: bool = False,
+                     enqueue: bool = True) -> work_orders.Requested:
+    """Queue the generation of the program's current inversion (operators, or automation).
+
+    Skipped when the same result files were generated already, unless ``force``.
+    """
+    if program.state != State.INVERTED:
+        raise Refused(f"{program} is {program.get_state_display()}: L2 files are generated for Inverted programs")
+    inversion = current_inversion(program)
+    if inversion is None:
+        raise Refused(f"{program} has no accepted inversion results")
+    publishing = work_orders.active(program, PUBLISH)
+    if publishing is not None:
+        raise Refused(f"{program} is being published (order #{publishing.pk}): its files cannot change now")
+    checksums = {f["name"]: f["sha256"] for f in inversion.result_files}
+    checksums |= {"inversion": inversion.inversion_id, "l2": software_version()}
+    requested = work_orders.request(program, GENERATE, requested_by=actor, user=user, forced=force,
+                                    input_checksums=checksums, details={"inversion_id": inversion.inversion_id})
+    if requested.created and enqueue:
+        from publishing.tasks import generate_l2
+
+        order_id = requested.order.pk
+        transaction.on_commit(lambda: generate_l2.delay(order_id))
+    return requested
+
+
+def _l1_source(dataset: Dataset, program: ObservingProgram) -> tuple[str, str]:
+    path = settings.L2_L1_PATH.format(bucket=dataset.bucket, proposal=dataset.primary_proposal_id or
+                                      program.primary_proposal_id, dataset=dataset.dataset_id)
+    return settings.L2_L1_COLLECTION, path if path.endswith("/") else path + "/"
+
+
+def _reference_dataset(inversion: Inversion) -> Dataset:
+    datasets = {d.dataset_id: d for d in Dataset.objects.filter(dataset_id__in=inversion.dataset_ids).defer("raw")}
+    for dataset_id in inversion.dataset_ids:  # in wavelength order (intake)
+        if dataset_id in datasets:
+            return datasets[dataset_id]
+    raise DoNotRetryError(f"none of the datasets used ({', '.join(inversion.dataset_ids)}) is known any more",
+                          step="generate")
+
+
+def _staged_by_preprocessing(program: ObservingProgram, dataset_id: str) -> Path | None:
+    """The dataset's L1 frames as the program's newest completed preprocessing staged them on scratch."""
+    order = work_orders.latest(program, WorkOrder.Kind.PREPROCESS, status=WorkOrder.Status.COMPLETED)
+    for ds in (order.details.get("datasets") or []) if order is not None else []:
+        if ds.get("dataset_id") == dataset_id and ds.get("staged"):
+            try:
+                folder = transfers.local_folder(settings.L2_SCRATCH_COLLECTION, ds["staged"])
+            except DoNotRetryError:
+                return None
+            return folder if folder.is_dir() and any(folder.glob("*.fits")) else None
+    return None
+
+
+def _l1_folder(order: WorkOrder, inversion: Inversion, backend) -> Path | None:
+    """Where the reference dataset's L1 frames can be read; None while they are being staged.
+
+    In order: the copy the program's preprocessing staged on scratch (still there after it
+    completed); the L1 collection itself when it is visible on this machine
+    (``L2_COLLECTIONS``); else a copy staged to scratch now under the L1 path (submitted once;
+    the submission id is kept on the order before submitting, so a redelivered task finds the
+    same transfer).
+    """
+    dataset = _reference_dataset(inversion)
+    staged = _staged_by_preprocessing(inversion.program, dataset.dataset_id)
+    if staged is not None:
+        return staged
+    collection, path = _l1_source(dataset, inversion.program)
+    if collection in (settings.L2_COLLECTIONS or {}):
+        folder = transfers.local_folder(collection, path)
+        if folder.is_dir():
+            return folder
+    staged = order.details.get("l1_stage") or {}
+    if not staged:
+        staged = {"submission_id": backend.new_submission_id(), "path": path}
+        work_orders.merge_details(order.pk, l1_stage=staged)
+    if not staged.get("task_id"):
+        task_id = backend.submit(collection, settings.L2_SCRATCH_COLLECTION, [transfers.TransferItem(path, path)],
+                                 label=f"L1 headers {dataset.dataset_id}", submission_id=staged["submission_id"])
+        staged = {**staged, "task_id": task_id}
+        work_orders.merge_details(order.pk, l1_stage=staged)
+    order.details["l1_stage"] = staged
+    status = backend.status(staged["task_id"])
+    if not status.done:
+        return None
+    if not status.ok:
+        raise DoNotRetryError(f"staging the L1 frames of {dataset.dataset_id} failed: {status.error}", step="generate")
+    return transfers.local_folder(settings.L2_SCRATCH_COLLECTION, path)
+
+
+def _checked_results(inversion: Inversion):
+    folder = transfers.local_folder(settings.L2_SCRATCH_COLLECTION, inversion.scratch_path)
+    results = validate_results(folder, expected_steps=inversion.raster_steps,
+                               spectral_lines=inversion.spectral_lines or None)
+    recorded = {f["name"]: f["sha256"] for f in inversion.result_files}
+    changed = [name for role, name in RESULT_FILES.items() if results.sha256.get(role) != recorded.get(name)]
+    if changed:
+        raise DoNotRetryError(f"result file(s) changed since they were checked: {', '.join(changed)}",
+                              step="generate", details={"changed": changed})
+    return results
+
+
+def sha256_of(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class _Progress:
+    """``progress_cb`` for generate_all: at most one UPDATE per ``interval`` seconds, and the last."""
+
+    def __init__(self, order_id: int, interval: float = 0.5):
+        self.order_id, self.interval, self.last = order_id, interval, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self.last >= self.interval:
+            self.last = now
+            work_orders.set_progress(self.order_id, frames_done=done, frames_total=total)
+
+
+def run_generate(order_id: int, *, backend=None, poll: bool = False, workers: int | None = None) -> Result:
+    """Generate (or complete) the L2 files of a generate order. See the module doc."""
+    order = (WorkOrder.objects.filter(pk=order_id, status__in=work_orders.ACTIVE).first() if poll
+             else work_orders.start(order_id, "headers"))
+    if order is None:
+        return Result(Outcome.NOTHING)
+    inversion = Inversion.objects.select_related("program").get(inversion_id=order.details["inversion_id"])
+    program = inversion.program
+    if program.state != State.INVERTED:
+        work_orders.fail(order, step=order.step or "headers",
+                         error=f"{program} is {program.get_state_display()} now, not Inverted: nothing generated")
+        return Result(Outcome.NOTHING)
+    stage = "headers"
+    try:
+        results = _checked_results(inversion)
+        backend = backend or transfers.get_backend()
+        folder = _l1_folder(order, inversion, backend)
+        if folder is None:
+            return Result(Outcome.WAITING, poll_delay(backend))
+        dataset = _reference_dataset(inversion)
+        headers = l1_headers_by_step(l1_files(folder), dataset.frame_count or 0)
+        if len(headers) != inversion.raster_steps:
+            raise DoNotRetryError(f"the L1 dataset {dataset.dataset_id} has {len(headers)} raster steps, the "
+                                  f"inversion {inversion.raster_steps}", step="generate")
+        work_orders.advance(order.pk, "headers", "frames")
+        stage = "frames"
+        out_path = l2_folder(inversion)
+        out_dir = transfers.local_folder(settings.L2_SCRATCH_COLLECTION, out_path)
+        ids = {
+            "inversion_id": inversion.inversion_id,
+            "proposal_id": program.primary_proposal_id,
+            "experiment_id": program.primary_experiment_id,
+            "program_id": program.instrument_program_execution_id,
+            "observing_program_id": program.observing_program_execution_id,
+            "dataset_ids": list(inversion.dataset_ids),
+        }
+        versions = {"l2": software_version(), "inversion": inversion.software_commit}
+        work_orders.set_progress(order.pk, frames_done=0, frames_total=results.n_steps)
+        started = time.monotonic()
+        frames = generate_all(results, headers, ids, out_dir, workers=workers or settings.L2_GENERATE_WORKERS or None,
+                              software_versions=versions, progress_cb=_Progress(order.pk))
+        seconds = time.monotonic() - started
+        work_orders.advance(order.pk, "frames", "metadata")
+        stage = "metadata"
+        inventory = {
+            "inversionId": inversion.inversion_id,
+            "primaryProposalId": program.primary_proposal_id,
+            "primaryExperimentId": program.primary_experiment_id,
+            "instrumentProgramExecutionId": program.instrument_program_execution_id,
+            "observingProgramExecutionId": program.observing_program_execution_id,
+            "datasetIds": list(inversion.dataset_ids),
+            "spectralLines": list(results.spectral_lines),
+            "bucket": inversion.bucket,
+            "softwareCommit": inversion.software_commit,
+            "frameCount": inversion.raster_steps,
+        }
+        asdf_path = write_dataset_metadata(frames, inventory, out_dir / dataset_metadata_filename(inversion.inversion_id))
+    except (RetryError, BackoffRetryError):
+        raise
+    except L2Error as exc:
+        fail_program(order, program, "generate", stage, f"generating the L2 files failed: {exc.message}", exc.details)
+        return Result(Outcome.FAILED, message=exc.message)
+    except OSError as exc:
+        raise RetryError(f"generating the L2 files: {exc}", step="generate") from exc
+
+    paths = [Path(f.path) for f in frames] + [asdf_path]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # hashing releases the GIL
+        digests = list(pool.map(sha256_of, paths))
+    rows = [L2File(inversion=inversion, kind=L2File.Kind.FRAME, step=f.step, filename=f.filename, size=f.size,
+                   sha256=digest, file_id=f.file_id) for f, digest in zip(frames, digests)]
+    rows.append(L2File(inversion=inversion, kind=L2File.Kind.METADATA, filename=asdf_path.name,
+                       size=asdf_path.stat().st_size, sha256=digests[-1]))
+    written = sum(1 for f in frames if f.generated)
+    with transaction.atomic():
+        locked = WorkOrder.objects.select_for_update().get(pk=order.pk)
+        if locked.status not in work_orders.ACTIVE:
+            return Result(Outcome.NOTHING)
+        L2File.objects.filter(inversion=inversion).delete()
+        L2File.objects.bulk_create(rows)
+        inversion.generated_at = timezone.now()
+        inversion.l2_path = out_path
+        inversion.touch("generated_at", "l2_path")
+        work_orders.complete(order, details={"frames": len(frames), "written": written, "kept": len(frames) - written,
+                                             "bytes": sum(r.size for r in rows), "seconds": round(seconds, 3),
+                                             "l2_path": out_path},
+                             progress={"frames_done": len(frames), "frames_total": len(frames)})
+    log.info("generated %s: %d frames written, %d kept, %.1f s", inversion, written, len(frames) - written, seconds)
+    return Result(Outcome.DONE)
+
+
+def fail_program(order: WorkOrder, program: ObservingProgram, step: str, stage: str, reason: str,
+                 details: dict | None = None) -> None:
+    """The order fails at ``stage``; the program (if still Inverted) goes to Error with ``step``."""
+    with transaction.atomic():
+        locked = ObservingProgram.objects.select_for_update().get(pk=program.pk)
+        if work_orders.fail(order, step=stage, error=reason) is None:
+            return
+        if locked.state == State.INVERTED:
+            extra = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (details or {}).items()}
+            lifecycle.fail(locked, step=step, reason=reason, actor="worker",
+                           details={"order": order.pk, "inversion_id": order.details.get("inversion_id"), **extra})
+
+
+def after_retry(program: ObservingProgram, *, user=None) -> tuple[str, work_orders.Requested] | None:
+    """An operator's retry sent the program back to Inverted: run the failed step again now.
+
+    Returns (what runs again, the request), or None when there is nothing to run (the program
+    is not Inverted, the failure was not generation or publication, or it cannot start now).
+    """
+    from inversions.models import Transition
+
+    program.refresh_from_db(fields=["state"])
+    if program.state != State.INVERTED:
+        return None
+    error = Transition.objects.filter(program=program, to_state=State.ERROR).order_by("-at", "-id").first()
+    step = (error.details or {}).get("step") if error is not None else None
+    actor = user.get_username() if user is not None else "retry"
+    try:
+        if step == "generate":
+            return "L2 generation", request_generate(program, actor=actor, user=user, force=True)
+        if step == "publish":
+            return "Publication", request_publish(program, actor=actor, user=user)
+    except Refused:
+        return None
+    return None
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+@dataclass
+class PublishPlan:
+    """What publishing the program will do: shown to the operator before confirming."""
+
+    inversion: Inversion
+    files: list[L2File]
+    total_bytes: int
+    collection: str
+    path: str
+    record: dict  # the createL2InversionInventory input
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def publish_path(inversion: Inversion) -> str:
+    path = settings.L2_PUBLISH_PATH.format(
+        bucket=inversion.bucket, proposal=inversion.program.primary_proposal_id, inversion=inversion.inversion_id,
+        program=inversion.program.instrument_program_execution_id,
+    )
+    return path if path.endswith("/") else path + "/"
+
+
+def object_key(inversion: Inversion, path: str, filename: str) -> str:
+    """The key of a published file inside its bucket (the path below ``/{bucket}/``)."""
+    prefix = f"/{inversion.bucket}/"
+    inside = path[len(prefix):] if inversion.bucket and path.startswith(prefix) else path.lstrip("/")
+    return inside + filename
+
+
+def store_record(inversion: Inversion, path: str | None = None) -> dict:
+    """The ``L2InversionInventory`` input of an inversion."""
+    path = path or inversion.published_path or publish_path(inversion)
+    asdf = next((f for f in inversion.files.all() if f.kind == L2File.Kind.METADATA), None)
+    return {
+        "inversionId": inversion.inversion_id,
+        "primaryProposalId": inversion.program.primary_proposal_id,
+        "instrumentProgramExecutionId": inversion.program.instrument_program_execution_id,
+        "bucket": inversion.bucket,
+        "asdfObjectKey": inversion.asdf_object_key or (object_key(inversion, path, asdf.filename) if asdf else None),
+        "datasetIds": list(inversion.dataset_ids),
+        "spectralLines": list(inversion.spectral_lines),
+    }
+
+
+def publish_plan(program: ObservingProgram) -> PublishPlan:
+    """What would be published now, with the reasons it cannot be (``problems``)."""
+    inversion = current_inversion(program)
+    if inversion is None:
+        raise Refused(f"{program} has no accepted inversion results")
+    files = list(inversion.files.all())
+    path = publish_path(inversion)
+    plan = PublishPlan(inversion, files, sum(f.size for f in files), settings.L2_PUBLISH_COLLECTION, path,
+                       store_record(inversion, path))
+    if program.state != State.INVERTED:
+        plan.problems.append(f"{program} is {program.get_state_display()}: only Inverted programs are published")
+    generating = work_orders.active(program, GENERATE)
+    if generating is not None:
+        plan.problems.append(f"L2 files are being generated (order #{generating.pk})")
+    if inversion.generated_at is None or not any(f.kind == L2File.Kind.FRAME for f in files):
+        plan.problems.append("no L2 files have been generated yet")
+    if not inversion.bucket:
+        plan.problems.append("no bucket is known for the datasets used: the metadata store needs one")
+    publishing = work_orders.active(program, PUBLISH)
+    if publishing is not None:
+        plan.problems.append(f"it is being published already (order #{publishing.pk})")
+    return plan
+
+
+def request_publish(program: ObservingProgram, *, actor: str, user=None, enqueue: bool = True) -> work_orders.Requested:
+    """Queue the publication of the program's generated files (operators)."""
+    plan = publish_plan(program)
+    if not plan.ok:
+        raise Refused("Cannot publish: " + "; ".join(plan.problems))
+    checksums = {f.filename: f.sha256 for f in plan.files}
+    requested = work_orders.request(
+        program, PUBLISH, requested_by=actor, user=user, forced=True, input_checksums=checksums,
+        details={"inversion_id": plan.inversion.inversion_id, "collection": plan.collection, "path": plan.path,
+                 "submission_id": transfers.get_backend().new_submission_id(), "record": plan.record},
+    )
+    if requested.created and enqueue:
+        from publishing.tasks import publish_l2
+
+        order_id = requested.order.pk
+        transaction.on_commit(lambda: publish_l2.delay(order_id))
+    return requested
+
+
+def backoff_delay(failures: int, *, base: float | None = None, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: in [cap/2, cap], cap = min(1 h, base · 2^(failures−1))."""
+    base = settings.L2_PUBLISH_BACKOFF_SECONDS if base is None else base
+    cap = min(BACKOFF_CAP_SECONDS, base * 2 ** max(failures - 1, 0))
+    return cap / 2 + (rng or random).uniform(0, cap / 2)
+
+
+def store_client(step: str = "publish"):
+    from scanning.metadata_store import MetadataStoreClient
+
+    return MetadataStoreClient(
+        settings.METADATA_STORE_URL, settings.METADATA_STORE_TOKEN, timeout=(10.0, settings.METADATA_STORE_TIMEOUT),
+        max_attempts=settings.METADATA_STORE_MAX_ATTEMPTS, backoff_base=settings.METADATA_STORE_BACKOFF_SECONDS,
+        step=step,
+    )
+
+
+def _transfer(order: WorkOrder, inversion: Inversion, backend) -> Result | None:
+    """Copy the files to the publish collection; None once they are there."""
+    if order.details.get("transferred_at"):
+        return None
+    files = list(inversion.files.all())
+    source, destination = l2_folder(inversion), order.details["path"]
+    task_id = order.details.get("transfer_task_id")
+    if not task_id:
+        items = [transfers.TransferItem(source + f.filename, destination + f.filename) for f in files]
+        task_id = backend.submit(settings.L2_SCRATCH_COLLECTION, order.details["collection"], items,
+                                 label=f"L2 publish {inversion.inversion_id}", submission_id=order.details["submission_id"])
+        work_orders.merge_details(order.pk, transfer_task_id=task_id)
+        order.details["transfer_task_id"] = task_id
+    status = backend.status(task_id)
+    work_orders.set_progress(order.pk, files_done=status.files + status.files_skipped, files_total=len(files),
+                             bytes=status.bytes)
+    if not status.done:
+        return Result(Outcome.WAITING, poll_delay(backend))
+    if not status.ok:
+        raise DoNotRetryError(f"transferring the L2 files to {order.details['collection']}:{destination} failed: "
+                              f"{status.error or 'transfer failed'}", step="publish")
+    now = timezone.now()
+    with transaction.atomic():
+        for f in files:
+            f.object_key = object_key(inversion, destination, f.filename)
+        L2File.objects.bulk_update(files, ["object_key"])
+        inversion.published_collection = order.details["collection"]
+        inversion.published_path = destination
+        inversion.published_at = now
+        inversion.touch("published_collection", "published_path", "published_at")
+        work_orders.merge_details(order.pk, transferred_at=now.isoformat())
+        work_orders.advance(order.pk, "transfer", "notify")
+    order.details["transferred_at"] = now.isoformat()
+    return None
+
+
+def run_publish(order_id: int, *, backend=None, client=None, poll: bool = False) -> Result:
+    """Transfer, then notify the metadata store, then Published. See the module doc."""
+    order = (WorkOrder.objects.filter(pk=order_id, status__in=work_orders.ACTIVE).first() if poll
+             else work_orders.start(order_id, "transfer"))
+    if order is None:
+        return Result(Outcome.NOTHING)
+    if order.details.get("transferred_at"):
+        work_orders.advance(order.pk, "transfer", "notify")
+    inversion = Inversion.objects.select_related("program").get(inversion_id=order.details["inversion_id"])
+    program = inversion.program
+    if program.state != State.INVERTED:
+        work_orders.fail(order, step=order.step or "transfer",
+                         error=f"{program} is {program.get_state_display()} now, not Inverted: not published")
+        return Result(Outcome.NOTHING)
+    stage = "transfer"
+    try:
+        waiting = _transfer(order, inversion, backend or transfers.get_backend())
+        if waiting is not None:
+            return waiting
+        stage = "notify"
+        record = store_record(inversion, order.details["path"])
+        own_client = client is None
+        client = client or store_client()
+        try:
+            answer = client.create_l2_inversion_inventory(record)
+        finally:
+            if own_client:
+                client.close()
+    except BackoffRetryError as exc:
+        if stage != "notify":
+            raise
+        return _store_unavailable(order, program, exc)
+    except (RetryError,):
+        raise
+    except L2Error as exc:
+        reason = (f"the metadata store refused the inversion: {exc.message}" if stage == "notify"
+                  else f"publishing failed: {exc.message}")
+        fail_program(order, program, "publish", stage, reason, exc.details)
+        return Result(Outcome.FAILED, message=reason)
+
+    with transaction.atomic():
+        locked = ObservingProgram.objects.select_for_update().get(pk=program.pk)
+        if WorkOrder.objects.select_for_update().get(pk=order.pk).status not in work_orders.ACTIVE:
+            return Result(Outcome.NOTHING)
+        now = timezone.now()
+        inversion.store_recorded_at = now
+        inversion.store_record = answer
+        inversion.asdf_object_key = record.get("asdfObjectKey") or ""
+        inversion.touch("store_recorded_at", "store_record", "asdf_object_key")
+        lifecycle.transition(
+            locked, State.PUBLISHED, actor="worker", reason="published",
+            details={"inversion_id": inversion.inversion_id, "collection": inversion.published_collection,
+                     "path": inversion.published_path, "files": inversion.files.count(),
+                     "asdfObjectKey": inversion.asdf_object_key, "order": order.pk},
+            expected_from=(State.INVERTED,),
+        )
+        work_orders.complete(order, details={"store_record": answer})
+    return Result(Outcome.DONE)
+
+
+def _store_unavailable(order: WorkOrder, program: ObservingProgram, exc: BackoffRetryError) -> Result:
+    failures = int(order.details.get("notify_failures", 0)) + 1
+    if failures >= settings.L2_PUBLISH_MAX_TRIES:
+        reason = f"the metadata store stayed unavailable ({failures} tries): {exc.message}"
+        work_orders.merge_details(order.pk, notify_failures=failures)
+        fail_program(order, program, "publish", "notify", reason, exc.details)
+        return Result(Outcome.FAILED, message=reason)
+    delay = backoff_delay(failures)
+    delays = list(order.details.get("notify_backoff", [])) + [round(delay, 3)]
+    work_orders.merge_details(order.pk, notify_failures=failures, notify_backoff=delays, last_store_error=exc.message)
+    log.warning("publishing %s: metadata store unavailable (try %d of %d), again in %.1f s: %s",
+                order.details.get("inversion_id"), failures, settings.L2_PUBLISH_MAX_TRIES, delay, exc.message)
+    return Result(Outcome.RETRY, delay, exc.message)
