@@ -215,7 +215,7 @@ def schedule(*, queue: str | None = None) -> dict:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, 0)", [LOCK_CLASS])
             if not cursor.fetchone()[0]:
                 return {"skipped": "another scheduler is running"}
-        stale = work_orders.stalled(KIND, older_than=timedelta(minutes=float(settings.L2_PREPROCESS_STALLED_MINUTES)))
+        stale = work_orders.stalled(KIND, older_than=timedelta(minutes=float(settings.L2_STALLED_MINUTES)))
         for order in stale:
             work_orders.touch(order.pk)
             step = order.step if order.step in STEPS else "stage"

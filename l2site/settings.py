@@ -249,7 +249,7 @@ L2_PREPROCESS_INTERVAL_SECONDS = env_number("L2_PREPROCESS_INTERVAL_SECONDS", 60
 L2_PREPROCESS_POLL_SECONDS = env_number("L2_PREPROCESS_POLL_SECONDS", 30.0)
 L2_PREPROCESS_MAX_RETRIES = max(0, int(env_number("L2_PREPROCESS_MAX_RETRIES", 5, int)))
 L2_PREPROCESS_RETRY_SECONDS = env_number("L2_PREPROCESS_RETRY_SECONDS", 30.0)
-L2_PREPROCESS_STALLED_MINUTES = env_number("L2_PREPROCESS_STALLED_MINUTES", 120.0)
+L2_STALLED_MINUTES = env_number("L2_STALLED_MINUTES", 120.0)
 # The embedded default's demo L1 frames (manage.py make_demo_l1): for this many Invertible programs.
 L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 2, int)))
 
@@ -295,6 +295,7 @@ RECONCILE_INTERVAL_SECONDS = env_number("RECONCILE_INTERVAL_SECONDS", 3600.0)
 # of these trusted client names (the broker's own authentication stands for them).
 L2_EVENT_CLIENTS = env_list("L2_EVENT_CLIENTS")
 L2_PERIODIC_TASKS["reconcile with the metadata store"] = ("publishing.reconcile", RECONCILE_INTERVAL_SECONDS)
+L2_PERIODIC_TASKS["resend stalled publishing orders"] = ("publishing.resend_stalled", L2_PREPROCESS_INTERVAL_SECONDS)
 
 LOGGING = {
     "version": 1,

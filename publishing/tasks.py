@@ -104,6 +104,31 @@ def publish_l2(self, order_id: int, poll: bool = False, io_tries: int = 0) -> st
     return _run(self, order_id, poll, run_publish, "publish", "transfer")
 
 
+@shared_task(name="publishing.resend_stalled", acks_late=True, ignore_result=True)
+def resend_stalled() -> dict:
+    """Beat: send again the task of intake, generate and publish orders whose message was lost.
+
+    An active order untouched for ``L2_STALLED_MINUTES`` lost its task (a broker without
+    redelivery, a purged queue): its task runs again; every step is idempotent, so a task
+    that was merely slow costs only repeated checks.
+    """
+    from datetime import timedelta
+
+    from inversions import work_orders
+    from inversions.models import WorkOrder
+
+    tasks = {WorkOrder.Kind.INTAKE: intake_results, WorkOrder.Kind.GENERATE: generate_l2,
+             WorkOrder.Kind.PUBLISH: publish_l2}
+    older_than = timedelta(minutes=float(settings.L2_STALLED_MINUTES))
+    sent: dict[str, list[int]] = {}
+    for kind, task in tasks.items():
+        for order in work_orders.stalled(kind, older_than=older_than):
+            work_orders.touch(order.pk)
+            task.apply_async(kwargs={"order_id": order.pk})
+            sent.setdefault(kind, []).append(order.pk)
+    return sent
+
+
 @shared_task(name="publishing.reconcile", acks_late=True, ignore_result=True)
 def reconcile(update_existing: bool = False, remove_extra: bool = False, triggered_by: str = "beat") -> dict:
     """Compare our published inversions with the store's l2Inversions; add what it lacks."""
