@@ -369,7 +369,9 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
     if can_report and report_form is None:
         report_form = ReportInvertedForm(
             datasets=current, collections=list(settings.L2_COLLECTIONS),
-            initial={"collection": next(iter(settings.L2_COLLECTIONS), ""), "dataset_ids": default_datasets_used(current)},
+            # where the science team received the program's data: the usual place for its results
+            initial={"collection": settings.L2_SCIENCE_COLLECTION, "path": pipeline.science_path(program) + "results/",
+                     "dataset_ids": default_datasets_used(current)},
         )
     return {
         "nav": "programs",

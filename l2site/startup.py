@@ -4,5 +4,5 @@ Each is a list of arguments to manage.py; a failure is reported and the system s
 """
 COMMANDS: list[list[str]] = [
     ["scan"],  # the first scan, so the dashboard has the real programs at once
-    ["make_demo_l1", "--start"],  # demo L1 frames for some Invertible programs, preprocessed end to end
+    ["make_demo_l1", "--start", "--results"],  # demo L1 frames (and a fake inversion) for some programs
 ]

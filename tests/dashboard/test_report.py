@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import pytest
 from django.urls import reverse
@@ -307,3 +308,13 @@ def test_api_token_posts_need_no_csrf_but_sessions_do(root, working, token, scie
     robot = Client(enforce_csrf_checks=True)
     response = robot.post(url, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert response.status_code == 202 and WorkOrder.objects.filter(program=working, kind="intake").count() == 1
+
+
+def test_the_report_form_proposes_the_science_clusters_results_folder(root, working, scientist, client, settings):
+    settings.L2_SCIENCE_COLLECTION, settings.L2_SCIENCE_PATH = "science-cluster", "/l2/{proposal}/{program}/"
+    client.force_login(scientist)
+    page = client.get(reverse("program-detail", args=[working.instrument_program_execution_id])).content.decode()
+    expected = f"/l2/{working.primary_proposal_id}/{working.instrument_program_execution_id}/results/"
+    assert re.search(r'name="path"[^>]*value="' + re.escape(expected) + '"', page) or \
+        re.search(r'value="' + re.escape(expected) + r'"[^>]*name="path"', page), page[:200]
+    assert re.search(r'name="collection" value="science-cluster"', page)

@@ -12,7 +12,10 @@ small): the first ones beat would preprocess (``pipeline.pickup_order``). The ot
 have no L1 files; their preprocessing ends in Error ("staging the L1 files: … is not a folder").
 With ``--start`` it also starts preprocessing those programs (``l2 up`` does this, and turns
 beat's own pick-up off with ``L2_PREPROCESS_CONCURRENCY=0`` so that the programs without files
-stay Invertible instead of failing one after the other).
+stay Invertible instead of failing one after the other). With ``--results`` it also writes a
+fake inversion of each of those programs where the science team would put theirs
+(``L2_SCIENCE_COLLECTION``: ``L2_SCIENCE_PATH`` + ``results/``), so the demo can report them
+inverted, generate their L2 files and publish them.
 """
 from __future__ import annotations
 
@@ -24,12 +27,13 @@ from django.db.models import Count, Q
 
 from inversions.errors import DoNotRetryError
 from inversions.models import Dataset, ObservingProgram
-from inversions.pipeline import StartRefused, l1_path, pickup_order
+from inversions.pipeline import StartRefused, l1_path, pickup_order, science_path
 from inversions.pipeline import start as pipeline_start
 from inversions.preprocessing.demo_l1 import write_small_dataset
 from inversions.transfers import local_folder
 
 N_WAVE, N_SLIT = 32, 24
+N_DEPTH = 16  # optical-depth points of the demo inversion
 
 
 def _bbox(value) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -48,8 +52,11 @@ class Command(BaseCommand):
                             help="how many Invertible programs (in beat's order); default L2_DEMO_L1_PROGRAMS")
         parser.add_argument("--start", action="store_true",
                             help="also start preprocessing the programs that got frames")
+        parser.add_argument("--results", action="store_true",
+                            help="also write a fake inversion of those programs in the science collection "
+                                 "(L2_SCIENCE_PATH + results/), to report them inverted in the demo")
 
-    def handle(self, *args, programs: int | None, start: bool = False, **options):
+    def handle(self, *args, programs: int | None, start: bool = False, results: bool = False, **options):
         limit = settings.L2_DEMO_L1_PROGRAMS if programs is None else programs
         if limit < 0:
             raise CommandError("--programs must be 0 or more")
@@ -70,6 +77,9 @@ class Command(BaseCommand):
             f"demo L1 in {root}: {len(chosen)} program(s); {written} frames written, "
             f"{kept} dataset(s) already there ({time.monotonic() - started:.1f} s)"
         )
+        if results:
+            for program in chosen:
+                self._results(program)
         if start:
             for program in chosen:
                 try:
@@ -78,6 +88,25 @@ class Command(BaseCommand):
                     self.stderr.write(str(exc))
                     continue
                 self.stdout.write(f"{program}: {'preprocessing started' if result.created else result.reason}")
+
+    def _results(self, program: ObservingProgram) -> None:
+        """A fake inversion matching the demo frames, where a scientist would put a real one."""
+        from publishing.intake import ReportRejected, expected_raster_steps, store_line_name
+        from publishing.results import RESULT_FILES, write_demo_results
+
+        used = list(program.datasets.filter(superseded=False).order_by("wavelength_min", "dataset_id"))
+        try:
+            steps = expected_raster_steps(used)
+        except ReportRejected as exc:
+            self.stderr.write(f"{program}: no demo results ({exc})")
+            return
+        lines = [store_line_name(line) for d in used for line in (d.spectral_lines or [])]
+        path = science_path(program) + "results/"
+        folder = local_folder(settings.L2_SCIENCE_COLLECTION, path)
+        if not all((folder / name).is_file() for name in RESULT_FILES.values()):
+            write_demo_results(folder, n_steps=steps, n_slit=N_SLIT, n_depth=N_DEPTH, n_wave=N_WAVE,
+                               spectral_lines=lines or ("Fe I (630.15 nm)", "Fe I (630.25 nm)"))
+        self.stdout.write(f"{program}: demo results to report from {settings.L2_SCIENCE_COLLECTION}:{path}")
 
     def _dataset(self, program: ObservingProgram, dataset: Dataset, arm: int) -> int:
         stokes = "IQUV" if (dataset.stokes_parameters or "").upper() == "IQUV" else "I"

@@ -1,0 +1,62 @@
+"""The embedded demo end to end, in-process: the files `make_demo_l1 --start --results` writes carry
+a program from Invertible to Published (preprocess, claim, report, intake, generate, publish)."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from astropy.io import fits
+from django.core.management import call_command
+
+from inversions import lifecycle
+from inversions.models import WorkOrder
+from inversions.states import State
+from publishing import pipeline as publishing
+from publishing.intake import submit_report
+from publishing.models import Inversion
+from publishing.tasks import generate_l2, intake_results, publish_l2
+from tests.scanning.conftest import TOKEN, metadata_store  # noqa: F401  (the emulator fixture)
+
+from .test_pipeline import run
+
+pytestmark = pytest.mark.django_db
+
+
+def test_demo_data_takes_a_program_from_invertible_to_published(l1_program, collections, scientist, operator,
+                                                                 settings, metadata_store):  # noqa: F811
+    settings.L2_GENERATE_WORKERS = 1
+    settings.METADATA_STORE_URL, settings.METADATA_STORE_TOKEN = metadata_store.url, TOKEN
+    settings.METADATA_STORE_MAX_ATTEMPTS = 1
+    program = l1_program(arms=(("IQUV", 3), ("IQUV", 3)), write=False)
+
+    out = io.StringIO()
+    call_command("make_demo_l1", "--programs", "1", "--start", "--results", stdout=out)
+    where = re.search(r"demo results to report from ([^:\s]+):(\S+)", out.getvalue())
+    assert where, out.getvalue()
+    collection, path = where.groups()
+    assert run(WorkOrder.objects.get(program=program, kind="preprocess").pk)[-1] == "handover"
+    program.refresh_from_db()
+    assert program.state == State.PREPROCESSED
+
+    lifecycle.claim(program, user=scientist)
+    order = submit_report(program, user=scientist, actor=scientist.get_username(), enqueue=False,
+                          collection=collection, path=path, software_commit="abc1234",
+                          dataset_ids=list(program.datasets.values_list("dataset_id", flat=True)))
+    assert intake_results.apply(args=[order.pk]).get() == "done"
+    program.refresh_from_db()
+    assert program.state == State.INVERTED
+
+    generate = publishing.request_generate(program, actor=operator.get_username(), user=operator, enqueue=False)
+    assert generate_l2.apply(args=[generate.order.pk]).get() == "done"
+    inversion = Inversion.objects.get(program=program)
+    frames = [f for f in inversion.files.all() if f.step is not None]
+    assert len(frames) == 3  # one L2 file per raster step
+    publish = publishing.request_publish(program, actor=operator.get_username(), user=operator, enqueue=False)
+    assert publish_l2.apply(args=[publish.order.pk]).get() == "done"
+    program.refresh_from_db()
+    assert program.state == State.PUBLISHED
+    published = collections["publish"] / inversion.bucket / program.primary_proposal_id / inversion.inversion_id
+    with fits.open(next(published.glob("*.fits")), checksum=True) as hdus:
+        hdus.verify("exception")
+        assert hdus[0].header["LEVEL"] == 2
