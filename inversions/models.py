@@ -145,7 +145,8 @@ class Dataset(models.Model):
     browse_movie_url = models.CharField(max_length=500, blank=True)
     is_embargoed = models.BooleanField(null=True, blank=True)
     embargo_end_date = models.DateTimeField(null=True, blank=True)
-    experiment_description = models.TextField(blank=True)
+    # No copy of the experiment description (~1 kB, the same for thousands of datasets): the
+    # raw record holds the one the store sent, the program the one it shows.
 
     raw = models.JSONField(help_text="The record exactly as the metadata store sent it")
     raw_hash = models.CharField(max_length=40, editable=False, help_text="SHA-1 of the canonical raw JSON")

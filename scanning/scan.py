@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -119,7 +119,6 @@ def dataset_fields(rec: DatasetRecord, digest: str) -> dict:
         browse_movie_url=rec.browse_movie_url or "",
         is_embargoed=rec.is_embargoed,
         embargo_end_date=rec.embargo_end_date,
-        experiment_description=rec.experiment_description or "",
         raw=rec.raw,
         raw_hash=digest,
     )
@@ -130,8 +129,7 @@ DATASET_UPDATE_FIELDS = [
     "instrument_program_execution_id", "instrument_name", "create_date", "update_date", "start_time", "end_time",
     "wavelength_min", "wavelength_max", "stokes_parameters", "spectral_lines", "bounding_box", "frame_count",
     "health", "gos_status", "ao_locked", "light_level", "fried_parameter", "exposure_time", "bucket",
-    "browse_movie_url", "is_embargoed", "embargo_end_date", "experiment_description", "raw", "raw_hash",
-    "program", "changed_at",
+    "browse_movie_url", "is_embargoed", "embargo_end_date", "raw", "raw_hash", "program", "changed_at",
 ]
 
 
@@ -259,8 +257,8 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     newest = None
     memory = ScanMemory()
     pages = store.iter_dataset_inventory_pages(settings.SCAN_PAGE_SIZE, update_date_min=scan.update_date_min)
-    for page in read_ahead(pages):
-        result = upsert_page(scan, page, descriptions, memory)
+    for page, hashed in read_ahead(pages, prepare=lambda page: (page, hash_page(page))):
+        result = upsert_page(scan, page, descriptions, memory, hashed)
         changed |= result.changed_programs
         touched |= result.touched_programs
         if result.newest_update and (newest is None or result.newest_update > newest):
@@ -286,20 +284,26 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     scan.programs_qualified = qualify_settled(now=now, reports=memory.reports)
 
 
-def read_ahead(pages: Iterator[list]) -> Iterator[list]:
+def read_ahead(pages: Iterator[list], prepare: Callable[[list], Any] | None = None) -> Iterator[Any]:
     """The same pages in the same order, the next one fetched (in a thread) while this one is stored.
 
     Requests are sent in the same order as without read-ahead, one at a time; a failure to
-    fetch page n+1 is raised when page n+1 is asked for, after page n was stored.
+    fetch page n+1 is raised when page n+1 is asked for, after page n was stored. With
+    ``prepare``, ``prepare(page)`` is yielded, computed in the thread too (work that needs
+    no database, done while this thread waits for it).
     """
+    def fetch():
+        page = next(pages, None)
+        return page if page is None or prepare is None else prepare(page)
+
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read-ahead")
     try:
-        pending = pool.submit(next, pages, None)
+        pending = pool.submit(fetch)
         while True:
             page = pending.result()
             if page is None:
                 return
-            pending = pool.submit(next, pages, None)
+            pending = pool.submit(fetch)
             yield page
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -312,17 +316,40 @@ def _dataset_columns() -> tuple[list[models.Field], frozenset[str]]:
     return fields, frozenset(f.attname for f in fields if isinstance(f, models.JSONField))
 
 
-def _db_values(values: dict, names: Iterable[str], json_names: frozenset[str], raw_text: str) -> list:
+def _db_values(values: dict, names: Sequence[str], json_names: frozenset[str], raw_text: str) -> list:
     """Database values (JSON columns as JSON text; ``raw`` as the canonical text) in ``names`` order."""
-    out = []
-    for name in names:
-        value = values[name]
-        if name == "raw":
-            value = raw_text
-        elif name in json_names and value is not None:
-            value = json.dumps(value)
-        out.append(value)
+    out = [values[name] for name in names]
+    for i in _json_positions(tuple(names), json_names):
+        if out[i] is not None:
+            out[i] = _json_text(out[i])
+    if "raw" in values:
+        out[_position(tuple(names), "raw")] = raw_text
     return out
+
+
+@functools.cache
+def _json_positions(names: tuple[str, ...], json_names: frozenset[str]) -> tuple[int, ...]:
+    return tuple(i for i, name in enumerate(names) if name in json_names and name != "raw")
+
+
+@functools.cache
+def _position(names: tuple[str, ...], name: str) -> int:
+    return names.index(name)
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """``json.dumps`` with its default settings, without building an encoder per call (twice as fast
+    for the small objects of a dataset row); plain ``json.dumps`` where the C encoder is missing."""
+    from json import encoder
+
+    if encoder.c_make_encoder is None:  # pragma: no cover - CPython has it
+        return json.dumps
+    make = encoder.c_make_encoder(None, encoder.JSONEncoder().default, encoder.encode_basestring_ascii, None,
+                                  ": ", ", ", False, False, True)
+    return lambda value: "".join(make(value, 0))
+
+
+_json_text = _json_encoder()
 
 
 @contextlib.contextmanager
@@ -360,23 +387,31 @@ def _existing(dataset_ids: list[str]) -> dict[str, tuple]:
     )
 
 
-def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: ScanMemory | None = None) -> PageResult:
-    """Parse and upsert one page in one transaction; a fixed number of statements per page.
-
-    New datasets are written with one COPY, changed ones with one UPDATE from a COPY-filled
-    temporary table, new programs through ``lifecycle.create_programs`` (with their summary).
-    ``memory`` (the scan's) learns which new programs are complete on this page.
-    """
-    result = PageResult()
-    # An unchanged record (same datasetId, same canonical JSON as stored) is counted without parsing it.
+def hash_page(page: list) -> tuple[list[str | None], list[tuple[str, str] | None]]:
+    """Per record its clean datasetId (:func:`_clean_id`) and :func:`canonical_json` (None without an id or for NaN)."""
     keys = [_clean_id(raw) for raw in page]
-    repeated = {key for key, n in Counter(keys).items() if n > 1}
     canonical: list[tuple[str, str] | None] = []
     for raw, key in zip(page, keys):
         try:
             canonical.append(canonical_json(raw) if key is not None else None)
         except ValueError:
-            canonical.append(None)  # reported by the full path below
+            canonical.append(None)  # reported by the full path of upsert_page
+    return keys, canonical
+
+
+def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: ScanMemory | None = None,
+                hashed: tuple[list, list] | None = None) -> PageResult:
+    """Parse and upsert one page in one transaction; a fixed number of statements per page.
+
+    New datasets are written with one COPY, changed ones with one UPDATE from a COPY-filled
+    temporary table, new programs through ``lifecycle.create_programs`` (with their summary).
+    ``memory`` (the scan's) learns which new programs are complete on this page; ``hashed``
+    is :func:`hash_page` of the page when the caller has it already.
+    """
+    result = PageResult()
+    # An unchanged record (same datasetId, same canonical JSON as stored) is counted without parsing it.
+    keys, canonical = hashed or hash_page(page)
+    repeated = {key for key, n in Counter(keys).items() if n > 1}
     existing = _existing([key for key in keys if key is not None])
     parsed: dict[str, tuple[DatasetRecord, str, str]] = {}  # dataset id -> (record, canonical JSON, digest)
     errors: list[ScanRecordError] = []
@@ -421,8 +456,8 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
         prepared = []
         for rec, text, digest in incoming:
             values = dataset_fields(rec, digest)
-            if rec.experiment_description is None:
-                values["experiment_description"] = descriptions.get(rec.primary_experiment_id or "", "")
+            # not a column (the raw record keeps it): the summary of a new program takes it
+            values["experiment_description"] = rec.experiment_description or descriptions.get(rec.primary_experiment_id or "", "")
             prepared.append((rec, text, values))
         programs, created = _programs_for(prepared, descriptions, result, now)
         superseded = set().union(*(c.superseded for c in created.values()))
@@ -456,6 +491,8 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
         for program_id in result.touched_programs - created_ids.keys():
             memory.touched_again(program_id)
         limits = thresholds() if created_ids else None
+        if created_ids and len(memory.reports) < memory.max_reports:
+            _prime_solar_radii(c.current for c in created_ids.values())
         for program_id, c in created_ids.items():
             report = _report(c.current, limits) if len(memory.reports) < memory.max_reports else None
             memory.created(program_id, exact_summary=c.exact_summary, report=report)
@@ -467,6 +504,11 @@ def _report(records: list[DatasetRecord], t: qualification.Thresholds) -> tuple[
     report = qualification.qualify(records, t)
     state = State.INVERTIBLE if report.invertible else State.NOT_INVERTIBLE
     return state, report.reason, report.to_dict()
+
+
+def _prime_solar_radii(programs: Iterable[list[DatasetRecord]]) -> None:
+    """Compute the solar radius of every start date of these programs in one call (the on-disk rule asks per dataset)."""
+    qualification.solar_radii(rec.start_time for records in programs for rec in records if rec.start_time is not None)
 
 
 def _record_error(scan: Scan, raw: Any, reason: str, field_name: str | None) -> ScanRecordError:
@@ -552,6 +594,13 @@ SUMMARY_COLUMNS = (
     "spectral_lines", "superseded", "instrument_name", "observing_program_execution_id", "primary_proposal_id",
     "primary_experiment_id", "experiment_description",
 )
+#: SQL of the values that are not Dataset columns: the record's own description is in its raw JSON.
+_COLUMN_SQL = {"experiment_description": "raw->>'experimentDescription'"}
+
+
+def _select(names: Sequence[str]) -> str:
+    return ", ".join(_COLUMN_SQL.get(name, name) for name in names)
+
 
 
 def summarise_programs(program_ids: Iterable[int], descriptions: dict[str, str]) -> None:
@@ -562,7 +611,7 @@ def summarise_programs(program_ids: Iterable[int], descriptions: dict[str, str])
         with transaction.atomic(), reading_cursor() as cursor:
             # the order of Dataset.Meta.ordering: a program's first current dataset names its ids
             cursor.execute(
-                f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM inversions_dataset WHERE program_id = ANY(%s) "
+                f"SELECT {_select(SUMMARY_COLUMNS)} FROM inversions_dataset WHERE program_id = ANY(%s) "
                 "ORDER BY program_id, wavelength_min, dataset_id",
                 [batch],
             )
@@ -627,7 +676,7 @@ def _summary(pid: int, current: list[dict], descriptions: dict[str, str], now: d
 
 
 # --- Qualification --------------------------------------------------------------------------
-#: The Dataset columns a stored record is rebuilt from, and the record's own spectralLines.
+#: The values a stored record is rebuilt from: Dataset columns, and the record's own description.
 RECORD_COLUMNS = (
     "dataset_id", "product_id", "primary_proposal_id", "primary_experiment_id", "observing_program_execution_id",
     "instrument_program_execution_id", "instrument_name", "create_date", "update_date", "start_time", "end_time",
@@ -637,13 +686,14 @@ RECORD_COLUMNS = (
 )
 _STORED_AS_EMPTY = frozenset({  # optional strings dataset_fields() stores as "" for null
     "primary_experiment_id", "observing_program_execution_id", "stokes_parameters", "bucket", "browse_movie_url",
-    "experiment_description",
 })
+#: The SELECT list of RECORD_COLUMNS (the description from the raw JSON), then the record's spectralLines.
+RECORD_SELECT = f"{_select(RECORD_COLUMNS)}, raw->'spectralLines'"
 _JSON_COLUMNS = frozenset({"bounding_box", "health", "gos_status", "light_level", "fried_parameter"})
 
 
 def stored_record(row: Sequence[Any]) -> DatasetRecord:
-    """The DatasetRecord of a stored dataset, from its columns (RECORD_COLUMNS, then ``raw->'spectralLines'``).
+    """The DatasetRecord of a stored dataset, from a row of :data:`RECORD_SELECT`.
 
     The columns hold what :func:`scanning.records.parse_record` made of the raw record, so
     this is that record without parsing the raw JSON again; ``raw`` is left empty. Optional
@@ -672,7 +722,7 @@ def current_records(program_ids: Sequence[int]) -> dict[int, list[DatasetRecord]
         return records
     with reading_cursor() as cursor:
         cursor.execute(
-            f"SELECT program_id, {', '.join(RECORD_COLUMNS)}, raw->'spectralLines' FROM inversions_dataset "
+            f"SELECT program_id, {RECORD_SELECT} FROM inversions_dataset "
             "WHERE program_id = ANY(%s) AND NOT superseded",
             [list(program_ids)],
         )
@@ -698,6 +748,7 @@ def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str
     for start in range(0, len(ids), QUALIFY_BATCH):
         batch = ids[start : start + QUALIFY_BATCH]
         records = current_records([pid for pid in batch if pid not in reports])
+        _prime_solar_radii(records.values())
         changes = []
         for pid in batch:
             if pid in reports:

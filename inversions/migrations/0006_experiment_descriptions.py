@@ -10,6 +10,8 @@
   programs costs one), a row trigger adds the pair of a program whose description or
   experiment id changes (not fired for other updates: state, claim, priority …).
 * The pairs of the programs already stored are copied in.
+* Datasets no longer copy the description into a column of their own (the raw record has
+  the one the store sent; the scan takes it from there).
 """
 import importlib
 
@@ -116,4 +118,5 @@ class Migration(migrations.Migration):
             database_operations=[migrations.RunPython(create_description_index, drop_description_index)],
         ),
         migrations.RunSQL(TRIGGERS, DROP_TRIGGERS),
+        migrations.RemoveField(model_name="dataset", name="experiment_description"),
     ]

@@ -332,7 +332,7 @@ class PhaseTimer:
         self._originals = {name: getattr(module, name) for name in self.PHASES}
         for name, original in self._originals.items():
             setattr(module, name, self._wrap(name, original))
-        self._radius_misses = qualification._radius_on.cache_info().misses
+        self._radius_misses = qualification.radii_computed
         return self
 
     def _wrap(self, name, original):
@@ -350,7 +350,7 @@ class PhaseTimer:
 
         for name, original in self._originals.items():
             setattr(module, name, original)
-        self.radius_days = qualification._radius_on.cache_info().misses - self._radius_misses
+        self.radius_days = qualification.radii_computed - self._radius_misses
 
     def __str__(self) -> str:
         parts = [f"{name} {seconds:.2f} s" for name, seconds in self.seconds.items()]

@@ -17,7 +17,7 @@ from scanning.metadata_store import MetadataStoreClient
 from scanning.models import Scan
 from scanning.records import parse_record
 from scanning.scan import (
-    RECORD_COLUMNS, canonical_json, raw_hash, read_ahead, reading_cursor, run_scan, stored_record, summarise_programs,
+    RECORD_SELECT, canonical_json, raw_hash, read_ahead, reading_cursor, run_scan, stored_record, summarise_programs,
     thresholds,
 )
 from tests.scanning.conftest import TOKEN
@@ -70,14 +70,14 @@ def test_read_ahead_keeps_the_order_and_raises_a_fetch_error_after_the_pages_bef
 def test_a_stored_record_is_the_record_the_parser_made(store_client, fixture_records):
     scan(store_client, full=True)
     with reading_cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(RECORD_COLUMNS)}, raw->'spectralLines', raw FROM inversions_dataset")
+        cursor.execute(f"SELECT {RECORD_SELECT}, raw FROM inversions_dataset")
         rows = cursor.fetchall()
     assert len(rows) == len(fixture_records) == 508
     for row in rows:
         stored = stored_record(row[:-1])
         parsed = parse_record(json.loads(row[-1]))
         for name in parsed.__dataclass_fields__:
-            if name in ("raw", "experiment_description"):  # not kept / filled from the descriptions
+            if name == "raw":  # not kept
                 continue
             assert getattr(stored, name) == getattr(parsed, name), (parsed.dataset_id, name)
         assert stored.start_time.utcoffset().total_seconds() == 0
