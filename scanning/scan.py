@@ -241,15 +241,15 @@ def _last_watermark(scan: Scan) -> datetime | None:
     )
 
 
-def _since(scan: Scan) -> datetime | None:
+def _since(scan: Scan, last: datetime | None) -> datetime | None:
     if scan.full:
         return None
-    last = _last_watermark(scan)
     return last - timedelta(minutes=settings.SCAN_OVERLAP_MINUTES) if last else None
 
 
 def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
-    scan.update_date_min = _since(scan)
+    previous = _last_watermark(scan)  # no other scan runs meanwhile (advisory lock)
+    scan.update_date_min = _since(scan, previous)
     scan.save(update_fields=["update_date_min"])
     descriptions = store.experiment_descriptions()
     changed: set[int] = set()
@@ -257,8 +257,18 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     newest = None
     memory = ScanMemory()
     pages = store.iter_dataset_inventory_pages(settings.SCAN_PAGE_SIZE, update_date_min=scan.update_date_min)
-    for page, hashed in read_ahead(pages, prepare=lambda page: (page, hash_page(page))):
-        result = upsert_page(scan, page, descriptions, memory, hashed)
+    # Records are parsed ahead, in the read-ahead thread, while the pages bring mostly new or
+    # changed records (from the start in a first scan); in a rescan, where most records are
+    # unchanged, they are not (an unchanged record is not parsed at all).
+    parse_ahead = previous is None
+
+    def prepare(page: list) -> PreparedPage:
+        return prepare_page(page, parse=parse_ahead)
+
+    for prepared in read_ahead(pages, prepare=prepare):
+        page = prepared.page
+        result = upsert_page(scan, page, descriptions, memory, prepared)
+        parse_ahead = 2 * (result.new + result.updated + result.errors) >= len(page)
         changed |= result.changed_programs
         touched |= result.touched_programs
         if result.newest_update and (newest is None or result.newest_update > newest):
@@ -275,7 +285,6 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
             pages=scan.pages, records=scan.records, new=scan.new, updated=scan.updated,
             unchanged=scan.unchanged, errors=scan.errors, programs_new=scan.programs_new,
         )
-    previous = _last_watermark(scan)
     scan.newest_update_date = max(filter(None, [newest, previous]), default=None)
     if touched - memory.complete:
         summarise_programs(touched - memory.complete, descriptions)
@@ -387,8 +396,17 @@ def _existing(dataset_ids: list[str]) -> dict[str, tuple]:
     )
 
 
-def hash_page(page: list) -> tuple[list[str | None], list[tuple[str, str] | None]]:
-    """Per record its clean datasetId (:func:`_clean_id`) and :func:`canonical_json` (None without an id or for NaN)."""
+@dataclass
+class PreparedPage:
+    """What can be made of a page without the database (in the read-ahead thread)."""
+
+    page: list
+    keys: list[str | None]  # per record its clean datasetId (:func:`_clean_id`), else None
+    canonical: list[tuple[str, str] | None]  # per record :func:`canonical_json` (None without an id, or for NaN)
+    records: list[DatasetRecord | RecordError] | None  # per record what parse_record made of it, if parsed ahead
+
+
+def prepare_page(page: list, *, parse: bool = False) -> PreparedPage:
     keys = [_clean_id(raw) for raw in page]
     canonical: list[tuple[str, str] | None] = []
     for raw, key in zip(page, keys):
@@ -396,26 +414,34 @@ def hash_page(page: list) -> tuple[list[str | None], list[tuple[str, str] | None
             canonical.append(canonical_json(raw) if key is not None else None)
         except ValueError:
             canonical.append(None)  # reported by the full path of upsert_page
-    return keys, canonical
+    return PreparedPage(page, keys, canonical, [_parse_or_error(raw) for raw in page] if parse else None)
+
+
+def _parse_or_error(raw: Any) -> DatasetRecord | RecordError:
+    try:
+        return parse_record(raw)
+    except RecordError as exc:
+        return exc
 
 
 def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: ScanMemory | None = None,
-                hashed: tuple[list, list] | None = None) -> PageResult:
+                prepared: PreparedPage | None = None) -> PageResult:
     """Parse and upsert one page in one transaction; a fixed number of statements per page.
 
     New datasets are written with one COPY, changed ones with one UPDATE from a COPY-filled
     temporary table, new programs through ``lifecycle.create_programs`` (with their summary).
-    ``memory`` (the scan's) learns which new programs are complete on this page; ``hashed``
-    is :func:`hash_page` of the page when the caller has it already.
+    ``memory`` (the scan's) learns which new programs are complete on this page; ``prepared``
+    is :func:`prepare_page` of the page when the caller has it already.
     """
     result = PageResult()
     # An unchanged record (same datasetId, same canonical JSON as stored) is counted without parsing it.
-    keys, canonical = hashed or hash_page(page)
+    prepared = prepared or prepare_page(page)
+    keys, canonical, ahead = prepared.keys, prepared.canonical, prepared.records
     repeated = {key for key, n in Counter(keys).items() if n > 1}
     existing = _existing([key for key in keys if key is not None])
     parsed: dict[str, tuple[DatasetRecord, str, str]] = {}  # dataset id -> (record, canonical JSON, digest)
     errors: list[ScanRecordError] = []
-    for raw, key, known in zip(page, keys, canonical):
+    for i, (raw, key, known) in enumerate(zip(page, keys, canonical)):
         if known is not None and key not in repeated and key in existing and existing[key][1] == known[1]:
             result.unchanged += 1
             stored_update = existing[key][3]
@@ -423,7 +449,9 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
                 result.newest_update = stored_update
             continue
         try:
-            rec = parse_record(raw)
+            rec = parse_record(raw) if ahead is None else ahead[i]
+            if isinstance(rec, RecordError):
+                raise rec
             try:
                 text, digest = known or canonical_json(raw)
             except ValueError:
