@@ -12,11 +12,14 @@
 * The pairs of the programs already stored are copied in.
 * Datasets no longer copy the description into a column of their own (the raw record has
   the one the store sent; the scan takes it from there).
+* The raw records (~3 kB each, always compressed) are compressed with lz4 where the server
+  has it (several times faster to write than the default pglz; the embedded server of
+  ``./l2 up`` has not: there they stay pglz).
 """
 import importlib
 
 from django.contrib.postgres.indexes import GinIndex, OpClass
-from django.db import migrations, models
+from django.db import DatabaseError, migrations, models, transaction
 from django.db.models import F
 from django.db.models.functions import MD5, Upper
 
@@ -91,6 +94,18 @@ def drop_description_index(apps, schema_editor):
     schema_editor.execute(f'DROP INDEX IF EXISTS "{DESCRIPTION_INDEX.name}"')
 
 
+def raw_lz4(apps, schema_editor):
+    try:
+        with transaction.atomic(using=schema_editor.connection.alias):
+            schema_editor.execute("ALTER TABLE inversions_dataset ALTER COLUMN raw SET COMPRESSION lz4")
+    except DatabaseError:  # PostgreSQL built without lz4
+        pass
+
+
+def raw_default_compression(apps, schema_editor):
+    schema_editor.execute("ALTER TABLE inversions_dataset ALTER COLUMN raw SET COMPRESSION default")
+
+
 class Migration(migrations.Migration):
     dependencies = [("inversions", "0005_search_indexes")]
 
@@ -119,4 +134,5 @@ class Migration(migrations.Migration):
         ),
         migrations.RunSQL(TRIGGERS, DROP_TRIGGERS),
         migrations.RemoveField(model_name="dataset", name="experiment_description"),
+        migrations.RunPython(raw_lz4, raw_default_compression),
     ]
