@@ -162,12 +162,12 @@ class ScanMemory:
         self.complete: set[int] = set()
         self.reports: dict[int, tuple[str, str, str]] = {}  # program id -> (state, reason, details JSON)
 
-    def created(self, program_id: int, *, exact_summary: bool, report: tuple[str, str, dict] | None) -> None:
+    def created(self, program_id: int, *, exact_summary: bool, report: tuple[str, str, str] | None) -> None:
+        """``report``: ``(state, reason, details as JSON text)`` (a text is ~5 times smaller than the dict)."""
         if exact_summary:
             self.complete.add(program_id)
         if report is not None and len(self.reports) < self.max_reports:
-            state, reason, details = report
-            self.reports[program_id] = (state, reason, json.dumps(details))  # a text is ~5 times smaller
+            self.reports[program_id] = report
 
     def touched_again(self, program_id: int) -> None:
         self.complete.discard(program_id)
@@ -263,7 +263,7 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     parse_ahead = previous is None
 
     def prepare(page: list) -> PreparedPage:
-        return prepare_page(page, parse=parse_ahead)
+        return prepare_page(page, descriptions if parse_ahead else None)
 
     for prepared in read_ahead(pages, prepare=prepare):
         page = prepared.page
@@ -398,15 +398,31 @@ def _existing(dataset_ids: list[str]) -> dict[str, tuple]:
 
 @dataclass
 class PreparedPage:
-    """What can be made of a page without the database (in the read-ahead thread)."""
+    """What can be made of a page without the database (in the read-ahead thread).
+
+    With ``ahead`` the records are parsed too, and everything a first scan makes of them
+    is made as if they were all new: their Dataset rows, and the programs (with their
+    qualification reports) they would form. :func:`upsert_page` uses what fits (a record
+    found unchanged is not used; a program that exists already, or whose records on the
+    page are not exactly these, is made again).
+    """
 
     page: list
     keys: list[str | None]  # per record its clean datasetId (:func:`_clean_id`), else None
     canonical: list[tuple[str, str] | None]  # per record :func:`canonical_json` (None without an id, or for NaN)
-    records: list[DatasetRecord | RecordError] | None  # per record what parse_record made of it, if parsed ahead
+    ahead: _Ahead | None = None
 
 
-def prepare_page(page: list, *, parse: bool = False) -> PreparedPage:
+@dataclass
+class _Ahead:
+    records: list[DatasetRecord | RecordError]  # per record what parse_record made of it
+    values: list[dict | None]  # per record its dataset_fields() and experiment_description (None: not parsed)
+    rows: list[list | None]  # per record its COPY row as a new dataset, program and first_seen/changed left None
+    programs: dict[str, tuple[frozenset[int], _Created, tuple[str, str, str]]]  # ipeid -> (id() of its records, program, report)
+
+
+def prepare_page(page: list, descriptions: dict[str, str] | None = None) -> PreparedPage:
+    """:class:`PreparedPage` of a page; made ahead (records parsed …) when ``descriptions`` is given."""
     keys = [_clean_id(raw) for raw in page]
     canonical: list[tuple[str, str] | None] = []
     for raw, key in zip(page, keys):
@@ -414,7 +430,37 @@ def prepare_page(page: list, *, parse: bool = False) -> PreparedPage:
             canonical.append(canonical_json(raw) if key is not None else None)
         except ValueError:
             canonical.append(None)  # reported by the full path of upsert_page
-    return PreparedPage(page, keys, canonical, [_parse_or_error(raw) for raw in page] if parse else None)
+    prepared = PreparedPage(page, keys, canonical)
+    if descriptions is not None:
+        prepared.ahead = _make_ahead(page, canonical, descriptions)
+    return prepared
+
+
+def _make_ahead(page: list, canonical: list, descriptions: dict[str, str]) -> _Ahead:
+    fields, json_names = _dataset_columns()
+    names = [f.attname for f in fields]
+    ahead = _Ahead([], [], [], {})
+    by_program: dict[str, list[tuple[DatasetRecord, dict]]] = defaultdict(list)
+    for raw, known in zip(page, canonical):
+        rec = _parse_or_error(raw)
+        ahead.records.append(rec)
+        if isinstance(rec, RecordError) or known is None:
+            ahead.values.append(None)
+            ahead.rows.append(None)
+            continue
+        text, digest = known
+        values = _values(rec, digest, descriptions)
+        ahead.values.append(values)
+        ahead.rows.append(_new_row(values, names, json_names, text))
+        by_program[rec.instrument_program_execution_id].append((rec, values))
+    limits = thresholds()
+    _prime_solar_radii([rec for rec, _ in found] for found in by_program.values())
+    now = timezone.now()  # replaced when the program is created
+    for ipeid, found in by_program.items():
+        members = frozenset(id(rec) for rec, _ in found)
+        created = _new_program(ipeid, found, descriptions, now)
+        ahead.programs[ipeid] = (members, created, _report_text(created.current, limits))
+    return ahead
 
 
 def _parse_or_error(raw: Any) -> DatasetRecord | RecordError:
@@ -422,6 +468,30 @@ def _parse_or_error(raw: Any) -> DatasetRecord | RecordError:
         return parse_record(raw)
     except RecordError as exc:
         return exc
+
+
+def _values(rec: DatasetRecord, digest: str, descriptions: dict[str, str]) -> dict:
+    """:func:`dataset_fields`, and the description the summary of a new program takes (not a column)."""
+    values = dataset_fields(rec, digest)
+    values["experiment_description"] = rec.experiment_description or descriptions.get(rec.primary_experiment_id or "", "")
+    return values
+
+
+_ROW_LATER = ("program_id", "superseded", "first_seen_at", "changed_at")  # filled in by upsert_page
+
+
+def _new_row(values: dict, names: list[str], json_names: frozenset[str], raw_text: str) -> list:
+    """The COPY row of a new dataset (:func:`_db_values`), ``_ROW_LATER`` left None, lines as an array literal."""
+    row = _db_values({**values, **dict.fromkeys(_ROW_LATER)}, names, json_names, raw_text)
+    lines = _position(tuple(names), "spectral_lines")
+    if row[lines] is not None:
+        row[lines] = _array_literal(row[lines])
+    return row
+
+
+def _array_literal(items: Sequence[str]) -> str:
+    """PostgreSQL's text form of a text array (what psycopg would send for the list, made here)."""
+    return "{" + ",".join('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items) + "}"
 
 
 def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: ScanMemory | None = None,
@@ -436,10 +506,10 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
     result = PageResult()
     # An unchanged record (same datasetId, same canonical JSON as stored) is counted without parsing it.
     prepared = prepared or prepare_page(page)
-    keys, canonical, ahead = prepared.keys, prepared.canonical, prepared.records
+    keys, canonical, ahead = prepared.keys, prepared.canonical, prepared.ahead
     repeated = {key for key, n in Counter(keys).items() if n > 1}
     existing = _existing([key for key in keys if key is not None])
-    parsed: dict[str, tuple[DatasetRecord, str, str]] = {}  # dataset id -> (record, canonical JSON, digest)
+    parsed: dict[str, tuple[DatasetRecord, str, str, int]] = {}  # dataset id -> (record, canonical JSON, digest, index)
     errors: list[ScanRecordError] = []
     for i, (raw, key, known) in enumerate(zip(page, keys, canonical)):
         if known is not None and key not in repeated and key in existing and existing[key][1] == known[1]:
@@ -449,7 +519,7 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
                 result.newest_update = stored_update
             continue
         try:
-            rec = parse_record(raw) if ahead is None else ahead[i]
+            rec = parse_record(raw) if ahead is None else ahead.records[i]
             if isinstance(rec, RecordError):
                 raise rec
             try:
@@ -466,7 +536,7 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             )
             if rec.update_date <= kept.update_date:
                 continue
-        parsed[rec.dataset_id] = (rec, text, digest)
+        parsed[rec.dataset_id] = (rec, text, digest, i)
         if result.newest_update is None or rec.update_date > result.newest_update:
             result.newest_update = rec.update_date
     result.errors = len(errors)
@@ -482,24 +552,27 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             return result
         now = timezone.now()
         prepared = []
-        for rec, text, digest in incoming:
-            values = dataset_fields(rec, digest)
-            # not a column (the raw record keeps it): the summary of a new program takes it
-            values["experiment_description"] = rec.experiment_description or descriptions.get(rec.primary_experiment_id or "", "")
-            prepared.append((rec, text, values))
-        programs, created = _programs_for(prepared, descriptions, result, now)
+        for rec, text, digest, i in incoming:
+            values = ahead.values[i] if ahead is not None and ahead.values[i] is not None else _values(rec, digest, descriptions)
+            prepared.append((rec, text, values, i))
+        programs, created = _programs_for(prepared, descriptions, result, now, ahead)
         superseded = set().union(*(c.superseded for c in created.values()))
         fields, json_names = _dataset_columns()
         new_names = [f.attname for f in fields]
         update_names = [Dataset._meta.get_field(name).attname for name in DATASET_UPDATE_FIELDS]
         new_datasets, updated_rows = [], []
-        for rec, text, values in prepared:
+        later = [_position(tuple(new_names), name) for name in _ROW_LATER]
+        for rec, text, values, i in prepared:
             program_id, is_new = programs[rec.instrument_program_execution_id]
             values.update(program_id=program_id, changed_at=now)
             old = existing.get(rec.dataset_id)
             if old is None:
-                values.update(superseded=rec.dataset_id in superseded, first_seen_at=now)
-                new_datasets.append((values, text))
+                row = ahead.rows[i] if ahead is not None and ahead.rows[i] is not None else None
+                if row is None:
+                    row = _new_row(values, new_names, json_names, text)
+                for position, value in zip(later, (program_id, rec.dataset_id in superseded, now, now)):
+                    row[position] = value
+                new_datasets.append(row)
             else:
                 old_id, _, old_program, _ = old
                 updated_rows.append([old_id, *_db_values(values, update_names, json_names, text)])
@@ -509,9 +582,8 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             if not is_new:
                 result.changed_programs.add(program_id)
             result.touched_programs.add(program_id)
-        if new_datasets:  # rows made while COPY streams them: the server works meanwhile
-            copy_rows(Dataset._meta.db_table, [f.column for f in fields],
-                      (_db_values(values, new_names, json_names, text) for values, text in new_datasets))
+        if new_datasets:
+            copy_rows(Dataset._meta.db_table, [f.column for f in fields], new_datasets)
         update_rows(Dataset, DATASET_UPDATE_FIELDS, updated_rows)
         result.new, result.updated = len(new_datasets), len(updated_rows)
     if memory is not None:
@@ -519,10 +591,13 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
         for program_id in result.touched_programs - created_ids.keys():
             memory.touched_again(program_id)
         limits = thresholds() if created_ids else None
-        if created_ids and len(memory.reports) < memory.max_reports:
-            _prime_solar_radii(c.current for c in created_ids.values())
+        made = [c for c in created_ids.values() if c.report is None]
+        if made and len(memory.reports) < memory.max_reports:
+            _prime_solar_radii(c.current for c in made)
         for program_id, c in created_ids.items():
-            report = _report(c.current, limits) if len(memory.reports) < memory.max_reports else None
+            report = None
+            if len(memory.reports) < memory.max_reports:
+                report = c.report or _report_text(c.current, limits)
             memory.created(program_id, exact_summary=c.exact_summary, report=report)
     return result
 
@@ -532,6 +607,12 @@ def _report(records: list[DatasetRecord], t: qualification.Thresholds) -> tuple[
     report = qualification.qualify(records, t)
     state = State.INVERTIBLE if report.invertible else State.NOT_INVERTIBLE
     return state, report.reason, report.to_dict()
+
+
+def _report_text(records: list[DatasetRecord], t: qualification.Thresholds) -> tuple[str, str, str]:
+    """:func:`_report` with the details as JSON text."""
+    state, reason, details = _report(records, t)
+    return state, reason, json.dumps(details)
 
 
 def _prime_solar_radii(programs: Iterable[list[DatasetRecord]]) -> None:
@@ -560,17 +641,18 @@ class _Created:
     current: list[DatasetRecord]
     superseded: set[str]
     exact_summary: bool  # the summary does not depend on how the database orders equal wavelengths
+    report: tuple[str, str, str] | None = None  # its qualification report (_report_text), when made ahead
 
 
-def _programs_for(prepared: list, descriptions: dict[str, str], result: PageResult,
-                  now: datetime) -> tuple[dict[str, tuple[int, bool]], dict[str, _Created]]:
+def _programs_for(prepared: list, descriptions: dict[str, str], result: PageResult, now: datetime,
+                  ahead: _Ahead | None = None) -> tuple[dict[str, tuple[int, bool]], dict[str, _Created]]:
     """``{instrumentProgramExecutionId: (program id, created now)}``, creating the missing programs (Discovered).
 
     A new program is created with the summary of its datasets on this page (as
     :func:`summarise_programs` computes it), so that a program found whole on one page is
     written once; the second value describes the programs created.
     """
-    ipeids = list(dict.fromkeys(rec.instrument_program_execution_id for rec, _, _ in prepared))
+    ipeids = list(dict.fromkeys(rec.instrument_program_execution_id for rec, *_ in prepared))
     programs = {
         key: (row[0], False)
         for key, row in _by_key(
@@ -579,23 +661,34 @@ def _programs_for(prepared: list, descriptions: dict[str, str], result: PageResu
         ).items()
     }
     datasets: dict[str, list[tuple[DatasetRecord, dict]]] = defaultdict(list)
-    for rec, _, values in prepared:
+    for rec, _, values, _ in prepared:
         if rec.instrument_program_execution_id not in programs:
             datasets[rec.instrument_program_execution_id].append((rec, values))
     created: dict[str, _Created] = {}
     for ipeid, found in datasets.items():
-        found.sort(key=lambda pair: (pair[1]["wavelength_min"] is None, pair[1]["wavelength_min"] or 0.0,
-                                     pair[1]["dataset_id"]))
-        old = _superseded([values for _, values in found])
-        current = [(rec, values) for rec, values in found if rec.dataset_id not in old]
-        summary = _summary(0, [values for _, values in current], descriptions, now)
-        program = ObservingProgram(instrument_program_execution_id=ipeid, **dict(zip(SUMMARY_FIELDS, summary[1:])))
-        created[ipeid] = _Created(program, [rec for rec, _ in current], old, _first_is_certain(current))
+        made = ahead.programs.get(ipeid) if ahead is not None else None
+        if made is not None and made[0] == frozenset(id(rec) for rec, _ in found):  # made from these very records
+            created[ipeid] = made[1]
+            created[ipeid].report = made[2]
+        else:
+            created[ipeid] = _new_program(ipeid, found, descriptions, now)
     if created:
         lifecycle.create_programs([c.program for c in created.values()], actor=ACTOR)
         result.programs_new = len(created)
         programs.update({ipeid: (c.program.pk, True) for ipeid, c in created.items()})
     return programs, created
+
+
+def _new_program(ipeid: str, found: list[tuple[DatasetRecord, dict]], descriptions: dict[str, str],
+                 now: datetime) -> _Created:
+    """A new program (not saved) with the summary of these records and values (all its datasets so far)."""
+    found = sorted(found, key=lambda pair: (pair[1]["wavelength_min"] is None, pair[1]["wavelength_min"] or 0.0,
+                                            pair[1]["dataset_id"]))
+    old = _superseded([values for _, values in found])
+    current = [(rec, values) for rec, values in found if rec.dataset_id not in old]
+    summary = _summary(0, [values for _, values in current], descriptions, now)
+    program = ObservingProgram(instrument_program_execution_id=ipeid, **dict(zip(SUMMARY_FIELDS, summary[1:])))
+    return _Created(program, [rec for rec, _ in current], old, _first_is_certain(current))
 
 
 def _first_is_certain(current: list[tuple[DatasetRecord, dict]]) -> bool:

@@ -160,3 +160,41 @@ def test_the_scan_reads_no_dataset_back_for_programs_found_whole_on_one_page(sto
         scan(store_client, full=True)
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM inversions_dataset" in s]
     assert len(reads) == 1 and "raw_hash" in reads[0]  # only the lookup of what is stored already
+
+
+def _stored_scan() -> tuple[list, list, list]:
+    """Everything a scan wrote, without ids and times."""
+    dataset_fields = [f.attname for f in Dataset._meta.concrete_fields
+                      if f.attname not in ("id", "program_id", "first_seen_at", "changed_at")]
+    datasets = list(Dataset.objects.order_by("dataset_id").values_list("program__instrument_program_execution_id",
+                                                                       *dataset_fields))
+    programs = list(ObservingProgram.objects.order_by("instrument_program_execution_id").values_list(
+        "instrument_program_execution_id", "state", *scan_module.SUMMARY_FIELDS[:-1]))
+    history = list(Transition.objects.order_by("program__instrument_program_execution_id", "id").values_list(
+        "program__instrument_program_execution_id", "from_state", "to_state", "actor", "reason", "details"))
+    return datasets, programs, history
+
+
+@pytest.mark.django_db
+def test_what_the_read_ahead_thread_makes_is_what_the_scan_makes_itself(metadata_store, store_client, settings,
+                                                                         fixture_records, monkeypatch):
+    """A first scan parses, builds rows, programs and reports in the read-ahead thread: the same rows as without."""
+    settings.SCAN_PAGE_SIZE = 50  # programs cut by pages as well as whole ones
+    bad = {**copy.deepcopy(fixture_records[3]), "datasetId": "BAD01", "frameCount": "many"}
+    metadata_store.store.upsert_records([bad])
+    made = []
+    original = scan_module._make_ahead
+    monkeypatch.setattr(scan_module, "_make_ahead", lambda *args: made.append(args) or original(*args))
+    first = scan(store_client, full=True)
+    assert len(made) == first.pages == 11 and (first.new, first.errors) == (508, 1)
+    ahead = _stored_scan()
+    with connection.cursor() as cursor:  # start again from an empty database
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("TRUNCATE inversions_outboxevent, inversions_transition, inversions_dataset, "
+                       "inversions_observingprogram, scanning_scanrecorderror, scanning_scan")
+    made.clear()
+    plain = scan_module.prepare_page
+    monkeypatch.setattr(scan_module, "prepare_page", lambda page, descriptions=None: plain(page))
+    again = scan(store_client, full=True)
+    assert made == [] and (again.new, again.errors, again.programs_new) == (508, 1, first.programs_new)
+    assert _stored_scan() == ahead
