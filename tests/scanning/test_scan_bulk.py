@@ -198,3 +198,33 @@ def test_what_the_read_ahead_thread_makes_is_what_the_scan_makes_itself(metadata
     again = scan(store_client, full=True)
     assert made == [] and (again.new, again.errors, again.programs_new) == (508, 1, first.programs_new)
     assert _stored_scan() == ahead
+
+
+@pytest.mark.django_db
+def test_reports_given_as_json_text_are_the_details_also_when_a_program_moved_meanwhile(store_client, monkeypatch):
+    from datetime import UTC, datetime
+
+    from inversions import lifecycle
+
+    scan(store_client, full=True, now=datetime(2000, 1, 1, tzinfo=UTC))  # nothing settled yet: all Discovered
+    ids = list(ObservingProgram.objects.order_by("pk").values_list("pk", flat=True))
+    assert len(ids) == 142 and not ObservingProgram.objects.exclude(state=State.DISCOVERED).exists()
+    records = scan_module.current_records(ids)
+    reports = {pid: scan_module._report_text(records[pid], thresholds()) for pid in ids[:100]}
+    moved = ids[5]
+    original = scan_module.current_records
+
+    def meanwhile(program_ids):  # between reading the settled programs and qualifying them
+        if not Transition.objects.filter(program_id=moved, actor="someone").exists():
+            lifecycle.transition(moved, State.NOT_INVERTIBLE, actor="someone", reason="by hand")
+        return original(program_ids)
+
+    monkeypatch.setattr(scan_module, "current_records", meanwhile)
+    assert scan_module.qualify_settled(reports=reports) == len(ids) - 1  # the batch failed, then one by one
+    for pid in ids[:10]:
+        latest = Transition.objects.filter(program_id=pid).latest("at", "id")
+        if pid == moved:
+            assert (latest.actor, latest.details) == ("someone", {})
+        else:
+            state, reason, text = reports[pid]
+            assert (latest.to_state, latest.reason, latest.details) == (state, reason, json.loads(text))
