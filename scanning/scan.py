@@ -49,7 +49,7 @@ from scanning.records import DatasetRecord, RecordError, _spectral_lines, lines_
 log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_KEY = 0x4C32_5343  # "L2SC"
-QUALIFY_BATCH = 1000
+QUALIFY_BATCH = 4000  # programs per transaction when qualifying or summarising
 ACTOR = "scan"
 
 
@@ -267,30 +267,35 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
 
     for prepared in read_ahead(pages, prepare=prepare):
         page = prepared.page
-        result = upsert_page(scan, page, descriptions, memory, prepared)
+        with transaction.atomic():  # the page and the scan's progress: one commit
+            result = upsert_page(scan, page, descriptions, memory, prepared)
+            _count_page(scan, page, result)
         parse_ahead = 2 * (result.new + result.updated + result.errors) >= len(page)
         changed |= result.changed_programs
         touched |= result.touched_programs
         if result.newest_update and (newest is None or result.newest_update > newest):
             newest = result.newest_update
-        scan.pages += 1
-        scan.records += len(page)
-        scan.new += result.new
-        scan.updated += result.updated
-        scan.unchanged += result.unchanged
-        scan.errors += result.errors
-        scan.programs_new += result.programs_new
-        # progress for the scans page: the scan row is the only row an unchanged store writes
-        Scan.objects.filter(pk=scan.pk).update(
-            pages=scan.pages, records=scan.records, new=scan.new, updated=scan.updated,
-            unchanged=scan.unchanged, errors=scan.errors, programs_new=scan.programs_new,
-        )
     scan.newest_update_date = max(filter(None, [newest, previous]), default=None)
     if touched - memory.complete:
         summarise_programs(touched - memory.complete, descriptions)
     if changed:
         lifecycle.datasets_changed(sorted(changed), actor=ACTOR)
     scan.programs_qualified = qualify_settled(now=now, reports=memory.reports)
+
+
+def _count_page(scan: Scan, page: list, result: PageResult) -> None:
+    scan.pages += 1
+    scan.records += len(page)
+    scan.new += result.new
+    scan.updated += result.updated
+    scan.unchanged += result.unchanged
+    scan.errors += result.errors
+    scan.programs_new += result.programs_new
+    # progress for the scans page: the scan row is the only row an unchanged store writes
+    Scan.objects.filter(pk=scan.pk).update(
+        pages=scan.pages, records=scan.records, new=scan.new, updated=scan.updated,
+        unchanged=scan.unchanged, errors=scan.errors, programs_new=scan.programs_new,
+    )
 
 
 def read_ahead(pages: Iterator[list], prepare: Callable[[list], Any] | None = None) -> Iterator[Any]:
@@ -481,17 +486,34 @@ _ROW_LATER = ("program_id", "superseded", "first_seen_at", "changed_at")  # fill
 
 
 def _new_row(values: dict, names: list[str], json_names: frozenset[str], raw_text: str) -> list:
-    """The COPY row of a new dataset (:func:`_db_values`), ``_ROW_LATER`` left None.
+    """The COPY row of a new dataset (as :func:`_db_values`), ``_ROW_LATER`` left None.
 
     Date-times and the lines are given as text (ISO 8601, an array literal): the same values,
     which psycopg writes several times faster than the objects.
     """
-    row = [value.isoformat() if type(value) is datetime and value.tzinfo is not None else value
-           for value in _db_values({**values, **dict.fromkeys(_ROW_LATER)}, names, json_names, raw_text)]
-    lines = _position(tuple(names), "spectral_lines")
+    key = tuple(names)
+    row = [values.get(name) for name in names]
+    for i in _json_positions(key, json_names):
+        if row[i] is not None:
+            row[i] = _json_text(row[i])
+    row[_position(key, "raw")] = raw_text
+    for i in _datetime_positions(key):
+        value = row[i]
+        if value is not None and value.tzinfo is not None:
+            row[i] = value.isoformat()
+    lines = _position(key, "spectral_lines")
     if row[lines] is not None:
         row[lines] = _array_literal(row[lines])
+    for name in _ROW_LATER:
+        row[_position(key, name)] = None
     return row
+
+
+@functools.cache
+def _datetime_positions(names: tuple[str, ...]) -> tuple[int, ...]:
+    kinds = {f.attname: f for f in Dataset._meta.concrete_fields}
+    return tuple(i for i, name in enumerate(names) if isinstance(kinds.get(name), models.DateTimeField)
+                 and name not in _ROW_LATER)
 
 
 def _array_literal(items: Sequence[str]) -> str:
@@ -546,7 +568,7 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             result.newest_update = rec.update_date
     result.errors = len(errors)
 
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # the caller's transaction, if it has one (the scan's, per page)
         if errors:
             ScanRecordError.objects.bulk_create(errors)
         asked = set(keys)
