@@ -10,7 +10,8 @@ An unchanged store costs no writes but the scan row's: records are compared by t
 their canonical JSON (an unchanged record is not even parsed), and only programs whose
 datasets changed are touched.
 
-Speed (DESIGN §13): the next page is fetched while this one is stored (:func:`read_ahead`);
+Speed (DESIGN §13): the next pages are fetched, and in a first scan parsed and made into
+rows, programs and reports, while this one is stored (:func:`read_ahead`);
 new datasets, programs, history rows and events are written with ``COPY``
 (:mod:`inversions.bulk`, through ``lifecycle.create_programs`` / ``lifecycle.apply``); a
 new program is created with its summary, and a program found whole on one page is neither
@@ -24,9 +25,9 @@ import functools
 import hashlib
 import json
 import logging
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -321,28 +322,37 @@ def _count_page(scan: Scan, page: list, result: PageResult) -> None:
 
 
 def read_ahead(pages: Iterator[list], prepare: Callable[[list], Any] | None = None) -> Iterator[Any]:
-    """The same pages in the same order, the next one fetched (in a thread) while this one is stored.
+    """The same pages in the same order, fetched (in a thread) while the ones before are stored.
 
-    Requests are sent in the same order as without read-ahead, one at a time; a failure to
-    fetch page n+1 is raised when page n+1 is asked for, after page n was stored. With
-    ``prepare``, ``prepare(page)`` is yielded, computed in the thread too (work that needs
-    no database, done while this thread waits for it).
+    Requests are sent in the same order as without read-ahead, one at a time, at most two
+    pages ahead of the one being stored; a failure to fetch page n+1 is raised when page n+1
+    is asked for, after page n was stored. With ``prepare``, ``prepare(page)`` is yielded,
+    computed in a second thread as soon as the page has come (work that needs no database):
+    page n+1 is prepared while page n+2 is on its way and page n is stored.
     """
-    def fetch():
-        page = next(pages, None)
-        return page if page is None or prepare is None else prepare(page)
+    fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read-ahead")
+    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-prepare") if prepare else None
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read-ahead")
+    def prepared(fetched: Future) -> Any:
+        page = fetched.result()
+        return page if page is None else prepare(page)
+
+    def ask() -> Future:
+        fetched = fetcher.submit(next, pages, None)
+        return preparer.submit(prepared, fetched) if preparer is not None else fetched
+
     try:
-        pending = pool.submit(fetch)
+        pending = deque([ask(), ask()])
         while True:
-            page = pending.result()
+            page = pending.popleft().result()
             if page is None:
                 return
-            pending = pool.submit(fetch)
+            pending.append(ask())
             yield page
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (fetcher, preparer):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 @functools.cache
