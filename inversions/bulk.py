@@ -48,8 +48,10 @@ def _preparer(field: models.Field) -> Callable[[Any], Any] | None:
         return None  # the attname value (the id) is stored
     if isinstance(field, models.DateTimeField):
         def prep_datetime(value: Any, field: models.Field = field) -> Any:
-            if value is None or (isinstance(value, datetime) and value.tzinfo is not None):
+            if value is None:
                 return value
+            if isinstance(value, datetime) and value.tzinfo is not None:
+                return value.isoformat()  # the same timestamptz; psycopg dumps a str several times faster
             return field.get_db_prep_save(value, connection)  # naive / string: Django's rules
         return prep_datetime
     if isinstance(field, _PLAIN_FIELDS):

@@ -5,8 +5,11 @@ from datetime import datetime, time, timedelta
 from urllib.parse import urlencode
 
 from django import forms
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db.models import F, Lookup, Q
 from django.utils import timezone
 
+from inversions.models import ExperimentDescription
 from inversions.states import State
 
 #: sort key in the URL -> ORDER BY (a unique tie-breaker is appended: stable pages)
@@ -109,10 +112,31 @@ def filter_programs(qs, values: dict):
             | Q(observing_program_execution_id__icontains=text)
             | Q(primary_proposal_id__icontains=text)
             | Q(primary_experiment_id__icontains=text)
-            | Q(experiment_description__icontains=text)
+            | description_matches(text)
         )
     order = SORTS.get(values.get("sort") or DEFAULT_SORT, SORTS[DEFAULT_SORT])
     return qs.order_by(*order, "id")
+
+
+class _EqualsAny(Lookup):
+    """``lhs = ANY(rhs)``, rhs an array: unlike ``IN (subquery)`` PostgreSQL can use an index for it inside an OR."""
+
+    lookup_name = "equals_any"
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = compiler.compile(self.rhs)
+        return f"{lhs} = ANY({rhs})", (*lhs_params, *rhs_params)
+
+
+def description_matches(text: str) -> Q:
+    """Programs whose experiment description contains ``text`` (any case).
+
+    The texts are searched in ExperimentDescription (each text once, trigram-indexed); the
+    programs are then found by experiment id (indexed), and their own description checked.
+    """
+    experiments = ExperimentDescription.objects.filter(description__icontains=text).order_by().values("experiment_id")
+    return Q(_EqualsAny(F("primary_experiment_id"), ArraySubquery(experiments)), experiment_description__icontains=text)
 
 
 def query_string(values: dict, **changes) -> str:

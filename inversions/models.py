@@ -8,8 +8,8 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
-from django.db.models import Q
-from django.db.models.functions import Upper
+from django.db.models import F, Q
+from django.db.models.functions import MD5, Upper
 from django.utils import timezone
 
 from inversions.states import State
@@ -68,7 +68,7 @@ class ObservingProgram(models.Model):
             GinIndex(OpClass(Upper("observing_program_execution_id"), name="gin_trgm_ops"), name="program_opeid_trgm"),
             GinIndex(OpClass(Upper("primary_proposal_id"), name="gin_trgm_ops"), name="program_proposal_trgm"),
             GinIndex(OpClass(Upper("primary_experiment_id"), name="gin_trgm_ops"), name="program_experiment_trgm"),
-            GinIndex(OpClass(Upper("experiment_description"), name="gin_trgm_ops"), name="program_description_trgm"),
+            # The description is searched through ExperimentDescription (one row per text, not per program).
         ]
 
     def __str__(self) -> str:
@@ -77,6 +77,38 @@ class ObservingProgram(models.Model):
     @property
     def state_label(self) -> str:
         return State(self.state).label
+
+
+class ExperimentDescription(models.Model):
+    """Each (experiment id, description) pair a program carries, once: the index of the description search.
+
+    Thousands of programs share one experiment's description (about 1 kB of text). A trigram
+    index over the programs' copies would index every copy (it made the full scan take twice
+    as long); here each text is indexed once, and the dashboard's search finds the programs
+    through their experiment id (``inversions.forms.description_matches``).
+
+    Written by PostgreSQL itself (migration 0006): a trigger on ObservingProgram adds the
+    pair of every program inserted, and of every program whose description or experiment
+    id changes, whoever writes it (the scan, the admin, a test). So every non-empty
+    description a program carries is here; a pair no program carries any longer may stay
+    (the search checks the program's own description too).
+    """
+
+    experiment_id = models.CharField(max_length=100)
+    description = models.TextField()
+
+    class Meta:
+        ordering = ["experiment_id", "id"]
+        constraints = [
+            models.UniqueConstraint(F("experiment_id"), MD5("description"), name="experiment_description_unique"),
+        ]
+        indexes = [
+            # created by migration 0006 only where PostgreSQL has the pg_trgm extension (as 0005)
+            GinIndex(OpClass(Upper("description"), name="gin_trgm_ops"), name="experiment_description_trgm"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id}: {self.description[:60]}"
 
 
 class Dataset(models.Model):
@@ -113,7 +145,8 @@ class Dataset(models.Model):
     browse_movie_url = models.CharField(max_length=500, blank=True)
     is_embargoed = models.BooleanField(null=True, blank=True)
     embargo_end_date = models.DateTimeField(null=True, blank=True)
-    experiment_description = models.TextField(blank=True)
+    # No copy of the experiment description (~1 kB, the same for thousands of datasets): the
+    # raw record holds the one the store sent, the program the one it shows.
 
     raw = models.JSONField(help_text="The record exactly as the metadata store sent it")
     raw_hash = models.CharField(max_length=40, editable=False, help_text="SHA-1 of the canonical raw JSON")

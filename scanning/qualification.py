@@ -29,10 +29,9 @@ object whose members are all null counts as no data.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import lru_cache
 from typing import Any
 
 from scanning.records import DatasetRecord, has_line_data, lines_of
@@ -54,6 +53,7 @@ __all__ = [
     "Thresholds",
     "apparent_solar_radius_arcsec",
     "qualify",
+    "solar_radii",
 ]
 
 RULE_ON_DISK = "On disk"
@@ -200,19 +200,44 @@ def apparent_solar_radius_arcsec(when: datetime | date) -> float:
 
     ``arcsin(R_sun / d)`` with ``d`` the Earth–Sun distance from astropy's built-in
     ephemeris (ERFA ``epv00``) at 12:00 UTC of that date, ``R_sun`` the IAU nominal solar
-    radius. Works offline: no IERS table or ephemeris is downloaded. Cached per date.
+    radius. Works offline: no IERS table or ephemeris is downloaded. Cached per date;
+    :func:`solar_radii` computes many dates in one call.
     """
+    return _radius_on(_utc_day(when))
+
+
+def solar_radii(dates: Iterable[datetime | date]) -> dict[date, float]:
+    """:func:`apparent_solar_radius_arcsec` of many dates, by UTC date: the dates not cached yet
+    are computed in one vectorised astropy call (the same values as one by one)."""
+    days = {_utc_day(when) for when in dates}
+    missing = sorted(days - _RADII.keys())
+    if missing:
+        if len(_RADII) + len(missing) > _RADII_MAX:
+            _RADII.clear()
+        _RADII.update(zip(missing, _compute_radii(missing)))
+    return {day: _RADII[day] for day in days}
+
+
+def _utc_day(when: datetime | date) -> date:
     if isinstance(when, datetime):
-        day = (when.astimezone(UTC) if when.tzinfo is not None else when).date()
-    elif isinstance(when, date):
-        day = when
-    else:
-        raise TypeError(f"when must be a datetime or a date, got {type(when).__name__}")
-    return _radius_on(day)
+        return (when.astimezone(UTC) if when.tzinfo is not None else when).date()
+    if isinstance(when, date):
+        return when
+    raise TypeError(f"when must be a datetime or a date, got {type(when).__name__}")
 
 
-@lru_cache(maxsize=8192)
+_RADII: dict[date, float] = {}  # the cache: UTC date -> radius (a few thousand dates at most)
+_RADII_MAX = 20_000
+radii_computed = 0  # dates computed by astropy so far (the cache's misses)
+
+
 def _radius_on(day: date) -> float:
+    radius = _RADII.get(day)
+    return radius if radius is not None else solar_radii([day])[day]
+
+
+def _compute_radii(days: list[date]) -> list[float]:
+    global radii_computed
     import astropy.units as u
     from astropy.constants import R_sun
     from astropy.coordinates import get_body_barycentric, solar_system_ephemeris
@@ -225,10 +250,11 @@ def _radius_on(day: date) -> float:
         astropy_data.conf.set_temp("allow_internet", False),
         solar_system_ephemeris.set("builtin"),
     ):
-        when = Time(f"{day.isoformat()}T12:00:00", scale="utc")
+        when = Time([f"{day.isoformat()}T12:00:00" for day in days], scale="utc")
         distance = (get_body_barycentric("earth", when) - get_body_barycentric("sun", when)).norm()
-    ratio = (R_sun / distance).to_value(u.one)
-    return math.degrees(math.asin(ratio)) * 3600.0
+    ratios = (R_sun / distance).to_value(u.one)
+    radii_computed += len(days)
+    return [math.degrees(math.asin(ratio)) * 3600.0 for ratio in ratios]
 
 
 # --------------------------------------------------------------------------- rules

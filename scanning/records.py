@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -130,15 +131,15 @@ def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
 
 
 def _parse_datetime(value: Any, key: str) -> datetime:
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
+    if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
         except ValueError:
             raise RecordError(
                 f"{key} is not an ISO 8601 date-time, got {_show(value)}.", key
             ) from None
+    elif isinstance(value, datetime):
+        parsed = value
     else:
         raise RecordError(
             f"{key} must be an ISO 8601 date-time string, got {_type_name(value)} "
@@ -161,7 +162,12 @@ def _optional_datetime(raw: Mapping[str, Any], key: str) -> datetime | None:
     return None if value is None else _parse_datetime(value, key)
 
 
-def _as_float(value: Any, key: str) -> float:
+def _as_float(value: Any, key: str, member: str | None = None) -> float:
+    """A finite number as float; ``member`` names the member of object ``key`` in errors."""
+    if type(value) is float and math.isfinite(value):  # the common case, first
+        return value
+    if member is not None:
+        key = f"{key}.{member}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(
             f"{key} must be a number, got {_type_name(value)} {_show(value)}.", key
@@ -177,8 +183,12 @@ def _optional_float(raw: Mapping[str, Any], key: str) -> float | None:
     return None if value is None else _as_float(value, key)
 
 
-def _as_count(value: Any, key: str) -> int:
+def _as_count(value: Any, key: str, member: str | None = None) -> int:
     """A non-negative integer; an integral float (``171.0``) is accepted."""
+    if type(value) is int and value >= 0:  # the common case, first
+        return value
+    if member is not None:
+        key = f"{key}.{member}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(
             f"{key} must be a non-negative integer, got {_type_name(value)} {_show(value)}.",
@@ -231,7 +241,7 @@ def _counts(raw: Mapping[str, Any], key: str) -> dict[str, int | None] | None:
     for name, value in obj.items():
         if not isinstance(name, str):  # pragma: no cover - JSON keys are strings
             raise RecordError(f"{key} has a non-string key {_show(name)}.", key)
-        counts[name.strip().lower()] = None if value is None else _as_count(value, f"{key}.{name}")
+        counts[name.strip().lower()] = None if value is None else _as_count(value, key, name)
     return counts
 
 
@@ -241,7 +251,7 @@ def _distribution(raw: Mapping[str, Any], key: str) -> dict[str, float | None] |
         return None
     lowered = {str(k).strip().lower(): v for k, v in obj.items()}
     return {
-        name: None if lowered.get(name) is None else _as_float(lowered[name], f"{key}.{name}")
+        name: None if (value := lowered.get(name)) is None else _as_float(value, key, name)
         for name in DISTRIBUTION_KEYS
     }
 
@@ -428,6 +438,7 @@ _LINE_RE = re.compile(r"^(?P<species>.*?\S)\s*\(\s*(?P<wl>\d+(?:\.\d*)?)\s*nm\s*
 _CANONICAL_RE = re.compile(r"^(?P<species>.*?\S)\s+(?P<wl>\d+\.\d+)$")
 
 
+@lru_cache(maxsize=4096)  # a few distinct strings, met in every record and every qualification
 def normalise_line_name(text: str) -> str:
     """Canonical name of a spectral-line string (``"Fe I (630.15 nm)"`` → ``"Fe I 630.15"``)."""
     collapsed = " ".join(text.split())

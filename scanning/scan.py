@@ -10,7 +10,8 @@ An unchanged store costs no writes but the scan row's: records are compared by t
 their canonical JSON (an unchanged record is not even parsed), and only programs whose
 datasets changed are touched.
 
-Speed (DESIGN §13): the next page is fetched while this one is stored (:func:`read_ahead`);
+Speed (DESIGN §13): the next pages are fetched, and in a first scan parsed and made into
+rows, programs and reports, while this one is stored (:func:`read_ahead`);
 new datasets, programs, history rows and events are written with ``COPY``
 (:mod:`inversions.bulk`, through ``lifecycle.create_programs`` / ``lifecycle.apply``); a
 new program is created with its summary, and a program found whole on one page is neither
@@ -24,9 +25,9 @@ import functools
 import hashlib
 import json
 import logging
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,7 +50,7 @@ from scanning.records import DatasetRecord, RecordError, _spectral_lines, lines_
 log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_KEY = 0x4C32_5343  # "L2SC"
-QUALIFY_BATCH = 1000
+QUALIFY_BATCH = 4000  # programs per transaction when qualifying or summarising
 ACTOR = "scan"
 
 
@@ -63,8 +64,30 @@ def canonical_json(raw: Any) -> tuple[str, str]:
 
     Raises ValueError for a record holding NaN or ±Infinity (PostgreSQL's JSON has no such numbers).
     """
-    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+    text = _canonical_text(raw)
     return text, hashlib.sha1(text.encode()).hexdigest()
+
+
+def _json_encoders() -> tuple[Callable[[Any], str], Callable[[Any], str]]:
+    """``json.dumps`` (default settings) and the canonical form, without building an encoder per call.
+
+    ``json.dumps`` with arguments makes a JSONEncoder and a C encoder for every call: for
+    the small objects of a dataset row and for whole records that is a third to a half of
+    the time. Here the C encoders are made once (without the circular-reference check: the
+    values come from JSON, and the encoders are shared by threads); the texts are the same.
+    """
+    from json import encoder
+
+    if encoder.c_make_encoder is None:  # pragma: no cover - CPython has it
+        return json.dumps, functools.partial(
+            json.dumps, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+    plain = encoder.c_make_encoder(None, encoder.JSONEncoder().default, encoder.encode_basestring_ascii, None,
+                                   ": ", ", ", False, False, True)
+    canonical = encoder.c_make_encoder(None, str, encoder.encode_basestring_ascii, None, ":", ",", True, False, False)
+    return (lambda value: "".join(plain(value, 0))), (lambda value: "".join(canonical(value, 0)))
+
+
+_json_text, _canonical_text = _json_encoders()
 
 
 def thresholds() -> qualification.Thresholds:
@@ -119,7 +142,6 @@ def dataset_fields(rec: DatasetRecord, digest: str) -> dict:
         browse_movie_url=rec.browse_movie_url or "",
         is_embargoed=rec.is_embargoed,
         embargo_end_date=rec.embargo_end_date,
-        experiment_description=rec.experiment_description or "",
         raw=rec.raw,
         raw_hash=digest,
     )
@@ -130,8 +152,7 @@ DATASET_UPDATE_FIELDS = [
     "instrument_program_execution_id", "instrument_name", "create_date", "update_date", "start_time", "end_time",
     "wavelength_min", "wavelength_max", "stokes_parameters", "spectral_lines", "bounding_box", "frame_count",
     "health", "gos_status", "ao_locked", "light_level", "fried_parameter", "exposure_time", "bucket",
-    "browse_movie_url", "is_embargoed", "embargo_end_date", "experiment_description", "raw", "raw_hash",
-    "program", "changed_at",
+    "browse_movie_url", "is_embargoed", "embargo_end_date", "raw", "raw_hash", "program", "changed_at",
 ]
 
 
@@ -164,12 +185,12 @@ class ScanMemory:
         self.complete: set[int] = set()
         self.reports: dict[int, tuple[str, str, str]] = {}  # program id -> (state, reason, details JSON)
 
-    def created(self, program_id: int, *, exact_summary: bool, report: tuple[str, str, dict] | None) -> None:
+    def created(self, program_id: int, *, exact_summary: bool, report: tuple[str, str, str] | None) -> None:
+        """``report``: ``(state, reason, details as JSON text)`` (a text is ~5 times smaller than the dict)."""
         if exact_summary:
             self.complete.add(program_id)
         if report is not None and len(self.reports) < self.max_reports:
-            state, reason, details = report
-            self.reports[program_id] = (state, reason, json.dumps(details))  # a text is ~5 times smaller
+            self.reports[program_id] = report
 
     def touched_again(self, program_id: int) -> None:
         self.complete.discard(program_id)
@@ -243,15 +264,15 @@ def _last_watermark(scan: Scan) -> datetime | None:
     )
 
 
-def _since(scan: Scan) -> datetime | None:
+def _since(scan: Scan, last: datetime | None) -> datetime | None:
     if scan.full:
         return None
-    last = _last_watermark(scan)
     return last - timedelta(minutes=settings.SCAN_OVERLAP_MINUTES) if last else None
 
 
 def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
-    scan.update_date_min = _since(scan)
+    previous = _last_watermark(scan)  # no other scan runs meanwhile (advisory lock)
+    scan.update_date_min = _since(scan, previous)
     scan.save(update_fields=["update_date_min"])
     descriptions = store.experiment_descriptions()
     changed: set[int] = set()
@@ -259,25 +280,24 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     newest = None
     memory = ScanMemory()
     pages = store.iter_dataset_inventory_pages(settings.SCAN_PAGE_SIZE, update_date_min=scan.update_date_min)
-    for page in read_ahead(pages):
-        result = upsert_page(scan, page, descriptions, memory)
+    # Records are parsed ahead, in the read-ahead thread, while the pages bring mostly new or
+    # changed records (from the start in a first scan); in a rescan, where most records are
+    # unchanged, they are not (an unchanged record is not parsed at all).
+    parse_ahead = previous is None
+
+    def prepare(page: list) -> PreparedPage:
+        return prepare_page(page, descriptions if parse_ahead else None)
+
+    for prepared in read_ahead(pages, prepare=prepare):
+        page = prepared.page
+        with transaction.atomic():  # the page and the scan's progress: one commit
+            result = upsert_page(scan, page, descriptions, memory, prepared)
+            _count_page(scan, page, result)
+        parse_ahead = 2 * (result.new + result.updated + result.errors) >= len(page)
         changed |= result.changed_programs
         touched |= result.touched_programs
         if result.newest_update and (newest is None or result.newest_update > newest):
             newest = result.newest_update
-        scan.pages += 1
-        scan.records += len(page)
-        scan.new += result.new
-        scan.updated += result.updated
-        scan.unchanged += result.unchanged
-        scan.errors += result.errors
-        scan.programs_new += result.programs_new
-        # progress for the scans page: the scan row is the only row an unchanged store writes
-        Scan.objects.filter(pk=scan.pk).update(
-            pages=scan.pages, records=scan.records, new=scan.new, updated=scan.updated,
-            unchanged=scan.unchanged, errors=scan.errors, programs_new=scan.programs_new,
-        )
-    previous = _last_watermark(scan)
     scan.newest_update_date = max(filter(None, [newest, previous]), default=None)
     if touched - memory.complete:
         summarise_programs(touched - memory.complete, descriptions)
@@ -286,23 +306,53 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     scan.programs_qualified = qualify_settled(now=now, reports=memory.reports)
 
 
-def read_ahead(pages: Iterator[list]) -> Iterator[list]:
-    """The same pages in the same order, the next one fetched (in a thread) while this one is stored.
+def _count_page(scan: Scan, page: list, result: PageResult) -> None:
+    scan.pages += 1
+    scan.records += len(page)
+    scan.new += result.new
+    scan.updated += result.updated
+    scan.unchanged += result.unchanged
+    scan.errors += result.errors
+    scan.programs_new += result.programs_new
+    # progress for the scans page: the scan row is the only row an unchanged store writes
+    Scan.objects.filter(pk=scan.pk).update(
+        pages=scan.pages, records=scan.records, new=scan.new, updated=scan.updated,
+        unchanged=scan.unchanged, errors=scan.errors, programs_new=scan.programs_new,
+    )
 
-    Requests are sent in the same order as without read-ahead, one at a time; a failure to
-    fetch page n+1 is raised when page n+1 is asked for, after page n was stored.
+
+def read_ahead(pages: Iterator[list], prepare: Callable[[list], Any] | None = None) -> Iterator[Any]:
+    """The same pages in the same order, fetched (in a thread) while the ones before are stored.
+
+    Requests are sent in the same order as without read-ahead, one at a time, at most two
+    pages ahead of the one being stored; a failure to fetch page n+1 is raised when page n+1
+    is asked for, after page n was stored. With ``prepare``, ``prepare(page)`` is yielded,
+    computed in a second thread as soon as the page has come (work that needs no database):
+    page n+1 is prepared while page n+2 is on its way and page n is stored.
     """
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read-ahead")
+    fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read-ahead")
+    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-prepare") if prepare else None
+
+    def prepared(fetched: Future) -> Any:
+        page = fetched.result()
+        return page if page is None else prepare(page)
+
+    def ask() -> Future:
+        fetched = fetcher.submit(next, pages, None)
+        return preparer.submit(prepared, fetched) if preparer is not None else fetched
+
     try:
-        pending = pool.submit(next, pages, None)
+        pending = deque([ask(), ask()])
         while True:
-            page = pending.result()
+            page = pending.popleft().result()
             if page is None:
                 return
-            pending = pool.submit(next, pages, None)
+            pending.append(ask())
             yield page
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (fetcher, preparer):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 @functools.cache
@@ -312,17 +362,27 @@ def _dataset_columns() -> tuple[list[models.Field], frozenset[str]]:
     return fields, frozenset(f.attname for f in fields if isinstance(f, models.JSONField))
 
 
-def _db_values(values: dict, names: Iterable[str], json_names: frozenset[str], raw_text: str) -> list:
+def _db_values(values: dict, names: Sequence[str], json_names: frozenset[str], raw_text: str) -> list:
     """Database values (JSON columns as JSON text; ``raw`` as the canonical text) in ``names`` order."""
-    out = []
-    for name in names:
-        value = values[name]
-        if name == "raw":
-            value = raw_text
-        elif name in json_names and value is not None:
-            value = json.dumps(value)
-        out.append(value)
+    out = [values[name] for name in names]
+    for i in _json_positions(tuple(names), json_names):
+        if out[i] is not None:
+            out[i] = _json_text(out[i])
+    if "raw" in values:
+        out[_position(tuple(names), "raw")] = raw_text
     return out
+
+
+@functools.cache
+def _json_positions(names: tuple[str, ...], json_names: frozenset[str]) -> tuple[int, ...]:
+    return tuple(i for i, name in enumerate(names) if name in json_names and name != "raw")
+
+
+@functools.cache
+def _position(names: tuple[str, ...], name: str) -> int:
+    return names.index(name)
+
+
 
 
 @contextlib.contextmanager
@@ -360,27 +420,144 @@ def _existing(dataset_ids: list[str]) -> dict[str, tuple]:
     )
 
 
-def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: ScanMemory | None = None) -> PageResult:
-    """Parse and upsert one page in one transaction; a fixed number of statements per page.
+@dataclass
+class PreparedPage:
+    """What can be made of a page without the database (in the read-ahead thread).
 
-    New datasets are written with one COPY, changed ones with one UPDATE from a COPY-filled
-    temporary table, new programs through ``lifecycle.create_programs`` (with their summary).
-    ``memory`` (the scan's) learns which new programs are complete on this page.
+    With ``ahead`` the records are parsed too, and everything a first scan makes of them
+    is made as if they were all new: their Dataset rows, and the programs (with their
+    qualification reports) they would form. :func:`upsert_page` uses what fits (a record
+    found unchanged is not used; a program that exists already, or whose records on the
+    page are not exactly these, is made again).
     """
-    result = PageResult()
-    # An unchanged record (same datasetId, same canonical JSON as stored) is counted without parsing it.
+
+    page: list
+    keys: list[str | None]  # per record its clean datasetId (:func:`_clean_id`), else None
+    canonical: list[tuple[str, str] | None]  # per record :func:`canonical_json` (None without an id, or for NaN)
+    ahead: _Ahead | None = None
+
+
+@dataclass
+class _Ahead:
+    records: list[DatasetRecord | RecordError]  # per record what parse_record made of it
+    values: list[dict | None]  # per record its dataset_fields() and experiment_description (None: not parsed)
+    rows: list[list | None]  # per record its COPY row as a new dataset, program and first_seen/changed left None
+    programs: dict[str, tuple[frozenset[int], _Created, tuple[str, str, str]]]  # ipeid -> (id() of its records, program, report)
+
+
+def prepare_page(page: list, descriptions: dict[str, str] | None = None) -> PreparedPage:
+    """:class:`PreparedPage` of a page; made ahead (records parsed …) when ``descriptions`` is given."""
     keys = [_clean_id(raw) for raw in page]
-    repeated = {key for key, n in Counter(keys).items() if n > 1}
     canonical: list[tuple[str, str] | None] = []
     for raw, key in zip(page, keys):
         try:
             canonical.append(canonical_json(raw) if key is not None else None)
         except ValueError:
-            canonical.append(None)  # reported by the full path below
+            canonical.append(None)  # reported by the full path of upsert_page
+    prepared = PreparedPage(page, keys, canonical)
+    if descriptions is not None:
+        prepared.ahead = _make_ahead(page, canonical, descriptions)
+    return prepared
+
+
+def _make_ahead(page: list, canonical: list, descriptions: dict[str, str]) -> _Ahead:
+    fields, json_names = _dataset_columns()
+    names = [f.attname for f in fields]
+    ahead = _Ahead([], [], [], {})
+    by_program: dict[str, list[tuple[DatasetRecord, dict]]] = defaultdict(list)
+    for raw, known in zip(page, canonical):
+        rec = _parse_or_error(raw)
+        ahead.records.append(rec)
+        if isinstance(rec, RecordError) or known is None:
+            ahead.values.append(None)
+            ahead.rows.append(None)
+            continue
+        text, digest = known
+        values = _values(rec, digest, descriptions)
+        ahead.values.append(values)
+        ahead.rows.append(_new_row(values, names, json_names, text))
+        by_program[rec.instrument_program_execution_id].append((rec, values))
+    limits = thresholds()
+    _prime_solar_radii([rec for rec, _ in found] for found in by_program.values())
+    now = timezone.now()  # replaced when the program is created
+    for ipeid, found in by_program.items():
+        members = frozenset(id(rec) for rec, _ in found)
+        created = _new_program(ipeid, found, descriptions, now)
+        ahead.programs[ipeid] = (members, created, _report_text(created.current, limits))
+    return ahead
+
+
+def _parse_or_error(raw: Any) -> DatasetRecord | RecordError:
+    try:
+        return parse_record(raw)
+    except RecordError as exc:
+        return exc
+
+
+def _values(rec: DatasetRecord, digest: str, descriptions: dict[str, str]) -> dict:
+    """:func:`dataset_fields`, and the description the summary of a new program takes (not a column)."""
+    values = dataset_fields(rec, digest)
+    values["experiment_description"] = rec.experiment_description or descriptions.get(rec.primary_experiment_id or "", "")
+    return values
+
+
+_ROW_LATER = ("program_id", "superseded", "first_seen_at", "changed_at")  # filled in by upsert_page
+
+
+def _new_row(values: dict, names: list[str], json_names: frozenset[str], raw_text: str) -> list:
+    """The COPY row of a new dataset (as :func:`_db_values`), ``_ROW_LATER`` left None.
+
+    Date-times and the lines are given as text (ISO 8601, an array literal): the same values,
+    which psycopg writes several times faster than the objects.
+    """
+    key = tuple(names)
+    row = [values.get(name) for name in names]
+    for i in _json_positions(key, json_names):
+        if row[i] is not None:
+            row[i] = _json_text(row[i])
+    row[_position(key, "raw")] = raw_text
+    for i in _datetime_positions(key):
+        value = row[i]
+        if value is not None and value.tzinfo is not None:
+            row[i] = value.isoformat()
+    lines = _position(key, "spectral_lines")
+    if row[lines] is not None:
+        row[lines] = _array_literal(row[lines])
+    for name in _ROW_LATER:
+        row[_position(key, name)] = None
+    return row
+
+
+@functools.cache
+def _datetime_positions(names: tuple[str, ...]) -> tuple[int, ...]:
+    kinds = {f.attname: f for f in Dataset._meta.concrete_fields}
+    return tuple(i for i, name in enumerate(names) if isinstance(kinds.get(name), models.DateTimeField)
+                 and name not in _ROW_LATER)
+
+
+def _array_literal(items: Sequence[str]) -> str:
+    """PostgreSQL's text form of a text array (what psycopg would send for the list, made here)."""
+    return "{" + ",".join('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items) + "}"
+
+
+def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: ScanMemory | None = None,
+                prepared: PreparedPage | None = None) -> PageResult:
+    """Parse and upsert one page in one transaction; a fixed number of statements per page.
+
+    New datasets are written with one COPY, changed ones with one UPDATE from a COPY-filled
+    temporary table, new programs through ``lifecycle.create_programs`` (with their summary).
+    ``memory`` (the scan's) learns which new programs are complete on this page; ``prepared``
+    is :func:`prepare_page` of the page when the caller has it already.
+    """
+    result = PageResult()
+    # An unchanged record (same datasetId, same canonical JSON as stored) is counted without parsing it.
+    prepared = prepared or prepare_page(page)
+    keys, canonical, ahead = prepared.keys, prepared.canonical, prepared.ahead
+    repeated = {key for key, n in Counter(keys).items() if n > 1}
     existing = _existing([key for key in keys if key is not None])
-    parsed: dict[str, tuple[DatasetRecord, str, str]] = {}  # dataset id -> (record, canonical JSON, digest)
+    parsed: dict[str, tuple[DatasetRecord, str, str, int]] = {}  # dataset id -> (record, canonical JSON, digest, index)
     errors: list[ScanRecordError] = []
-    for raw, key, known in zip(page, keys, canonical):
+    for i, (raw, key, known) in enumerate(zip(page, keys, canonical)):
         if known is not None and key not in repeated and key in existing and existing[key][1] == known[1]:
             result.unchanged += 1
             stored_update = existing[key][3]
@@ -388,7 +565,9 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
                 result.newest_update = stored_update
             continue
         try:
-            rec = parse_record(raw)
+            rec = parse_record(raw) if ahead is None else ahead.records[i]
+            if isinstance(rec, RecordError):
+                raise rec
             try:
                 text, digest = known or canonical_json(raw)
             except ValueError:
@@ -403,12 +582,12 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             )
             if rec.update_date <= kept.update_date:
                 continue
-        parsed[rec.dataset_id] = (rec, text, digest)
+        parsed[rec.dataset_id] = (rec, text, digest, i)
         if result.newest_update is None or rec.update_date > result.newest_update:
             result.newest_update = rec.update_date
     result.errors = len(errors)
 
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # the caller's transaction, if it has one (the scan's, per page)
         if errors:
             ScanRecordError.objects.bulk_create(errors)
         asked = set(keys)
@@ -419,24 +598,28 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             return result
         now = timezone.now()
         prepared = []
-        for rec, text, digest in incoming:
-            values = dataset_fields(rec, digest)
-            if rec.experiment_description is None:
-                values["experiment_description"] = descriptions.get(rec.primary_experiment_id or "", "")
-            prepared.append((rec, text, values))
-        programs, created = _programs_for(prepared, descriptions, result, now)
+        for rec, text, digest, i in incoming:
+            values = ahead.values[i] if ahead is not None and ahead.values[i] is not None else _values(rec, digest, descriptions)
+            prepared.append((rec, text, values, i))
+        programs, created = _programs_for(prepared, descriptions, result, now, ahead)
         superseded = set().union(*(c.superseded for c in created.values()))
         fields, json_names = _dataset_columns()
         new_names = [f.attname for f in fields]
         update_names = [Dataset._meta.get_field(name).attname for name in DATASET_UPDATE_FIELDS]
         new_datasets, updated_rows = [], []
-        for rec, text, values in prepared:
+        later = [_position(tuple(new_names), name) for name in _ROW_LATER]
+        now_text = now.isoformat()
+        for rec, text, values, i in prepared:
             program_id, is_new = programs[rec.instrument_program_execution_id]
             values.update(program_id=program_id, changed_at=now)
             old = existing.get(rec.dataset_id)
             if old is None:
-                values.update(superseded=rec.dataset_id in superseded, first_seen_at=now)
-                new_datasets.append((values, text))
+                row = ahead.rows[i] if ahead is not None and ahead.rows[i] is not None else None
+                if row is None:
+                    row = _new_row(values, new_names, json_names, text)
+                for position, value in zip(later, (program_id, rec.dataset_id in superseded, now_text, now_text)):
+                    row[position] = value
+                new_datasets.append(row)
             else:
                 old_id, _, old_program, _ = old
                 updated_rows.append([old_id, *_db_values(values, update_names, json_names, text)])
@@ -446,9 +629,8 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             if not is_new:
                 result.changed_programs.add(program_id)
             result.touched_programs.add(program_id)
-        if new_datasets:  # rows made while COPY streams them: the server works meanwhile
-            copy_rows(Dataset._meta.db_table, [f.column for f in fields],
-                      (_db_values(values, new_names, json_names, text) for values, text in new_datasets))
+        if new_datasets:
+            copy_rows(Dataset._meta.db_table, [f.column for f in fields], new_datasets)
         update_rows(Dataset, DATASET_UPDATE_FIELDS, updated_rows)
         result.new, result.updated = len(new_datasets), len(updated_rows)
     if memory is not None:
@@ -456,8 +638,13 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
         for program_id in result.touched_programs - created_ids.keys():
             memory.touched_again(program_id)
         limits = thresholds() if created_ids else None
+        made = [c for c in created_ids.values() if c.report is None]
+        if made and len(memory.reports) < memory.max_reports:
+            _prime_solar_radii(c.current for c in made)
         for program_id, c in created_ids.items():
-            report = _report(c.current, limits) if len(memory.reports) < memory.max_reports else None
+            report = None
+            if len(memory.reports) < memory.max_reports:
+                report = c.report or _report_text(c.current, limits)
             memory.created(program_id, exact_summary=c.exact_summary, report=report)
     return result
 
@@ -467,6 +654,17 @@ def _report(records: list[DatasetRecord], t: qualification.Thresholds) -> tuple[
     report = qualification.qualify(records, t)
     state = State.INVERTIBLE if report.invertible else State.NOT_INVERTIBLE
     return state, report.reason, report.to_dict()
+
+
+def _report_text(records: list[DatasetRecord], t: qualification.Thresholds) -> tuple[str, str, str]:
+    """:func:`_report` with the details as JSON text."""
+    state, reason, details = _report(records, t)
+    return state, reason, json.dumps(details)
+
+
+def _prime_solar_radii(programs: Iterable[list[DatasetRecord]]) -> None:
+    """Compute the solar radius of every start date of these programs in one call (the on-disk rule asks per dataset)."""
+    qualification.solar_radii(rec.start_time for records in programs for rec in records if rec.start_time is not None)
 
 
 def _record_error(scan: Scan, raw: Any, reason: str, field_name: str | None) -> ScanRecordError:
@@ -490,17 +688,18 @@ class _Created:
     current: list[DatasetRecord]
     superseded: set[str]
     exact_summary: bool  # the summary does not depend on how the database orders equal wavelengths
+    report: tuple[str, str, str] | None = None  # its qualification report (_report_text), when made ahead
 
 
-def _programs_for(prepared: list, descriptions: dict[str, str], result: PageResult,
-                  now: datetime) -> tuple[dict[str, tuple[int, bool]], dict[str, _Created]]:
+def _programs_for(prepared: list, descriptions: dict[str, str], result: PageResult, now: datetime,
+                  ahead: _Ahead | None = None) -> tuple[dict[str, tuple[int, bool]], dict[str, _Created]]:
     """``{instrumentProgramExecutionId: (program id, created now)}``, creating the missing programs (Discovered).
 
     A new program is created with the summary of its datasets on this page (as
     :func:`summarise_programs` computes it), so that a program found whole on one page is
     written once; the second value describes the programs created.
     """
-    ipeids = list(dict.fromkeys(rec.instrument_program_execution_id for rec, _, _ in prepared))
+    ipeids = list(dict.fromkeys(rec.instrument_program_execution_id for rec, *_ in prepared))
     programs = {
         key: (row[0], False)
         for key, row in _by_key(
@@ -509,23 +708,34 @@ def _programs_for(prepared: list, descriptions: dict[str, str], result: PageResu
         ).items()
     }
     datasets: dict[str, list[tuple[DatasetRecord, dict]]] = defaultdict(list)
-    for rec, _, values in prepared:
+    for rec, _, values, _ in prepared:
         if rec.instrument_program_execution_id not in programs:
             datasets[rec.instrument_program_execution_id].append((rec, values))
     created: dict[str, _Created] = {}
     for ipeid, found in datasets.items():
-        found.sort(key=lambda pair: (pair[1]["wavelength_min"] is None, pair[1]["wavelength_min"] or 0.0,
-                                     pair[1]["dataset_id"]))
-        old = _superseded([values for _, values in found])
-        current = [(rec, values) for rec, values in found if rec.dataset_id not in old]
-        summary = _summary(0, [values for _, values in current], descriptions, now)
-        program = ObservingProgram(instrument_program_execution_id=ipeid, **dict(zip(SUMMARY_FIELDS, summary[1:])))
-        created[ipeid] = _Created(program, [rec for rec, _ in current], old, _first_is_certain(current))
+        made = ahead.programs.get(ipeid) if ahead is not None else None
+        if made is not None and made[0] == frozenset(id(rec) for rec, _ in found):  # made from these very records
+            created[ipeid] = made[1]
+            created[ipeid].report = made[2]
+        else:
+            created[ipeid] = _new_program(ipeid, found, descriptions, now)
     if created:
         lifecycle.create_programs([c.program for c in created.values()], actor=ACTOR)
         result.programs_new = len(created)
         programs.update({ipeid: (c.program.pk, True) for ipeid, c in created.items()})
     return programs, created
+
+
+def _new_program(ipeid: str, found: list[tuple[DatasetRecord, dict]], descriptions: dict[str, str],
+                 now: datetime) -> _Created:
+    """A new program (not saved) with the summary of these records and values (all its datasets so far)."""
+    found = sorted(found, key=lambda pair: (pair[1]["wavelength_min"] is None, pair[1]["wavelength_min"] or 0.0,
+                                            pair[1]["dataset_id"]))
+    old = _superseded([values for _, values in found])
+    current = [(rec, values) for rec, values in found if rec.dataset_id not in old]
+    summary = _summary(0, [values for _, values in current], descriptions, now)
+    program = ObservingProgram(instrument_program_execution_id=ipeid, **dict(zip(SUMMARY_FIELDS, summary[1:])))
+    return _Created(program, [rec for rec, _ in current], old, _first_is_certain(current))
 
 
 def _first_is_certain(current: list[tuple[DatasetRecord, dict]]) -> bool:
@@ -552,6 +762,13 @@ SUMMARY_COLUMNS = (
     "spectral_lines", "superseded", "instrument_name", "observing_program_execution_id", "primary_proposal_id",
     "primary_experiment_id", "experiment_description",
 )
+#: SQL of the values that are not Dataset columns: the record's own description is in its raw JSON.
+_COLUMN_SQL = {"experiment_description": "raw->>'experimentDescription'"}
+
+
+def _select(names: Sequence[str]) -> str:
+    return ", ".join(_COLUMN_SQL.get(name, name) for name in names)
+
 
 
 def summarise_programs(program_ids: Iterable[int], descriptions: dict[str, str]) -> None:
@@ -562,7 +779,7 @@ def summarise_programs(program_ids: Iterable[int], descriptions: dict[str, str])
         with transaction.atomic(), reading_cursor() as cursor:
             # the order of Dataset.Meta.ordering: a program's first current dataset names its ids
             cursor.execute(
-                f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM inversions_dataset WHERE program_id = ANY(%s) "
+                f"SELECT {_select(SUMMARY_COLUMNS)} FROM inversions_dataset WHERE program_id = ANY(%s) "
                 "ORDER BY program_id, wavelength_min, dataset_id",
                 [batch],
             )
@@ -627,7 +844,7 @@ def _summary(pid: int, current: list[dict], descriptions: dict[str, str], now: d
 
 
 # --- Qualification --------------------------------------------------------------------------
-#: The Dataset columns a stored record is rebuilt from, and the record's own spectralLines.
+#: The values a stored record is rebuilt from: Dataset columns, and the record's own description.
 RECORD_COLUMNS = (
     "dataset_id", "product_id", "primary_proposal_id", "primary_experiment_id", "observing_program_execution_id",
     "instrument_program_execution_id", "instrument_name", "create_date", "update_date", "start_time", "end_time",
@@ -637,13 +854,14 @@ RECORD_COLUMNS = (
 )
 _STORED_AS_EMPTY = frozenset({  # optional strings dataset_fields() stores as "" for null
     "primary_experiment_id", "observing_program_execution_id", "stokes_parameters", "bucket", "browse_movie_url",
-    "experiment_description",
 })
+#: The SELECT list of RECORD_COLUMNS (the description from the raw JSON), then the record's spectralLines.
+RECORD_SELECT = f"{_select(RECORD_COLUMNS)}, raw->'spectralLines'"
 _JSON_COLUMNS = frozenset({"bounding_box", "health", "gos_status", "light_level", "fried_parameter"})
 
 
 def stored_record(row: Sequence[Any]) -> DatasetRecord:
-    """The DatasetRecord of a stored dataset, from its columns (RECORD_COLUMNS, then ``raw->'spectralLines'``).
+    """The DatasetRecord of a stored dataset, from a row of :data:`RECORD_SELECT`.
 
     The columns hold what :func:`scanning.records.parse_record` made of the raw record, so
     this is that record without parsing the raw JSON again; ``raw`` is left empty. Optional
@@ -672,7 +890,7 @@ def current_records(program_ids: Sequence[int]) -> dict[int, list[DatasetRecord]
         return records
     with reading_cursor() as cursor:
         cursor.execute(
-            f"SELECT program_id, {', '.join(RECORD_COLUMNS)}, raw->'spectralLines' FROM inversions_dataset "
+            f"SELECT program_id, {RECORD_SELECT} FROM inversions_dataset "
             "WHERE program_id = ANY(%s) AND NOT superseded",
             [list(program_ids)],
         )
@@ -698,11 +916,12 @@ def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str
     for start in range(0, len(ids), QUALIFY_BATCH):
         batch = ids[start : start + QUALIFY_BATCH]
         records = current_records([pid for pid in batch if pid not in reports])
+        _prime_solar_radii(records.values())
         changes = []
         for pid in batch:
             if pid in reports:
                 state, reason, text = reports[pid]
-                details = json.loads(text)
+                details = lifecycle.JSONText(text)
             else:
                 state, reason, details = _report(records[pid], t)
             changes.append(lifecycle.Change(pid, state, reason=reason, details=details, expected_from=(State.DISCOVERED,)))

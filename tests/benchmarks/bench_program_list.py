@@ -180,7 +180,7 @@ def generate(dsn: str, n_programs: int, n_datasets: int, n_transitions: int, use
                     did, None, pid, proposal, experiment, opeid, ipeid, ins, cdate, cdate, start, end, wmin, wmax, stokes,
                     lines_d or None, json.dumps([[x, y], [x - 60, y - 60]]), frames, json.dumps(record["health"]),
                     json.dumps(record["gosStatus"]), good, json.dumps(record["lightLevel"]), json.dumps(fried),
-                    record["exposureTime"], "data", record["browseMovieUrl"], False, None, description, raw,
+                    record["exposureTime"], "data", record["browseMovieUrl"], False, None, raw,
                     hashlib.sha1(raw.encode()).hexdigest(), False, cdate, cdate,
                 ))
                 lines.extend(x for x in lines_d if x not in lines)
@@ -237,7 +237,7 @@ def generate(dsn: str, n_programs: int, n_datasets: int, n_transitions: int, use
             "observing_program_execution_id, instrument_program_execution_id, instrument_name, create_date, "
             "update_date, start_time, end_time, wavelength_min, wavelength_max, stokes_parameters, spectral_lines, "
             "bounding_box, frame_count, health, gos_status, ao_locked, light_level, fried_parameter, exposure_time, "
-            "bucket, browse_movie_url, is_embargoed, embargo_end_date, experiment_description, raw, raw_hash, "
+            "bucket, browse_movie_url, is_embargoed, embargo_end_date, raw, raw_hash, "
             "superseded, first_seen_at, changed_at) FROM STDIN"
         ) as copy:
             for row in ds_rows:

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from collections import defaultdict
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from scanning.qualification import (
     QualificationReport,
     Thresholds,
     apparent_solar_radius_arcsec,
+    solar_radii,
     qualify,
 )
 from scanning.records import DatasetRecord, mark_superseded, parse_record
@@ -392,13 +393,13 @@ def test_apparent_solar_radius_perihelion_and_aphelion():
 
 
 def test_apparent_solar_radius_is_cached_per_utc_date():
-    from scanning.qualification import _radius_on
+    from scanning import qualification
 
     day = date(2019, 3, 21)
     apparent_solar_radius_arcsec(day)
-    hits = _radius_on.cache_info().hits
+    computed = qualification.radii_computed
     same_day = apparent_solar_radius_arcsec(datetime(2019, 3, 21, 23, 59, tzinfo=UTC))
-    assert _radius_on.cache_info().hits == hits + 1
+    assert qualification.radii_computed == computed  # from the cache
     assert same_day == apparent_solar_radius_arcsec(day)
     assert apparent_solar_radius_arcsec(datetime(2019, 3, 21, 5)) == same_day  # naive = UTC
     # 21:00 at UTC−5 is 02:00 UTC on the 22nd: that date's radius (near equinox it shrinks
@@ -406,6 +407,19 @@ def test_apparent_solar_radius_is_cached_per_utc_date():
     late = datetime.fromisoformat("2019-03-21T21:00:00-05:00")
     assert apparent_solar_radius_arcsec(late) == apparent_solar_radius_arcsec(date(2019, 3, 22))
     assert apparent_solar_radius_arcsec(late) < same_day
+
+
+def test_solar_radii_of_many_dates_in_one_call_equal_one_by_one():
+    from scanning import qualification
+
+    days = [date(2017, 1, 1) + timedelta(days=n) for n in range(0, 700, 7)]
+    computed = qualification.radii_computed
+    radii = solar_radii([*days, datetime(2017, 1, 1, 23, tzinfo=UTC)])  # the same UTC date twice
+    assert qualification.radii_computed == computed + len(days)  # each date once, one astropy call
+    assert sorted(radii) == days
+    qualification._RADII.clear()  # computed again, one by one
+    assert [apparent_solar_radius_arcsec(day) for day in days] == [radii[day] for day in days]
+    assert 943.0 < min(radii.values()) < max(radii.values()) < 976.0
 
 
 def test_apparent_solar_radius_needs_no_network():

@@ -17,7 +17,7 @@ from scanning.metadata_store import MetadataStoreClient
 from scanning.models import Scan
 from scanning.records import parse_record
 from scanning.scan import (
-    RECORD_COLUMNS, canonical_json, raw_hash, read_ahead, reading_cursor, run_scan, stored_record, summarise_programs,
+    RECORD_SELECT, canonical_json, raw_hash, read_ahead, reading_cursor, run_scan, stored_record, summarise_programs,
     thresholds,
 )
 from tests.scanning.conftest import TOKEN
@@ -60,7 +60,7 @@ def test_read_ahead_keeps_the_order_and_raises_a_fetch_error_after_the_pages_bef
     with pytest.raises(BackoffRetryError):
         for page in read_ahead(pages()):
             got.append(page)
-            assert asked[-1] <= len(got) + 1  # never more than one page ahead
+            assert asked[-1] <= len(got) + 2  # never more than two pages ahead
     assert got == [["record 1"], ["record 2"], ["record 3"]]
     assert asked == [1, 2, 3, 4]
 
@@ -70,14 +70,14 @@ def test_read_ahead_keeps_the_order_and_raises_a_fetch_error_after_the_pages_bef
 def test_a_stored_record_is_the_record_the_parser_made(store_client, fixture_records):
     scan(store_client, full=True)
     with reading_cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(RECORD_COLUMNS)}, raw->'spectralLines', raw FROM inversions_dataset")
+        cursor.execute(f"SELECT {RECORD_SELECT}, raw FROM inversions_dataset")
         rows = cursor.fetchall()
     assert len(rows) == len(fixture_records) == 508
     for row in rows:
         stored = stored_record(row[:-1])
         parsed = parse_record(json.loads(row[-1]))
         for name in parsed.__dataclass_fields__:
-            if name in ("raw", "experiment_description"):  # not kept / filled from the descriptions
+            if name == "raw":  # not kept
                 continue
             assert getattr(stored, name) == getattr(parsed, name), (parsed.dataset_id, name)
         assert stored.start_time.utcoffset().total_seconds() == 0
@@ -160,3 +160,71 @@ def test_the_scan_reads_no_dataset_back_for_programs_found_whole_on_one_page(sto
         scan(store_client, full=True)
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM inversions_dataset" in s]
     assert len(reads) == 1 and "raw_hash" in reads[0]  # only the lookup of what is stored already
+
+
+def _stored_scan() -> tuple[list, list, list]:
+    """Everything a scan wrote, without ids and times."""
+    dataset_fields = [f.attname for f in Dataset._meta.concrete_fields
+                      if f.attname not in ("id", "program_id", "first_seen_at", "changed_at")]
+    datasets = list(Dataset.objects.order_by("dataset_id").values_list("program__instrument_program_execution_id",
+                                                                       *dataset_fields))
+    programs = list(ObservingProgram.objects.order_by("instrument_program_execution_id").values_list(
+        "instrument_program_execution_id", "state", *scan_module.SUMMARY_FIELDS[:-1]))
+    history = list(Transition.objects.order_by("program__instrument_program_execution_id", "id").values_list(
+        "program__instrument_program_execution_id", "from_state", "to_state", "actor", "reason", "details"))
+    return datasets, programs, history
+
+
+@pytest.mark.django_db
+def test_what_the_read_ahead_thread_makes_is_what_the_scan_makes_itself(metadata_store, store_client, settings,
+                                                                         fixture_records, monkeypatch):
+    """A first scan parses, builds rows, programs and reports in the read-ahead thread: the same rows as without."""
+    settings.SCAN_PAGE_SIZE = 50  # programs cut by pages as well as whole ones
+    bad = {**copy.deepcopy(fixture_records[3]), "datasetId": "BAD01", "frameCount": "many"}
+    metadata_store.store.upsert_records([bad])
+    made = []
+    original = scan_module._make_ahead
+    monkeypatch.setattr(scan_module, "_make_ahead", lambda *args: made.append(args) or original(*args))
+    first = scan(store_client, full=True)
+    assert len(made) == first.pages == 11 and (first.new, first.errors) == (508, 1)
+    ahead = _stored_scan()
+    with connection.cursor() as cursor:  # start again from an empty database
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("TRUNCATE inversions_outboxevent, inversions_transition, inversions_dataset, "
+                       "inversions_observingprogram, scanning_scanrecorderror, scanning_scan")
+    made.clear()
+    plain = scan_module.prepare_page
+    monkeypatch.setattr(scan_module, "prepare_page", lambda page, descriptions=None: plain(page))
+    again = scan(store_client, full=True)
+    assert made == [] and (again.new, again.errors, again.programs_new) == (508, 1, first.programs_new)
+    assert _stored_scan() == ahead
+
+
+@pytest.mark.django_db
+def test_reports_given_as_json_text_are_the_details_also_when_a_program_moved_meanwhile(store_client, monkeypatch):
+    from datetime import UTC, datetime
+
+    from inversions import lifecycle
+
+    scan(store_client, full=True, now=datetime(2000, 1, 1, tzinfo=UTC))  # nothing settled yet: all Discovered
+    ids = list(ObservingProgram.objects.order_by("pk").values_list("pk", flat=True))
+    assert len(ids) == 142 and not ObservingProgram.objects.exclude(state=State.DISCOVERED).exists()
+    records = scan_module.current_records(ids)
+    reports = {pid: scan_module._report_text(records[pid], thresholds()) for pid in ids[:100]}
+    moved = ids[5]
+    original = scan_module.current_records
+
+    def meanwhile(program_ids):  # between reading the settled programs and qualifying them
+        if not Transition.objects.filter(program_id=moved, actor="someone").exists():
+            lifecycle.transition(moved, State.NOT_INVERTIBLE, actor="someone", reason="by hand")
+        return original(program_ids)
+
+    monkeypatch.setattr(scan_module, "current_records", meanwhile)
+    assert scan_module.qualify_settled(reports=reports) == len(ids) - 1  # the batch failed, then one by one
+    for pid in ids[:10]:
+        latest = Transition.objects.filter(program_id=pid).latest("at", "id")
+        if pid == moved:
+            assert (latest.actor, latest.details) == ("someone", {})
+        else:
+            state, reason, text = reports[pid]
+            assert (latest.to_state, latest.reason, latest.details) == (state, reason, json.loads(text))
