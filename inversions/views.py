@@ -311,13 +311,14 @@ def program_list(request):
     values, notes = form.values()
     for note in notes:
         messages.warning(request, note)
-    page = paginate(request, filter_programs(selectors.program_list(), values), settings.L2_PAGE_SIZE)
+    page = paginate(request, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE)
     base = reverse("program-list")
     context = {
         "nav": "programs",
         "form": form,
         "values": values,
         "page": page,
+        "rows": list(page),
         "headers": _sort_headers(values),
         "sort": values.get("sort", DEFAULT_SORT),
         "states": State.choices,
@@ -327,7 +328,6 @@ def program_list(request):
         "last_url": query_string(values, page=page.paginator.num_pages),
         "filtered": any(k in values for k in ("q", "state", "instrument", "proposal", "line", "observed_from", "observed_to")),
         "base_url": base,
-        **roles(request.user),
     }
     response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context)
     if wants_partial(request):
