@@ -93,9 +93,10 @@ class LocalText(Func):
 def program_table():
     """The program list's rows as plain values (``{% program_rows %}`` shows them; no model instances).
 
-    Times come as text (``observed``, ``changed``: "2024-04-22 17:00"); ``settles_at`` only for
-    Discovered programs. The claimant is a subquery, not a join, so that the paginator's
-    COUNT(*) stays on the program table's indexes (index-only scans).
+    Times come as text (``observed``, ``changed``: "2024-04-22 17:00"); ``settles`` only for
+    Discovered programs, ``claimant`` only for Working ones (PostgreSQL computes these columns
+    for the rows the OFFSET skips too). The claimant is a subquery, not a join, so that the
+    paginator's COUNT(*) stays on the program table's indexes (index-only scans).
     """
     return _table().all()  # a fresh clone: the cached base query is never evaluated itself
 
@@ -105,7 +106,7 @@ def _table():
     claimant = get_user_model().objects.filter(pk=OuterRef("claimed_by_id")).values("username")
     return ObservingProgram.objects.values(
         *TABLE_FIELDS,
-        claimant=Subquery(claimant),
+        claimant=Case(When(state=State.WORKING, then=Subquery(claimant))),
         description_head=Left("experiment_description", 160),
         observed=LocalText("start_time", MINUTE),
         changed=LocalText("datasets_changed_at", MINUTE),
