@@ -13,7 +13,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import Case, CharField, Count, Func, OuterRef, Prefetch, Q, Subquery, When
+from django.db.models import CharField, Count, DateTimeField, F, Func, OuterRef, Prefetch, Q, Subquery
 from django.db.models.functions import Left
 from django.utils import timezone
 
@@ -90,6 +90,30 @@ class LocalText(Func):
         return f"to_char({sql} AT TIME ZONE %s, %s)", (*params, timezone.get_current_timezone_name(), self.fmt)
 
 
+class IfState(Func):
+    """``expression`` for programs in ``state``, NULL for the others (``CASE WHEN state = … THEN … END``)."""
+
+    def __init__(self, state: str, expression, output_field):
+        super().__init__(F("state"), expression, output_field=output_field)
+        self.state = str(state)
+
+    def as_sql(self, compiler, connection, **extra):
+        (state, state_params), (value, value_params) = (compiler.compile(e) for e in self.source_expressions)
+        return f"CASE WHEN {state} = %s THEN {value} END", (*state_params, self.state, *value_params)
+
+
+class Username(Func):
+    """The username of the user whose id is ``expression`` (a scalar subquery: no join in the query)."""
+
+    output_field = CharField()
+
+    def as_sql(self, compiler, connection, **extra):
+        user_id, params = compiler.compile(self.source_expressions[0])
+        meta, quote = get_user_model()._meta, connection.ops.quote_name
+        username = quote(meta.get_field(get_user_model().USERNAME_FIELD).column)
+        return f"(SELECT {username} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = {user_id})", params
+
+
 def program_table():
     """The program list's rows as plain values (``{% program_rows %}`` shows them; no model instances).
 
@@ -103,14 +127,14 @@ def program_table():
 
 @functools.cache
 def _table():
-    claimant = get_user_model().objects.filter(pk=OuterRef("claimed_by_id")).values("username")
+    # Simple SQL-writing expressions: Case/When and Subquery cost more to compile than the query runs.
     return ObservingProgram.objects.values(
         *TABLE_FIELDS,
-        claimant=Case(When(state=State.WORKING, then=Subquery(claimant))),
+        claimant=IfState(State.WORKING, Username("claimed_by_id"), CharField()),
         description_head=Left("experiment_description", 160),
         observed=LocalText("start_time", MINUTE),
         changed=LocalText("datasets_changed_at", MINUTE),
-        settles=Case(When(state=State.DISCOVERED, then="settles_at")),
+        settles=IfState(State.DISCOVERED, F("settles_at"), DateTimeField()),
     )
 
 

@@ -25,10 +25,11 @@ from django_htmx.http import push_url
 from inversions import lifecycle, selectors
 from inversions.forms import (
     DEFAULT_SORT,
+    SORT_CHOICES,
     PriorityForm,
-    ProgramFilterForm,
     ReportInvertedForm,
     filter_programs,
+    parse_filter,
     query_string,
 )
 from inversions.models import ObservingProgram
@@ -307,15 +308,16 @@ def _sort_headers(values: dict) -> list[dict]:
 
 @require_GET
 def program_list(request):
-    form = ProgramFilterForm(request.GET, instruments=selectors.instruments(), lines=selectors.spectral_lines())
-    values, notes = form.values()
+    values, notes = parse_filter(request.GET)
     for note in notes:
         messages.warning(request, note)
     page = paginate(request, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE)
     base = reverse("program-list")
     context = {
         "nav": "programs",
-        "form": form,
+        "instruments": selectors.instruments(),
+        "lines": selectors.spectral_lines(),
+        "sort_choices": SORT_CHOICES,
         "values": values,
         "page": page,
         "rows": list(page),
