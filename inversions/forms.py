@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from functools import lru_cache
 from urllib.parse import urlencode
 
 from django import forms
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import F, Lookup, Q
+from django.http import QueryDict
 from django.utils import timezone
 
 from inversions.models import ExperimentDescription
@@ -46,6 +48,7 @@ SORT_LABELS = {
     "-datasets": "Most datasets",
     "datasets": "Fewest datasets",
 }
+SORT_CHOICES = [(k, SORT_LABELS[k]) for k in SORT_LABELS]
 FILTER_FIELDS = ("q", "state", "instrument", "proposal", "line", "observed_from", "observed_to")
 
 
@@ -59,12 +62,7 @@ class ProgramFilterForm(forms.Form):
     line = forms.CharField(required=False, max_length=40, label="Spectral line")
     observed_from = forms.DateField(required=False, label="Observed from", widget=forms.DateInput(attrs={"type": "date"}))
     observed_to = forms.DateField(required=False, label="Observed to", widget=forms.DateInput(attrs={"type": "date"}))
-    sort = forms.ChoiceField(required=False, choices=[(k, SORT_LABELS[k]) for k in SORT_LABELS])
-
-    def __init__(self, data, *, instruments=(), lines=()):
-        super().__init__(data)
-        self.instruments = list(instruments)
-        self.lines = list(lines)
+    sort = forms.ChoiceField(required=False, choices=SORT_CHOICES)
 
     def values(self) -> tuple[dict, list[str]]:
         """The valid filter values (empty ones left out) and a note per ignored value."""
@@ -85,6 +83,26 @@ class ProgramFilterForm(forms.Form):
                     del clean[key]
         clean.setdefault("sort", DEFAULT_SORT)
         return clean, notes
+
+
+def parse_filter(data) -> tuple[dict, list[str]]:
+    """``ProgramFilterForm(data).values()``, worked out once per distinct filter (it depends on nothing else).
+
+    A Django form deep-copies its fields and runs every validator on each construction (a tenth
+    of the list page's time); the list is asked for the same few filters again and again.
+    """
+    key = tuple((name, tuple(data.getlist(name))) for name in ProgramFilterForm.base_fields if name in data)
+    values, notes = _parse_filter(key)
+    return dict(values), list(notes)
+
+
+@lru_cache(maxsize=1024)
+def _parse_filter(key: tuple) -> tuple[dict, tuple[str, ...]]:
+    data = QueryDict(mutable=True)
+    for name, items in key:
+        data.setlist(name, list(items))
+    values, notes = ProgramFilterForm(data).values()
+    return values, tuple(notes)
 
 
 def filter_programs(qs, values: dict):

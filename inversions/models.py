@@ -55,6 +55,14 @@ class ObservingProgram(models.Model):
         indexes = [
             models.Index(fields=["state", "-start_time"], name="program_state_start"),
             models.Index(fields=["instrument_name", "state"], name="program_instrument_state"),
+            # The list's instrument and proposal filters are case-insensitive (UPPER(col) = UPPER(%s)):
+            # expression indexes, newest observed first, so a filtered page reads only its rows
+            # (the column INCLUDEd: the page's COUNT is an index-only scan).
+            models.Index(Upper("instrument_name"), F("state"), F("start_time").desc(), name="program_instr_state_start",
+                         include=["instrument_name"]),
+            models.Index(Upper("instrument_name"), F("start_time").desc(), name="program_instr_start",
+                         include=["instrument_name"]),
+            models.Index(Upper("primary_proposal_id"), F("start_time").desc(), name="program_proposal_start"),
             models.Index(fields=["-start_time"], name="program_start"),
             models.Index(fields=["-state_changed_at"], name="program_state_changed"),
             models.Index(

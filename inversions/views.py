@@ -25,10 +25,11 @@ from django_htmx.http import push_url
 from inversions import lifecycle, pipeline, selectors
 from inversions.forms import (
     DEFAULT_SORT,
+    SORT_CHOICES,
     PriorityForm,
-    ProgramFilterForm,
     ReportInvertedForm,
     filter_programs,
+    parse_filter,
     query_string,
 )
 from inversions.models import ObservingProgram, WorkOrder
@@ -307,17 +308,19 @@ def _sort_headers(values: dict) -> list[dict]:
 
 @require_GET
 def program_list(request):
-    form = ProgramFilterForm(request.GET, instruments=selectors.instruments(), lines=selectors.spectral_lines())
-    values, notes = form.values()
+    values, notes = parse_filter(request.GET)
     for note in notes:
         messages.warning(request, note)
-    page = paginate(request, filter_programs(selectors.program_list(), values), settings.L2_PAGE_SIZE)
+    page = paginate(request, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE)
     base = reverse("program-list")
     context = {
         "nav": "programs",
-        "form": form,
+        "instruments": selectors.instruments(),
+        "lines": selectors.spectral_lines(),
+        "sort_choices": SORT_CHOICES,
         "values": values,
         "page": page,
+        "rows": list(page),
         "headers": _sort_headers(values),
         "sort": values.get("sort", DEFAULT_SORT),
         "states": State.choices,
@@ -327,7 +330,6 @@ def program_list(request):
         "last_url": query_string(values, page=page.paginator.num_pages),
         "filtered": any(k in values for k in ("q", "state", "instrument", "proposal", "line", "observed_from", "observed_to")),
         "base_url": base,
-        **roles(request.user),
     }
     response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context)
     if wants_partial(request):

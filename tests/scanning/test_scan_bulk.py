@@ -191,7 +191,7 @@ def test_what_the_read_ahead_thread_makes_is_what_the_scan_makes_itself(metadata
     with connection.cursor() as cursor:  # start again from an empty database
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("TRUNCATE inversions_outboxevent, inversions_transition, inversions_dataset, "
-                       "inversions_observingprogram, scanning_scanrecorderror, scanning_scan")
+                       "inversions_observingprogram, scanning_scanrecorderror, scanning_scan CASCADE")
     made.clear()
     plain = scan_module.prepare_page
     monkeypatch.setattr(scan_module, "prepare_page", lambda page, descriptions=None: plain(page))

@@ -107,7 +107,7 @@ def raw_default_compression(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("inversions", "0005_search_indexes")]
+    dependencies = [("inversions", "0007_workorder_intake")]
 
     operations = [
         migrations.SeparateDatabaseAndState(
