@@ -15,8 +15,9 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+import orjson
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -160,7 +161,7 @@ def _write_history(steps: Sequence[_Step], *, at: datetime, actor: str, user, co
         ["id", "program_id", "from_state", "to_state", "at", "actor", "actor_user_id", "reason", "details", "is_correction"],
         (
             (pk, s.program.pk, s.from_state, s.to_state, at_text, actor, user_id, s.reason,
-             s.details if isinstance(s.details, JSONText) else json.dumps(s.details), correction)
+             s.details if isinstance(s.details, JSONText) else _json(s.details), correction)
             for pk, s in zip(ids, steps)
         ),
     )
@@ -168,12 +169,20 @@ def _write_history(steps: Sequence[_Step], *, at: datetime, actor: str, user, co
         OutboxEvent._meta.db_table,
         ["created_at", "routing_key", "payload", "transition_id", "sent_at", "attempts", "last_error"],
         (
-            (at_text, _routing_key(s.to_state), json.dumps(_payload(s.program, pk, s.from_state, s.to_state, at, actor,
+            (at_text, _routing_key(s.to_state), _json(_payload(s.program, pk, s.from_state, s.to_state, at, actor,
                                                                s.reason, correction)), pk, None, 0, "")
             for pk, s in zip(ids, steps)
         ),
     )
     return []
+
+
+def _json(value: Any) -> str:
+    """JSON text for a jsonb column (orjson: several times faster than json.dumps on large batches)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson does not write (integers beyond 64 bits): the standard library
+        return json.dumps(value)
 
 
 def _states_before_error(program_ids: list[int]) -> dict[int, str]:

@@ -15,14 +15,26 @@ from django.utils import timezone
 from inversions.states import State
 
 
+#: The GIN indexes' pending list (kB): large enough for a full scan's programs (DESIGN §13).
+GIN_PENDING_KB = 65536
+PROGRAM_TRIGRAM_INDEXES = (
+    ("instrument_program_execution_id", "program_ipeid_trgm"),
+    ("observing_program_execution_id", "program_opeid_trgm"),
+    ("primary_proposal_id", "program_proposal_trgm"),
+    ("primary_experiment_id", "program_experiment_trgm"),
+)
+
+
 class ObservingProgram(models.Model):
     """The datasets sharing one instrumentProgramExecutionId: the unit of work."""
 
     instrument_program_execution_id = models.CharField(max_length=200, unique=True)
     observing_program_execution_id = models.CharField(max_length=200, blank=True)
-    primary_proposal_id = models.CharField(max_length=100, db_index=True)
-    primary_experiment_id = models.CharField(max_length=100, blank=True, db_index=True)
-    instrument_name = models.CharField(max_length=50, db_index=True)
+    # Indexed in Meta.indexes (plain btrees: a db_index CharField gets a second, LIKE-pattern
+    # index too, which nothing here uses and every insert and state change would maintain).
+    primary_proposal_id = models.CharField(max_length=100)
+    primary_experiment_id = models.CharField(max_length=100, blank=True)
+    instrument_name = models.CharField(max_length=50)
     experiment_description = models.TextField(blank=True)
 
     # Cached current state: always equal to the to_state of the newest Transition.
@@ -54,6 +66,9 @@ class ObservingProgram(models.Model):
         ordering = ["-start_time", "instrument_program_execution_id"]
         indexes = [
             models.Index(fields=["state", "-start_time"], name="program_state_start"),
+            models.Index(fields=["primary_proposal_id"], name="program_proposal"),  # the API's proposal filter
+            models.Index(fields=["primary_experiment_id"], name="program_experiment"),  # the description search
+            # (instrument_name alone: the leading column of program_instrument_state)
             models.Index(fields=["instrument_name", "state"], name="program_instrument_state"),
             # The list's instrument and proposal filters are case-insensitive (UPPER(col) = UPPER(%s)):
             # expression indexes, newest observed first, so a filtered page reads only its rows
@@ -69,13 +84,13 @@ class ObservingProgram(models.Model):
                 fields=["-priority", "queued_at", "id"], name="program_queue", condition=Q(state=State.QUEUED)
             ),
             models.Index(fields=["claimed_at"], name="program_claims", condition=Q(state=State.WORKING)),
-            GinIndex(fields=["spectral_lines"], name="program_lines"),
+            # GIN indexes take a scan's inserts into a pending list, merged in bulk by autovacuum
+            # (GIN_PENDING_KB, not the 4 MB default that makes a large scan merge them itself).
+            GinIndex(fields=["spectral_lines"], name="program_lines", gin_pending_list_limit=GIN_PENDING_KB),
             # The dashboard's text search (icontains is UPPER(col) LIKE …): trigram indexes,
             # created by migration 0005 only where PostgreSQL has the pg_trgm extension.
-            GinIndex(OpClass(Upper("instrument_program_execution_id"), name="gin_trgm_ops"), name="program_ipeid_trgm"),
-            GinIndex(OpClass(Upper("observing_program_execution_id"), name="gin_trgm_ops"), name="program_opeid_trgm"),
-            GinIndex(OpClass(Upper("primary_proposal_id"), name="gin_trgm_ops"), name="program_proposal_trgm"),
-            GinIndex(OpClass(Upper("primary_experiment_id"), name="gin_trgm_ops"), name="program_experiment_trgm"),
+            *[GinIndex(OpClass(Upper(column), name="gin_trgm_ops"), name=name, gin_pending_list_limit=GIN_PENDING_KB)
+              for column, name in PROGRAM_TRIGRAM_INDEXES],
             # The description is searched through ExperimentDescription (one row per text, not per program).
         ]
 
@@ -123,8 +138,9 @@ class Dataset(models.Model):
     """One metadata-store record (for ViSP, one spectrograph arm's frames)."""
 
     dataset_id = models.CharField(max_length=64, unique=True)
-    product_id = models.CharField(max_length=64, null=True, blank=True, db_index=True)
-    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="datasets")
+    product_id = models.CharField(max_length=64, null=True, blank=True)
+    # Indexed by dataset_program_current (program first); product_id in Meta.indexes (no LIKE index).
+    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="datasets", db_index=False)
 
     primary_proposal_id = models.CharField(max_length=100)
     primary_experiment_id = models.CharField(max_length=100, blank=True)
@@ -164,7 +180,10 @@ class Dataset(models.Model):
 
     class Meta:
         ordering = ["program_id", "wavelength_min", "dataset_id"]
-        indexes = [models.Index(fields=["program", "superseded"], name="dataset_program_current")]
+        indexes = [
+            models.Index(fields=["program", "superseded"], name="dataset_program_current"),
+            models.Index(fields=["product_id"], name="dataset_product"),
+        ]
 
     def __str__(self) -> str:
         return self.dataset_id

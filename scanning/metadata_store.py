@@ -105,6 +105,18 @@ def _store_message(response: requests.Response, limit: int = 500) -> str:
     return text[:limit] if text else response.reason or ""
 
 
+class RecordPage(list):
+    """A page of raw dataset records as the store sent them.
+
+    ``finite`` is True when the answer held no ``NaN`` / ``Infinity`` literal (JSON has none,
+    but Python's parser accepts them), so that no record of the page needs checking for them.
+    """
+
+    def __init__(self, items: Iterable[Any] = (), *, finite: bool = False):
+        super().__init__(items)
+        self.finite = finite
+
+
 class MetadataStoreClient:
     """GraphQL client of the metadata store.
 
@@ -128,6 +140,7 @@ class MetadataStoreClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.step = step
+        self._answers = threading.local()  # per thread: .finite, the last answer held no NaN / Infinity literal
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._own_session = session is None
@@ -196,8 +209,9 @@ class MetadataStoreClient:
         if not 200 <= status < 300:
             raise DoNotRetryError(f"unexpected HTTP {status} from the metadata store",
                                   step=self.step, details={"url": self.url, "status": status})
+        nonfinite = []
         try:
-            body = json.loads(response.content)
+            body = json.loads(response.content, parse_constant=lambda name: nonfinite.append(name) or float(name))
         except ValueError as error:
             raise _Transient(f"malformed JSON answer ({len(response.content)} bytes): {error}") from error
         if not isinstance(body, dict) or not ("data" in body or "errors" in body):
@@ -213,6 +227,7 @@ class MetadataStoreClient:
         if not isinstance(data, dict):
             raise DoNotRetryError("metadata store answer has no data", step=self.step,
                                   details={"url": self.url, "body": str(body)[:500]})
+        self._answers.finite = not nonfinite
         return data
 
     def _field(self, data: Mapping[str, Any], name: str, kind: type) -> Any:
@@ -258,7 +273,7 @@ class MetadataStoreClient:
             return []
         params.update(pageSize=page_size, pageNumber=page_number, sortColumn=sort_column)
         data = self.query(DATASET_INVENTORIES_QUERY, {"filterParams": params})
-        return self._field(data, "datasetInventories", list)
+        return RecordPage(self._field(data, "datasetInventories", list), finite=getattr(self._answers, "finite", False))
 
     def iter_dataset_inventory_pages(self, page_size: int = 1000,
                                      update_date_min: datetime | str | None = None,
