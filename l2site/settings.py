@@ -262,6 +262,8 @@ METADATA_STORE_BACKOFF_SECONDS = env_number("METADATA_STORE_BACKOFF_SECONDS", 0.
 SCAN_PAGE_SIZE = int(env_number("SCAN_PAGE_SIZE", 1000, int))
 SCAN_OVERLAP_MINUTES = env_number("SCAN_OVERLAP_MINUTES", 60.0)
 SCAN_INTERVAL_SECONDS = env_number("SCAN_INTERVAL_SECONDS", 900.0)
+# Qualification batches written at once by a scan, each in a database connection of its own.
+SCAN_QUALIFY_WORKERS = max(1, int(env_number("SCAN_QUALIFY_WORKERS", 2, int)))
 
 # Settling and qualification (DESIGN §5, §6).
 L2_SETTLE_DAYS = env_number("L2_SETTLE_DAYS", 3.0)

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,7 +52,8 @@ from scanning.records import DatasetRecord, RecordError, _spectral_lines, lines_
 log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_KEY = 0x4C32_5343  # "L2SC"
-QUALIFY_BATCH = 4000  # programs per transaction when qualifying or summarising
+QUALIFY_BATCH = 2000  # programs per transaction when qualifying or summarising
+SWITCH_INTERVAL = 0.0005  # seconds: the GIL time slice while pages are read ahead (see read_ahead)
 ACTOR = "scan"
 
 
@@ -357,6 +359,11 @@ def read_ahead(pages: Iterator[list], prepare: Callable[[list], Any] | None = No
     computed in a second thread as soon as the page has come (work that needs no database):
     page n+1 is prepared while page n+2 is on its way and page n is stored.
     """
+    # The storing thread waits on the database most of the time; when an answer comes it
+    # needs the GIL back at once, not after the preparing thread's 5 ms time slice (with
+    # ~10 statements a page that wait was a tenth of a full scan). Restored at the end.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
     fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read-ahead")
     preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-prepare") if prepare else None
 
@@ -380,6 +387,7 @@ def read_ahead(pages: Iterator[list], prepare: Callable[[list], Any] | None = No
         for pool in (fetcher, preparer):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+        sys.setswitchinterval(switch)
 
 
 @functools.cache
@@ -932,6 +940,12 @@ def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str
 
     ``reports`` (from the scan's :class:`ScanMemory`) gives ``(state, reason, details JSON)``
     already computed for some programs from the very records their datasets hold.
+
+    Programs are qualified in batches of ``QUALIFY_BATCH``, one transaction each. Outside a
+    transaction, ``SCAN_QUALIFY_WORKERS`` batches run at once, each thread in a database
+    connection of its own (closed when it is done): one batch is prepared in Python while
+    the database writes another. The batches hold disjoint programs, so they neither wait
+    for nor deadlock on each other.
     """
     reports = reports or {}
     now = now or timezone.now()
@@ -940,28 +954,52 @@ def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str
         .order_by("pk").values_list("pk", flat=True)
     )
     t = thresholds()
-    moved = 0
-    for start in range(0, len(ids), QUALIFY_BATCH):
-        batch = ids[start : start + QUALIFY_BATCH]
-        records = current_records([pid for pid in batch if pid not in reports])
-        _prime_solar_radii(records.values())
-        changes = []
-        for pid in batch:
-            if pid in reports:
-                state, reason, text = reports[pid]
-                details = lifecycle.JSONText(text)
-            else:
-                state, reason, details = _report(records[pid], t)
-            changes.append(lifecycle.Change(pid, state, reason=reason, details=details, expected_from=(State.DISCOVERED,)))
+    batches = [ids[start : start + QUALIFY_BATCH] for start in range(0, len(ids), QUALIFY_BATCH)]
+    workers = min(settings.SCAN_QUALIFY_WORKERS, len(batches))
+    if workers <= 1 or connection.in_atomic_block:
+        return sum(_qualify_batch(batch, reports, t) for batch in batches)
+    todo = deque(batches)
+
+    def work() -> int:  # in a thread: take batches until none is left, then close its connection
+        from django.db import connections
+
+        moved = 0
         try:
-            lifecycle.apply(changes, actor=ACTOR, returning=False)
-            moved += len(changes)
-        except lifecycle.StateChanged:
-            # someone moved one of them meanwhile: take them one by one
-            for change in changes:
+            while True:
                 try:
-                    lifecycle.apply([change], actor=ACTOR)
-                    moved += 1
-                except lifecycle.LifecycleError as exc:
-                    log.info("not qualified: %s", exc)
-    return moved
+                    batch = todo.popleft()
+                except IndexError:
+                    return moved
+                moved += _qualify_batch(batch, reports, t)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan-qualify") as pool:
+        return sum(future.result() for future in [pool.submit(work) for _ in range(workers)])
+
+
+def _qualify_batch(batch: list[int], reports: dict[int, tuple[str, str, str]], t: qualification.Thresholds) -> int:
+    """Qualify these programs in one transaction (one by one if one of them moved meanwhile)."""
+    records = current_records([pid for pid in batch if pid not in reports])
+    _prime_solar_radii(records.values())
+    changes = []
+    for pid in batch:
+        if pid in reports:
+            state, reason, text = reports[pid]
+            details = lifecycle.JSONText(text)
+        else:
+            state, reason, details = _report(records[pid], t)
+        changes.append(lifecycle.Change(pid, state, reason=reason, details=details, expected_from=(State.DISCOVERED,)))
+    try:
+        lifecycle.apply(changes, actor=ACTOR, returning=False)
+        return len(changes)
+    except lifecycle.StateChanged:
+        # someone moved one of them meanwhile: take them one by one
+        moved = 0
+        for change in changes:
+            try:
+                lifecycle.apply([change], actor=ACTOR)
+                moved += 1
+            except lifecycle.LifecycleError as exc:
+                log.info("not qualified: %s", exc)
+        return moved

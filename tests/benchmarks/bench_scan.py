@@ -38,8 +38,8 @@ the design is the ordinary, incremental one; a ``--full`` rescan fetches and par
 page as the raw ingest does, so it cannot be under 10 % of a full scan that is itself under
 3 × the raw ingest: it is shown against both. The machine's load average is printed: on a
 shared 2-core machine absolute times are noise, ratios less so; the CPU seconds of the raw
-ingest and the full scan (this process, its database backend, the emulator; read from
-``/proc``) swing much less, and are printed too. ``--statements`` lists the
+ingest and the full scan (this process, the database: its backend and those of the
+qualification's threads, the emulator; read from ``/proc``) swing much less, and are printed too. ``--statements`` lists the
 slowest statements of the full scan, ``--drop-index NAME`` measures without an index (a
 what-if, in the benchmark's own database), ``--profile FILE`` runs the full scan under cProfile.
 """
@@ -55,6 +55,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -210,22 +211,34 @@ class Emulator:
 
 # --------------------------------------------------------------------------- measuring
 class StatementCounter:
-    """Counts SQL statements on the default connection: execute wrappers + psycopg COPY calls."""
+    """Counts SQL statements: execute wrappers on every connection (the default one and those
+    opened meanwhile, e.g. by the qualification's threads) + psycopg COPY calls."""
 
     def __init__(self):
         self.count = 0
         self.copies = 0
         self.seconds: dict[str, list] = defaultdict(lambda: [0, 0.0])  # statement head -> [count, seconds]
+        self._lock = threading.Lock()
+
+    def _note(self, statement: str, started: float, *, copy: bool = False) -> None:
+        with self._lock:
+            if copy:
+                self.copies += 1
+            else:
+                self.count += 1
+            entry = self.seconds[" ".join(str(statement).split())[:70]]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
 
     def __call__(self, execute, sql, params, many, context):
-        self.count += 1
         started = time.perf_counter()
         try:
             return execute(sql, params, many, context)
         finally:
-            entry = self.seconds[" ".join(sql.split())[:70]]
-            entry[0] += 1
-            entry[1] += time.perf_counter() - started
+            self._note(sql, started)
+
+    def _connected(self, sender, connection, **kwargs):
+        connection.execute_wrappers.append(self)
 
     def slowest(self, count: int = 12) -> str:
         rows = sorted(self.seconds.items(), key=lambda item: -item[1][1])[:count]
@@ -235,22 +248,22 @@ class StatementCounter:
         import psycopg
         from django.db import connection
 
+        from django.db.backends.signals import connection_created
+
         self._wrapper = connection.execute_wrapper(self)
         self._wrapper.__enter__()
+        connection_created.connect(self._connected)
         self._original_copy = psycopg.Cursor.copy
         counter = self
 
         @contextlib.contextmanager
         def copy(cursor, statement, *args, **kwargs):
-            counter.copies += 1
             started = time.perf_counter()
             try:
                 with counter._original_copy(cursor, statement, *args, **kwargs) as copy_:
                     yield copy_
             finally:
-                entry = counter.seconds[" ".join(str(statement).split())[:70]]
-                entry[0] += 1
-                entry[1] += time.perf_counter() - started
+                counter._note(statement, started, copy=True)
 
         psycopg.Cursor.copy = copy
         return self
@@ -258,7 +271,10 @@ class StatementCounter:
     def __exit__(self, *exc):
         import psycopg
 
+        from django.db.backends.signals import connection_created
+
         psycopg.Cursor.copy = self._original_copy
+        connection_created.disconnect(self._connected)
         self._wrapper.__exit__(*exc)
 
     @property
@@ -320,7 +336,7 @@ def raw_ingest(client_factory, page_size: int) -> tuple[float, int, int]:
 
 
 class CpuMeter:
-    """CPU seconds spent meanwhile by this process (all its threads), its database backend and the emulator.
+    """CPU seconds spent meanwhile by this process (all its threads), the database and the emulator.
 
     On a shared machine wall times swing with the others' load; CPU seconds much less. The
     backend's and the emulator's are read from ``/proc`` (a local server; 0 where unreadable).
@@ -331,22 +347,39 @@ class CpuMeter:
 
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
-            self.pids = {"database": cursor.fetchone()[0], "store": emulator_pid}
+            backend = cursor.fetchone()[0]
+        self.backend, self.emulator = backend, emulator_pid
+        self.postmaster = self._stat(backend)[1] if self._stat(backend) else 0
 
     @staticmethod
-    def _proc_cpu(pid: int) -> float:
+    def _stat(pid: int) -> list[str] | None:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+
+    def _cpu(self, pid: int, *, reaped: bool = False) -> float:
+        """utime + stime of ``pid`` (with ``reaped``: of its children that have exited)."""
+        fields = self._stat(pid)
+        if not fields:
             return 0.0
+        first = 13 if reaped else 11
+        return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+    def _read(self) -> dict[str, float]:
+        # The database: this connection's backend, and every backend that exited meanwhile
+        # (the scan's qualification runs batches in connections of their own; an exited
+        # backend's CPU is added to the postmaster's children's).
+        return {"client": time.process_time(),
+                "database": self._cpu(self.backend) + self._cpu(self.postmaster, reaped=True),
+                "store": self._cpu(self.emulator)}
 
     def __enter__(self):
-        self._start = {"client": time.process_time(), **{k: self._proc_cpu(pid) for k, pid in self.pids.items()}}
+        self._start = self._read()
         return self
 
     def __exit__(self, *exc):
-        end = {"client": time.process_time(), **{k: self._proc_cpu(pid) for k, pid in self.pids.items()}}
+        end = self._read()
         self.seconds = {k: end[k] - self._start[k] for k in end}
 
     @property
@@ -537,10 +570,13 @@ def main() -> int:
           f"{full_cpu.total / raw_cpu:>9.2f}x   (client + database + store; less noisy than wall time)")
     print(row("rescan incremental, unchanged (s)", f"{inc_s:.2f}", f"{full_s:.2f}", f"{inc_s / full_s:.1%}",
               "<= 10% of full scan", inc_s <= 0.10 * full_s))
-    print(row("rescan --full, unchanged (s)", f"{refull_s:.2f}", f"{full_s:.2f}", f"{refull_s / full_s:.1%}",
-              "<= 10% of full scan", refull_s <= 0.10 * full_s))
+    # The rescan the target is about is the scan beat runs, incremental (above). A --full
+    # rescan asks for every page again: it cannot take less than fetching and parsing them,
+    # so it is shown against the raw ingest (which also COPYs), not held to the 10 %.
+    print(f"{'rescan --full, unchanged (s)':<34} {refull_s:>14.2f} {full_s:>14.2f} {refull_s / full_s:>10.1%}"
+          f"   (not a target: it fetches every page again)")
     print(f"{'  --full rescan vs raw ingest':<34} {refull_s:>14.2f} {baseline:>14.2f} {refull_s / baseline:>9.2f}x"
-          f"   (it fetches and parses every page, like the raw ingest)")
+          f"   (it fetches and parses every page, like the raw ingest, and writes nothing)")
     print(row("rows written by rescan --full", str(sum(written_full.values())), "-", "-", "0 (+ its scan row)",
               sum(written_full.values()) == 0))
     print(row("rows written by incremental", str(sum(written_inc.values())), "-", "-", "0 (+ its scan row)",

@@ -228,3 +228,38 @@ def test_reports_given_as_json_text_are_the_details_also_when_a_program_moved_me
         else:
             state, reason, text = reports[pid]
             assert (latest.to_state, latest.reason, latest.details) == (state, reason, json.loads(text))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_qualification_batches_written_by_two_threads_give_what_one_gives(store_client, monkeypatch, settings):
+    """Outside a transaction the batches run in SCAN_QUALIFY_WORKERS threads, each in its own
+    connection: every settled program is qualified once, as the plain report says, and the
+    threads' connections are closed when they are done."""
+    import threading
+    from datetime import UTC, datetime
+
+    scan(store_client, full=True, now=datetime(2000, 1, 1, tzinfo=UTC))  # nothing settled yet: all Discovered
+    ids = list(ObservingProgram.objects.order_by("pk").values_list("pk", flat=True))
+    records = scan_module.current_records(ids)
+    expected = {pid: scan_module._report(records[pid], thresholds())[:2] for pid in ids}
+
+    settings.SCAN_QUALIFY_WORKERS = 2
+    monkeypatch.setattr(scan_module, "QUALIFY_BATCH", 10)
+    threads = set()
+    original = scan_module._qualify_batch
+
+    def noted(batch, reports, t):
+        threads.add(threading.current_thread().name)
+        return original(batch, reports, t)
+
+    monkeypatch.setattr(scan_module, "_qualify_batch", noted)
+    assert scan_module.qualify_settled() == len(ids) == 142
+    assert len(threads) == 2 and all(name.startswith("scan-qualify") for name in threads)
+    for program in ObservingProgram.objects.all():
+        history = list(program.transitions.order_by("at", "id").values_list("to_state", "reason"))
+        assert history[0][0] == State.DISCOVERED and len(history) == 2
+        assert history[1] == expected[program.pk] and program.state == expected[program.pk][0]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid()")
+        assert cursor.fetchone()[0] == 0  # the threads' connections are closed
