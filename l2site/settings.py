@@ -296,7 +296,13 @@ RECONCILE_INTERVAL_SECONDS = env_number("RECONCILE_INTERVAL_SECONDS", 3600.0)
 # Event-bus intake (`manage.py consume_events`): "inverted" messages name a client token, or one
 # of these trusted client names (the broker's own authentication stands for them).
 L2_EVENT_CLIENTS = env_list("L2_EVENT_CLIENTS")
+# Workers carry an Inverted program on by themselves (DESIGN §2: "periodically and on demand"):
+# generate its L2 files once its results are accepted, publish them once generated. With
+# L2_AUTO_PUBLISH off, publication waits for an operator's confirmation on the program page.
+L2_AUTO_GENERATE = env_bool("L2_AUTO_GENERATE", True)
+L2_AUTO_PUBLISH = env_bool("L2_AUTO_PUBLISH", True)
 L2_PERIODIC_TASKS["reconcile with the metadata store"] = ("publishing.reconcile", RECONCILE_INTERVAL_SECONDS)
+L2_PERIODIC_TASKS["generate and publish inverted programs"] = ("publishing.advance_inverted", L2_PREPROCESS_INTERVAL_SECONDS)
 L2_PERIODIC_TASKS["resend stalled publishing orders"] = ("publishing.resend_stalled", L2_PREPROCESS_INTERVAL_SECONDS)
 
 LOGGING = {

@@ -438,6 +438,44 @@ def request_publish(program: ObservingProgram, *, actor: str, user=None, enqueue
     return requested
 
 
+# ----------------------------------------------------------------------------- automation
+
+
+def advance_inverted(program_ids: list[int] | None = None, *, actor: str = "worker") -> dict[str, list[int]]:
+    """Carry Inverted programs on without an operator: generate, then publish (DESIGN §2, §9).
+
+    For each Inverted program with accepted results (all of them, or ``program_ids``) and no
+    generate or publish order running: with ``L2_AUTO_GENERATE``, ask for the generation of
+    its files (nothing happens when these very results were generated already); once they
+    are generated, with ``L2_AUTO_PUBLISH``, ask for their publication. Called by beat
+    periodically and right after an intake or a generation finishes. Returns the program
+    ids per request made: ``{"generate": […], "publish": […]}``.
+    """
+    done: dict[str, list[int]] = {"generate": [], "publish": []}
+    if not (settings.L2_AUTO_GENERATE or settings.L2_AUTO_PUBLISH):
+        return done
+    programs = ObservingProgram.objects.filter(state=State.INVERTED).order_by("pk")
+    if program_ids is not None:
+        programs = programs.filter(pk__in=program_ids)
+    busy = set(WorkOrder.objects.filter(program__in=programs, kind__in=[WorkOrder.Kind.INTAKE, GENERATE, PUBLISH],
+                                        status__in=work_orders.ACTIVE).values_list("program_id", flat=True))
+    for program in programs.exclude(pk__in=busy):
+        inversion = current_inversion(program)
+        if inversion is None:
+            continue
+        try:
+            with transaction.atomic():
+                if inversion.generated_at is None:
+                    if settings.L2_AUTO_GENERATE and request_generate(program, actor=actor).created:
+                        done["generate"].append(program.pk)
+                elif settings.L2_AUTO_PUBLISH and publish_plan(program).ok:
+                    request_publish(program, actor=actor)
+                    done["publish"].append(program.pk)
+        except Refused as refused:  # moved meanwhile: the next round sees it as it is
+            log.info("not carried on: %s", refused)
+    return done
+
+
 def backoff_delay(failures: int, *, base: float | None = None, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: in [cap/2, cap], cap = min(1 h, base · 2^(failures−1))."""
     base = settings.L2_PUBLISH_BACKOFF_SECONDS if base is None else base

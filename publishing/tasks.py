@@ -55,7 +55,19 @@ def intake_results(self, order_id: int, poll: bool = False, io_tries: int = 0) -
         raise
     if outcome == intake.Outcome.WAITING:
         raise _again(self, order_id, settings.GLOBUS_POLL_SECONDS, poll=True)  # only Globus transfers take time
+    if outcome == intake.Outcome.DONE:
+        _carry_on(order_id)
     return outcome.value
+
+
+def _carry_on(order_id: int) -> None:
+    """After an intake or a generation: the next step now, not at beat's next round."""
+    if settings.L2_AUTO_GENERATE or settings.L2_AUTO_PUBLISH:
+        from inversions.models import WorkOrder
+
+        program_id = WorkOrder.objects.filter(pk=order_id).values_list("program_id", flat=True).first()
+        if program_id is not None:
+            advance_inverted.apply_async(kwargs={"program_ids": [program_id]}, ignore_result=True)
 
 
 def _give_up(order_id: int, step: str, stage_default: str):
@@ -93,7 +105,10 @@ def generate_l2(self, order_id: int, poll: bool = False, io_tries: int = 0) -> s
     """Generate the L2 files of a generate order (restartable: valid frames are kept)."""
     from publishing.pipeline import run_generate
 
-    return _run(self, order_id, poll, run_generate, "generate", "headers")
+    outcome = _run(self, order_id, poll, run_generate, "generate", "headers")
+    if outcome == "done":
+        _carry_on(order_id)
+    return outcome
 
 
 @shared_task(bind=True, name="publishing.publish_l2", acks_late=True, ignore_result=True)
@@ -102,6 +117,14 @@ def publish_l2(self, order_id: int, poll: bool = False, io_tries: int = 0) -> st
     from publishing.pipeline import run_publish
 
     return _run(self, order_id, poll, run_publish, "publish", "transfer")
+
+
+@shared_task(name="publishing.advance_inverted", acks_late=True, ignore_result=True)
+def advance_inverted(program_ids: list[int] | None = None) -> dict:
+    """Beat (and after an intake or a generation): generate, then publish, Inverted programs."""
+    from publishing import pipeline
+
+    return pipeline.advance_inverted(program_ids)
 
 
 @shared_task(name="publishing.resend_stalled", acks_late=True, ignore_result=True)
