@@ -71,6 +71,8 @@ class Change:
     expected_from: tuple[str, ...] | None = None
     #: For Queued: the priority to set.
     priority: int | None = None
+    #: For Working: who holds the claim (by default the acting user), e.g. the claimant before an Error.
+    claimant: Any = None
 
 
 #: The program fields a transition writes (state, and the claim and queue fields kept in step with it).
@@ -201,7 +203,7 @@ def _apply_side_effects(program: ObservingProgram, current: str, change: Change,
     """Keep the claim and queue fields in step with the state: claimed iff Working, queued_at iff Queued."""
     to = change.to_state
     if to == State.WORKING:
-        program.claimed_by = user
+        program.claimed_by = change.claimant or user
         program.claimed_at = now
     else:
         program.claimed_by = None
@@ -288,6 +290,7 @@ def transition(
     details: dict | None = None,
     expected_from: Iterable[str] | None = None,
     priority: int | None = None,
+    claimant=None,
 ) -> Transition:
     pk = program if isinstance(program, int) else program.pk
     change = Change(
@@ -297,6 +300,7 @@ def transition(
         details=details or {},
         expected_from=tuple(expected_from) if expected_from is not None else None,
         priority=priority,
+        claimant=claimant,
     )
     [row] = apply([change], actor=actor, user=user)
     _refresh(program)
@@ -311,7 +315,11 @@ def fail(program, *, step: str, reason: str, actor: str = "worker", details: dic
 
 
 def retry(program, *, user=None, actor: str | None = None, reason: str = "retry") -> Transition:
-    """Error → the state before the failed step."""
+    """Error → the state before the failed step.
+
+    Back to Working, the claim goes back to the user who held it when the step failed (the
+    newest claim in the history), not to whoever presses Retry.
+    """
     pk = program if isinstance(program, int) else program.pk
     with transaction.atomic():
         locked = ObservingProgram.objects.select_for_update().get(pk=pk)
@@ -320,7 +328,12 @@ def retry(program, *, user=None, actor: str | None = None, reason: str = "retry"
         target = _states_before_error([pk]).get(pk)
         if target is None:
             raise IllegalTransition(locked, State.ERROR, "?", "no failed step recorded")
-        row = transition(locked, target, actor=actor or _name(user), user=user, reason=reason)
+        claimant = None
+        if target == State.WORKING:
+            last_claim = (Transition.objects.filter(program_id=pk, to_state=State.WORKING)
+                          .exclude(actor_user=None).select_related("actor_user").order_by("-at", "-id").first())
+            claimant = last_claim.actor_user if last_claim is not None else None
+        row = transition(locked, target, actor=actor or _name(user), user=user, reason=reason, claimant=claimant)
     _refresh(program)
     return row
 

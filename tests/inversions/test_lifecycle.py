@@ -234,3 +234,14 @@ def test_reprioritise_is_recorded_and_keeps_the_age(make_program, operator):
     row = lifecycle.reprioritise(program, user=operator, priority=7)
     assert (row.from_state, row.to_state, row.reason) == (S.QUEUED, S.QUEUED, "priority 0 → 7")
     assert program.priority == 7 and program.queued_at == queued_at
+
+
+@pytest.mark.django_db
+def test_a_retry_back_to_working_gives_the_claim_back_to_its_holder(make_program, scientist, operator):
+    program = make_program(S.PREPROCESSED)
+    lifecycle.claim(program, user=scientist)
+    lifecycle.fail(program, step="results", reason="bad files")
+    row = lifecycle.retry(program, user=operator)
+    program.refresh_from_db()
+    assert (row.to_state, row.actor_user, program.claimed_by) == (S.WORKING, operator, scientist)
+    assert program.claimed_at == row.at
