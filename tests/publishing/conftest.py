@@ -106,7 +106,7 @@ def make_case(root: Path, claimant, *, steps: int = STEPS, slit: int = SLIT, l1_
         write_demo_dataset(case.l1_folder, dataset_id, n_steps=steps, n_wave=l1_wave, n_slit=slit, compress=False, stokes=stokes,
                            fast=True, proposal_id="pid_1_118", instrument_program_id=ipeid)
     write_demo_results(case.results_folder, n_steps=result_steps or steps, n_slit=slit, n_depth=depth, n_wave=wave,
-                       spectral_lines=LINES_STORE, seed=n)
+                       line_ids=(23,), seed=n)  # the Fe arm (two Fe I lines listed): one profile
     return case
 
 

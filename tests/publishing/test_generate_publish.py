@@ -5,7 +5,7 @@ import os
 import random
 import warnings
 
-import asdf
+import dkist
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -19,6 +19,8 @@ from publishing.l2files import QUANTITIES, frame_is_valid
 from publishing.models import L2File
 from publishing.pipeline import Outcome, Refused
 from publishing.tasks import generate_l2, publish_l2
+
+from .conftest import DEPTH, SLIT
 
 pytestmark = pytest.mark.django_db
 
@@ -76,13 +78,13 @@ def test_generation_writes_valid_frames_and_the_dataset_file(make_case_for, scie
             primary = hdul[0].header
             assert (primary["LEVEL"], primary["DSETID"], primary["IP_ID"]) == (2, case.inversion.inversion_id,
                                                                                str(case.program))
-            assert primary["L1DSETID"] == case.dataset.dataset_id and primary["STEPIDX"] == 2
-            assert [hdul[i].header["EXTNAME"] for i in (12, 13)] == ["Fe I 630.15 Original", "Fe I 630.15 Fit"]
-            assert hdul[12].header["CTYPE2"] == "AWAV"  # the store's line names carry the wavelength
+            assert primary["DATE-BEG"] == fits.getheader(l1_frame(case, 3), 1)["DATE-BEG"]
+            assert [hdul[i].header["EXTNAME"] for i in (12, 13)] == ["Fe I Profile Original", "Fe I Profile Fit"]
+            assert len(hdul) == 14  # the two-line Fe arm is one profile
+            assert hdul[12].header["CTYPE2"] == "AWAV"
             l2_header = hdul[2].header
     # WCS pixel (0, 0) of the L2 temperature map = pixel (0, 0) of the L1 frame of the same raster step
-    l1 = next(fits.getheader(p, 1) for p in sorted(case.l1_folder.glob("*.fits"))
-              if fits.getheader(p, 1)["DINDEX3"] == 3 and fits.getheader(p, 1)["DINDEX4"] == 1)
+    l1 = fits.getheader(l1_frame(case, 3), 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)  # MJD-* filled in from DATE-*
         w1, w2 = WCS(l1), WCS(l2_header)
@@ -94,10 +96,18 @@ def test_generation_writes_valid_frames_and_the_dataset_file(make_case_for, scie
     lat2 = [i for i, c in enumerate(w2.wcs.ctype) if c.startswith("HPLT")][0]
     assert np.allclose([l2_world[lon2], l2_world[lat2]], [l1_world[lon], l1_world[lat]], atol=1e-9)
 
-    tree = asdf.open(folder / meta.filename)
-    with tree:
-        assert tree["inventory"]["inversionId"] == case.inversion.inversion_id
-        assert tree["files"]["filenames"] == [f.filename for f in frames]
+    assert meta.filename == f"INV_{case.inversion.inversion_id}_L2_metadata.asdf"
+    inversion = dkist.load_dataset(folder / meta.filename)
+    assert inversion.meta["inventory"]["inversionId"] == case.inversion.inversion_id
+    assert inversion.meta["inventory"]["canonicalDataset"] == case.dataset.dataset_id
+    assert list(inversion["temperature"].files.filenames) == [f.filename for f in frames]
+    assert np.asarray(inversion["temperature"].data[2]).shape == (SLIT, DEPTH)
+
+
+def l1_frame(case, dindex3: int):
+    """The L1 file of raster step ``dindex3`` (1-based), Stokes I."""
+    return next(p for p in sorted(case.l1_folder.glob("*.fits"))
+                if fits.getheader(p, 1)["DINDEX3"] == dindex3 and fits.getheader(p, 1)["DINDEX4"] == 1)
 
 
 def test_generation_is_restartable_and_skips_unchanged_inputs(make_case_for, scientist):
@@ -157,7 +167,7 @@ def test_publish_transfers_the_files_and_records_the_inversion_in_the_store(make
     plan = pipeline.publish_plan(case.program)
     inv_id = case.inversion.inversion_id
     assert plan.ok and plan.path == f"/data/pid_1_118/{inv_id}/" and len(plan.files) == 6
-    assert plan.record["asdfObjectKey"] == f"pid_1_118/{inv_id}/{inv_id}_L2_METADATA.asdf"
+    assert plan.record["asdfObjectKey"] == f"pid_1_118/{inv_id}/INV_{inv_id}_L2_metadata.asdf"
 
     order = pipeline.request_publish(case.program, actor="olga", enqueue=False).order
     assert publish_l2.apply(args=[order.pk]).get() == "done"
