@@ -52,6 +52,7 @@ from publishing.l2files import (
     l1_frame_keys,
     open_results,
     primary_cards,
+    release_result_pages,
     spatial_axes,
 )
 from publishing.results import STEP_AXIS, ResultSet
@@ -88,29 +89,31 @@ def _column(name: str, values: list):
 
 
 class _Columns:
-    """Header tables built row by row (one row per file), keys in first-seen order."""
+    """Header tables built row by row (one row per file); the first card of a key in a row counts."""
 
     def __init__(self):
         self.rows = 0
         self.columns: dict[str, list] = {}
+        self.skipped: set[str] = set(STRUCTURAL_KEYS)
 
     def add(self, cards: Sequence[tuple]) -> None:
-        seen = set()
+        row, columns = self.rows, self.columns
         for key, value, _ in cards:
-            if key in STRUCTURAL_KEYS or key in seen or key.startswith(_NOT_IN_TABLE):
-                continue
-            seen.add(key)
-            column = self.columns.get(key)
+            column = columns.get(key)
             if column is None:
-                column = self.columns[key] = [None] * self.rows
+                if key in self.skipped or key.startswith(_NOT_IN_TABLE):
+                    self.skipped.add(key)
+                    continue
+                column = columns[key] = [None] * row
+            elif len(column) > row:
+                continue  # a repeated key: the first one counts
             column.append(value)
         self.rows += 1
-        for key, column in self.columns.items():
-            if len(column) < self.rows:
-                column.append(None)
 
     def table(self) -> Table:
         keys = sorted(self.columns)  # as the reference product: columns in key order
+        for column in self.columns.values():
+            column.extend([None] * (self.rows - len(column)))
         return Table([_column(k, self.columns[k]) for k in keys], names=keys)
 
 
@@ -295,7 +298,7 @@ def build_inversion(
     frames = sorted(frames, key=lambda f: f.step)
     if [f.step for f in frames] != list(range(results.n_steps)):
         raise DoNotRetryError(f"{len(frames)} L2 frames for {results.n_steps} raster steps", step=STEP)
-    l1s = [l1_frame_keys(l1_headers_by_step[s]) for s in range(results.n_steps)]
+    l1s = [l1_frame_keys(l1_headers_by_step[s]) for s in range(results.n_steps)]  # plain dicts: cheap to read
     axes = spatial_axes(l1s[0], 0)
     basepath = Path(basepath)
 
@@ -307,6 +310,7 @@ def build_inversion(
         index: list = [0, slice(None), 0, slice(None)]
         index[STEP_AXIS] = frame.step
         layouts = hdu_layouts(results, l1, frame.step, np.asarray(mod[tuple(index)], dtype=np.float64))
+        release_result_pages()
         if items is None:
             items = [_Columns() for _ in layouts]
         for columns, layout, stats in zip(items, layouts, frame.stats):

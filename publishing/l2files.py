@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import mmap
 import multiprocessing
 import os
 import re
@@ -443,30 +444,44 @@ def _header_blocks(n_cards: int) -> int:
 
 
 _cache_lock = threading.Lock()
-_open_results: dict[str, tuple[tuple, fits.HDUList, np.ndarray]] = {}
+_open_results: dict[str, tuple[tuple, np.memmap]] = {}
 
 
-def _primary_data(path: str) -> np.ndarray:
-    """Memory-mapped primary array of a result file, kept open per process."""
+def _primary_data(path: str) -> np.memmap:
+    """Memory-mapped primary array of a result file, kept open per process (read-only)."""
     st = os.stat(path)
     key = (st.st_mtime_ns, st.st_size, st.st_ino)
     with _cache_lock:
         hit = _open_results.get(path)
         if hit and hit[0] == key:
-            return hit[2]
-        if hit:
-            hit[1].close()
-        hdul = fits.open(path, memmap=True)
-        data = hdul[0].data
-        _open_results[path] = (key, hdul, data)
+            return hit[1]
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            header = hdul[0].header
+            offset = hdul.fileinfo(0)["datLoc"]
+            shape = tuple(int(header[f"NAXIS{i}"]) for i in range(int(header["NAXIS"]), 0, -1))
+            dtype = {-32: ">f4", -64: ">f8"}[int(header["BITPIX"])]
+        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        _open_results[path] = (key, data)
         return data
+
+
+def release_result_pages() -> None:
+    """Drop the result files' pages from this process's resident memory (they stay in the page cache).
+
+    A frame reads one raster step from all over the result files; without this the mapped
+    pages of every step read so far would count in the process's memory, which would then grow
+    with the number of steps.
+    """
+    with _cache_lock:
+        for _, data in _open_results.values():
+            raw = getattr(data, "_mmap", None)
+            if raw is not None and hasattr(mmap, "MADV_DONTNEED"):
+                raw.madvise(mmap.MADV_DONTNEED)
 
 
 def close_result_files() -> None:
     """Close the result files this process keeps open."""
     with _cache_lock:
-        for _, hdul, _ in _open_results.values():
-            hdul.close()
         _open_results.clear()
 
 
@@ -512,6 +527,7 @@ def _frame_arrays(results: ResultSet, step: int) -> list[np.ndarray]:
             index[STEP_AXIS] = step
             index[WAVELENGTH_AXIS] = slice(line.start, line.stop)
             arrays.append(np.ascontiguousarray(cube[tuple(index)].transpose(2, 1, 0))[np.newaxis])
+    release_result_pages()
     return arrays
 
 
