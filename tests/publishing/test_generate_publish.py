@@ -20,7 +20,7 @@ from publishing.models import L2File
 from publishing.pipeline import Outcome, Refused
 from publishing.tasks import generate_l2, publish_l2
 
-from .conftest import DEPTH, SLIT
+from .conftest import DEPTH, SLIT, STEPS
 
 pytestmark = pytest.mark.django_db
 
@@ -108,6 +108,63 @@ def l1_frame(case, dindex3: int):
     """The L1 file of raster step ``dindex3`` (1-based), Stokes I."""
     return next(p for p in sorted(case.l1_folder.glob("*.fits"))
                 if fits.getheader(p, 1)["DINDEX3"] == dindex3 and fits.getheader(p, 1)["DINDEX4"] == 1)
+
+
+def l2_sky_of_pixel_zero(case, step: int = 0) -> tuple[float, float]:
+    frames = sorted(L2File.objects.filter(inversion=case.inversion, kind="frame"), key=lambda r: r.step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        world = WCS(fits.getheader(files_folder(case) / frames[step].filename, "Temperature")).pixel_to_world_values(
+            0, 0, 0)
+    return float(world[2]), float(world[1])  # HPLN, HPLT (axes: depth, slit = HPLT, raster = HPLN)
+
+
+def l1_sky_of_pixel_zero(folder, step: int = 0) -> tuple[float, float]:
+    header = next(fits.getheader(p, 1) for p in sorted(folder.glob("*.fits"))
+                  if fits.getheader(p, 1)["DINDEX3"] == step + 1 and fits.getheader(p, 1)["DINDEX4"] == 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        world = WCS(header).pixel_to_world_values(0, 0, 0)
+    lon = [i for i, c in enumerate(header["CTYPE*"].values()) if str(c).startswith("HPLN")][0]
+    lat = [i for i, c in enumerate(header["CTYPE*"].values()) if str(c).startswith("HPLT")][0]
+    return float(world[lon]), float(world[lat])
+
+
+@pytest.mark.parametrize("fiducial", [1, 2])
+def test_the_fiducial_arm_gives_the_wcs(make_case_for, scientist, fiducial):
+    """DESR-FID names the arm by its L1 VSPARMID: that arm's frames give the spatial WCS."""
+    case = inverted(make_case_for, scientist, ca_arm=True, fiducial_arm=fiducial)
+    assert len(case.inversion.dataset_ids) == 2 and case.inversion.spectral_lines == ["Fe I (630.15 nm)",
+                                                                                      "Ca II (854.21 nm)"]
+    generated(case)
+    arm = case.dataset if fiducial == 1 else case.ca_arm
+    other = case.ca_arm if fiducial == 1 else case.dataset
+    for step in (0, 3):
+        l2 = l2_sky_of_pixel_zero(case, step)
+        assert np.allclose(l2, l1_sky_of_pixel_zero(case.l1_folder_of(arm), step), rtol=0, atol=0.01 / 3600)
+        assert not np.allclose(l2, l1_sky_of_pixel_zero(case.l1_folder_of(other), step), rtol=0, atol=1.0 / 3600)
+    meta = L2File.objects.get(inversion=case.inversion, kind="metadata")
+    inversion = dkist.load_dataset(files_folder(case) / meta.filename)
+    assert inversion.meta["inventory"]["canonicalDataset"] == arm.dataset_id
+    assert sorted(inversion.profiles.keys()) == ["CaII854_fit", "CaII854_orig", "FeI630_fit", "FeI630_orig"]
+
+
+def test_no_arm_with_the_fiducial_vsparmid_puts_the_program_in_error(make_case_for, scientist):
+    case = inverted(make_case_for, scientist, fiducial_arm=3)
+    order = pipeline.request_generate(case.program, actor="olga", enqueue=False).order
+    assert pipeline.run_generate(order.pk).outcome == Outcome.FAILED
+    case.program.refresh_from_db()
+    assert case.program.state == State.ERROR
+    reason = last_transition(case.program).reason
+    assert "fiducial arm DESR-FID = 3" in reason and f"{case.dataset.dataset_id}: 1" in reason
+
+
+def test_l1_with_one_raster_step_more_than_the_inversion(make_case_for, scientist):
+    case = inverted(make_case_for, scientist, result_steps=STEPS - 1)
+    order = generated(case)
+    assert order.details["frames"] == STEPS - 1 == case.inversion.raster_steps
+    assert np.allclose(l2_sky_of_pixel_zero(case, STEPS - 2), l1_sky_of_pixel_zero(case.l1_folder, STEPS - 2),
+                       rtol=0, atol=0.01 / 3600)
 
 
 def test_generation_is_restartable_and_skips_unchanged_inputs(make_case_for, scientist):
