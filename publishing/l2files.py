@@ -616,8 +616,8 @@ def generate_frame(
 # ----------------------------------------------------------------------------- checks
 
 
-def inspect_frame(path: str | os.PathLike, results: ResultSet | None = None) -> FrameInfo | None:
-    """The description of a complete, checksum-valid L2 frame (of ``results``' layout); None otherwise."""
+def inspect_frame(path: str | os.PathLike, results: ResultSet | None = None, *, step: int = -1) -> FrameInfo | None:
+    """The description of a complete, checksum-valid L2 frame (of ``results``' layout) of ``step``; None otherwise."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -641,12 +641,10 @@ def inspect_frame(path: str | os.PathLike, results: ResultSet | None = None) -> 
                 stats = tuple((h.header.get("DATAMIN"), h.header.get("DATAMAX")) for h in hdul[1:])
                 date = str(hdul[1].header.get("DATE", ""))
                 file_id = str(primary.get("FILE_ID", ""))
-                step = None
         if any(issubclass(w.category, (fits.verify.VerifyWarning, UserWarning)) for w in caught):
             return None
         path = Path(path)
-        return FrameInfo(-1 if step is None else step, str(path), path.name, path.stat().st_size, file_id, date,
-                         stats, False)
+        return FrameInfo(step, str(path), path.name, path.stat().st_size, file_id, date, stats, False)
     except Exception:
         return None
 
@@ -662,10 +660,9 @@ def frame_is_valid(path: str | os.PathLike, results: ResultSet | None = None) ->
 def _frame_task(step: int, results: ResultSet, l1: dict, ids: Mapping, path: str,
                 software_versions: Mapping[str, str]) -> FrameInfo:
     """Keep a valid existing frame, otherwise generate it (runs in a pool worker)."""
-    existing = inspect_frame(path, results)
+    existing = inspect_frame(path, results, step=step)
     if existing is not None and existing.file_id == frame_file_id(str(ids["inversion_id"]), step):
-        return FrameInfo(step, existing.path, existing.filename, existing.size, existing.file_id, existing.date,
-                         existing.stats, False)
+        return existing
     return generate_frame(step, results, l1, ids, path, software_versions=software_versions)
 
 
