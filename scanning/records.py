@@ -474,8 +474,8 @@ def parse_record(raw: Any) -> DatasetRecord:
     def kept(parse: Any, key: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return parse(raw, key, *args, **kwargs)
-        except RecordError as exc:
-            warnings.append((exc.field or key, exc.reason))
+        except RecordError as exc:  # a member name comes from the record: stored as text it must be storable
+            warnings.append((storable_text(exc.field or key)[:100], storable_text(exc.reason)))
             return None
 
     update_date = kept(_optional_datetime, "updateDate") or create_date
