@@ -259,6 +259,8 @@ def _optional_str(raw: Mapping[str, Any], key: str, *, strip: bool = False) -> s
 
 def _parse_datetime(value: Any, key: str) -> datetime:
     if isinstance(value, str):
+        if text_problem(value) is not None:  # fromisoformat would stop at a NUL and take the rest
+            raise RecordError(f"{key} is not an ISO 8601 date-time, got {_show(value)}.", key)
         try:
             parsed = datetime.fromisoformat(value.strip())
         except ValueError:

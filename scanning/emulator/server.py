@@ -193,7 +193,10 @@ def parse_store_datetime(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # beyond year 1..9999 in UTC: not a date the emulator can compare
+            return None
     return parsed
 
 
