@@ -52,6 +52,42 @@ PROGRAM_SUMMARY = {
         "datasetCount": {"type": "integer"},
         "startTime": {"type": ["string", "null"], "format": "date-time"},
         "updatedAt": {"type": "string", "format": "date-time"},
+        "wavelengthRanges": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                             "description": "[wavelengthMin, wavelengthMax] in nm of every current dataset"},
+        "isEmbargoed": {"type": ["boolean", "null"], "description": "any current dataset embargoed (null: none says)"},
+        "embargoEndDate": {"type": ["string", "null"], "format": "date-time", "description": "the latest embargo end of the current datasets"},
+    },
+}
+_NUMBER = {"type": ["number", "null"]}
+_TEXT = {"type": ["string", "null"]}
+_DISTRIBUTION = {"type": ["object", "null"], "properties": {k: _NUMBER for k in ("min", "p25", "med", "p75", "max")}}
+DATASET = {
+    "type": "object",
+    "description": "A dataset (one metadata-store record) as stored: the store's field names; units in the program's datasetUnits",
+    "properties": {
+        "datasetId": {"type": "string"}, "productId": _TEXT, "superseded": {"type": "boolean"},
+        "wavelengthMin": {**_NUMBER, "description": "nm"}, "wavelengthMax": {**_NUMBER, "description": "nm"},
+        "stokesParameters": {"type": "string"}, "spectralLines": {"type": ["array", "null"], "items": {"type": "string"}},
+        "frameCount": {"type": ["integer", "null"]}, "createDate": {"type": "string", "format": "date-time"},
+        "updateDate": {"type": "string", "format": "date-time"},
+        "startTime": {**_TEXT, "format": "date-time"}, "endTime": {**_TEXT, "format": "date-time"},
+        "instrumentName": _TEXT, "boundingBox": {"type": ["array", "null"], "description": "[[x1, y1], [x2, y2]] in arcsec"},
+        "exposureTime": {**_NUMBER, "description": "ms"},
+        "health": {"type": ["object", "null"], "description": "frame counts per HEALTH value"},
+        "gosStatus": {"type": ["object", "null"], "description": "frame counts per GOS_STATUS value"},
+        "aoLocked": {"type": ["integer", "null"], "description": "frames with AO locked"},
+        "lightLevel": {**_DISTRIBUTION, "description": "LIGHTLVL distribution (shown, never a rule)"},
+        "friedParameter": {**_DISTRIBUTION, "description": "ATMOS_R0 distribution, m"},
+        "polarimetricAccuracy": {**_DISTRIBUTION, "description": "POL_SENS distribution (shown, never a rule)"},
+        "qualityAverageFriedParameter": {**_NUMBER, "description": "m"},
+        "qualityAveragePolarimetricAccuracy": _NUMBER,
+        "qualityReportObjectKey": _TEXT, "browseMovieUrl": _TEXT, "browseMovieObjectKey": _TEXT,
+        "asdfObjectKey": {**_TEXT, "description": "the L1 ASDF file (its gwcs) in bucket"}, "bucket": _TEXT,
+        "datasetSize": {**_NUMBER, "description": "GB"}, "hasAllStokes": {"type": ["boolean", "null"]},
+        "targetTypes": {"type": ["array", "null"], "items": {"type": "string"}}, "status": _TEXT,
+        "isEmbargoed": {"type": ["boolean", "null"]}, "embargoEndDate": {**_TEXT, "format": "date-time"},
+        "noData": {"type": "array", "description": "values the store sent that could not be used (the field has no data)",
+                   "items": {"type": "object", "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}}},
     },
 }
 TRANSITION = {
@@ -145,7 +181,9 @@ PROGRAM = {
                 "claimedAt": {"type": ["string", "null"], "format": "date-time"},
                 "qualification": {"type": ["object", "null"], "description": "rules with pass/fail and measured values, warnings"},
                 "intake": {"oneOf": [{"$ref": "#/components/schemas/Intake"}, {"type": "null"}], "description": "the newest report of results and how its check went"},
-                "datasets": {"type": "array", "items": {"type": "object"}},
+                "datasets": {"type": "array", "items": {"$ref": "#/components/schemas/Dataset"}},
+                "datasetUnits": {"type": "object", "additionalProperties": {"type": "string"},
+                                 "description": "unit of each dataset number (\"\": a ratio)"},
                 "history": {"type": "array", "items": {"$ref": "#/components/schemas/Transition"}},
             },
         },
@@ -170,7 +208,7 @@ def spec() -> dict:
             },
             "schemas": {"ProgramSummary": PROGRAM_SUMMARY, "Program": PROGRAM, "Transition": TRANSITION, "Error": ERROR,
                         "InversionSummary": INVERSION_SUMMARY, "Inversion": INVERSION, "L2File": L2_FILE,
-                        "Intake": INTAKE},
+                        "Intake": INTAKE, "Dataset": DATASET},
         },
         "paths": {
             "/programs": {

@@ -322,3 +322,40 @@ def test_lines_embargo_and_wavelength_coverage_come_from_all_current_datasets(me
     assert program.is_embargoed is True and program.embargo_end_date.isoformat() == "2031-05-01T00:00:00+00:00"
     assert program.wavelength_ranges == sorted([r["wavelengthMin"], r["wavelengthMax"]] for r in records)
     assert program.spectral_lines == ["Ca II 854.21", "Fe I 630.15", "Fe I 630.25", "Na I D1 589.59", "Na I D2 589.00"]
+
+
+# --- served: the program API and the program page ------------------------------------------------------
+@pytest.mark.django_db
+def test_the_program_api_and_page_carry_the_new_fields_with_units(metadata_store, store_client, fixture_records,
+                                                                  client, make_user):
+    records = [with_quality(r) for r in program_records(fixture_records, "id.157345.999393")]
+    for record in records:
+        if record["datasetId"] == "BKRKL":
+            record.update(boundingBox="(NaN,NaN),(NaN,NaN)", isEmbargoed=True, embargoEndDate="2031-05-01T00:00:00")
+    metadata_store.store.upsert_records(records, replace=True)
+    scan(store_client, full=True)
+    client.force_login(make_user("reader"))
+    body = client.get("/api/v1/programs/id.157345.999393").json()
+    assert body["isEmbargoed"] is True and body["embargoEndDate"].startswith("2031-05-01")
+    assert body["wavelengthRanges"] == sorted([r["wavelengthMin"], r["wavelengthMax"]] for r in records)
+    units = body["datasetUnits"]
+    assert (units["datasetSize"], units["qualityAverageFriedParameter"], units["wavelengthMin"]) == ("GB", "m", "nm")
+    d = {x["datasetId"]: x for x in body["datasets"]}
+    blzlv = d["BLZLV"]
+    for name in ("polarimetricAccuracy", "qualityAverageFriedParameter", "qualityAveragePolarimetricAccuracy",
+                 "datasetSize", "hasAllStokes", "targetTypes", "status"):
+        assert blzlv[name] == QUALITY[name], name
+    assert blzlv["qualityReportObjectKey"] == "pid_2_114/BLZLV/BLZLV_quality_report.pdf"
+    assert blzlv["browseMovieObjectKey"] == "BLZLV/BLZLV_browse_movie.mp4" and blzlv["browseMovieUrl"].startswith("https://")
+    assert blzlv["asdfObjectKey"] == "pid_2_114/BLZLV/VISP_L1_BLZLV.asdf" and blzlv["noData"] == []
+    assert d["BKRKL"]["boundingBox"] is None and [w["field"] for w in d["BKRKL"]["noData"]] == ["boundingBox"]
+    assert d["BKRKL"]["isEmbargoed"] is True and d["BMRMG"]["isEmbargoed"] is False
+    optional = {o["line"]: o["present"] for o in body["qualification"]["optional_lines"]}
+    assert optional == {"Ca II 854.21": True, "Ca II 849.80": False, "Na I D2 589.00": True}
+    spec = client.get("/api/v1/openapi.json").json()
+    assert {"polarimetricAccuracy", "asdfObjectKey", "noData"} <= spec["components"]["schemas"]["Dataset"]["properties"].keys()
+
+    html = client.get("/programs/id.157345.999393/").content.decode()
+    assert "no boundingBox data" in html and "pol. accuracy 0.0016" in html and "81.3 GB" in html
+    assert 'data-line="Ca II 849.80"><span class="muted">✗ missing</span>' in html
+    assert "embargoed until 2031-05-01" in html and "588.90–590.16 nm" in html
