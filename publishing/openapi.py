@@ -90,6 +90,20 @@ DATASET = {
                    "items": {"type": "object", "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}}},
     },
 }
+SCAN = {
+    "type": "object",
+    "description": "A scan of the metadata store: bad records (refused) and warnings (stored datasets with unusable values) apart",
+    "properties": {
+        "id": {"type": "integer"}, "status": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+        "full": {"type": "boolean"}, "startedAt": {"type": "string", "format": "date-time"},
+        "finishedAt": {"type": ["string", "null"], "format": "date-time"}, "triggeredBy": {"type": "string"},
+        **{name: {"type": "integer"} for name in ("pages", "records", "new", "updated", "unchanged", "programsNew",
+                                                   "programsQualified")},
+        "errors": {"type": "integer", "description": "bad records: not stored"},
+        "warnings": {"type": "integer", "description": "values of stored datasets that could not be used"},
+        "newestUpdateDate": {"type": ["string", "null"], "format": "date-time"}, "error": {"type": ["string", "null"]},
+    },
+}
 TRANSITION = {
     "type": "object",
     "properties": {
@@ -208,7 +222,7 @@ def spec() -> dict:
             },
             "schemas": {"ProgramSummary": PROGRAM_SUMMARY, "Program": PROGRAM, "Transition": TRANSITION, "Error": ERROR,
                         "InversionSummary": INVERSION_SUMMARY, "Inversion": INVERSION, "L2File": L2_FILE,
-                        "Intake": INTAKE, "Dataset": DATASET},
+                        "Intake": INTAKE, "Dataset": DATASET, "Scan": SCAN},
         },
         "paths": {
             "/programs": {
@@ -267,6 +281,31 @@ def spec() -> dict:
                         },
                         **errors(401, 403, 404),
                         "405": {"description": "only POST"},
+                    },
+                }
+            },
+            "/scans": {
+                "get": {
+                    "summary": "Scans of the metadata store, newest first, with their counts",
+                    "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["running", "succeeded", "failed"]}},
+                                   *PAGE_PARAMS[:2]],
+                    "responses": {
+                        "200": {"description": "a page", "content": {"application/json": {"schema": page_of("#/components/schemas/Scan")}}},
+                        **errors(400, 401),
+                    },
+                }
+            },
+            "/scans/{id}": {
+                "get": {
+                    "summary": "One scan with its bad records and warnings (500 of each at most; the counts are all)",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "responses": {
+                        "200": {"description": "the scan", "content": {"application/json": {"schema": {"allOf": [
+                            {"$ref": "#/components/schemas/Scan"},
+                            {"type": "object", "properties": {
+                                "badRecords": {"type": "array", "items": {"type": "object"}},
+                                "recordWarnings": {"type": "array", "items": {"type": "object"}}}}]}}}},
+                        **errors(401, 404),
                     },
                 }
             },

@@ -243,3 +243,20 @@ def test_session_can_be_supplied(metadata_store):
     assert session.post(metadata_store.url, json={"query": "{ l2Inversions { inversionId } }"},
                         headers={"Authorization": TOKEN}, timeout=5).status_code == 200
     session.close()
+
+
+def test_every_field_the_scan_asks_for_is_a_field_of_the_store_s_dataset_view():
+    from graphql import GraphQLList, GraphQLNonNull, get_named_type
+
+    from scanning.emulator.server import load_schema
+
+    view = load_schema().type_map["DatasetInventoryViewResponse"].fields
+    assert set(DATASET_FIELDS) <= set(view)
+    # how the schema types the new quality and product fields (the parser reads them so)
+    kinds = {name: view[name].type for name in DATASET_FIELDS}
+    assert str(get_named_type(kinds["polarimetricAccuracy"])) == "DistributionString"
+    assert {str(get_named_type(kinds[n])) for n in ("qualityAverageFriedParameter", "qualityAveragePolarimetricAccuracy",
+                                                   "datasetSize")} == {"Float"}
+    assert str(kinds["hasAllStokes"]) == "Boolean" and str(kinds["targetTypes"]) == "[String!]!"
+    assert isinstance(kinds["status"], GraphQLNonNull) and isinstance(kinds["targetTypes"].of_type, GraphQLList)
+    assert str(kinds["productId"]) == "String!" and str(kinds["bucket"]) == "String!"  # so the emulator derives them
