@@ -222,9 +222,10 @@ def _type_name(value: Any) -> str:
 
 
 def _check_text(value: str, key: str) -> str:
-    problem = text_problem(value)
-    if problem is not None:
-        raise RecordError(f"{key} {problem}, got {_show(value)}.", key)
+    if "\x00" in value or not value.isascii():  # the common case (plain ASCII) needs no more
+        problem = text_problem(value)
+        if problem is not None:
+            raise RecordError(f"{key} {problem}, got {_show(value)}.", key)
     limit = MAX_LENGTH.get(key)
     if limit is not None and len(value) > limit:
         raise RecordError(f"{key} is longer than {limit} characters ({len(value)}), got {_show(value)}.", key)
@@ -376,24 +377,34 @@ def _counts(raw: Mapping[str, Any], key: str) -> dict[str, int | None] | None:
         return None
     counts: dict[str, int | None] = {}
     for name, value in obj.items():
-        if not isinstance(name, str):  # pragma: no cover - JSON keys are strings
-            raise RecordError(f"{key} has a non-string key {_show(name)}.", key)
-        problem = text_problem(name)
-        if problem is not None:
-            raise RecordError(f"{key} has a key that {problem}, got {_show(name)}.", key)
-        counts[name.strip().lower()] = None if value is None else _as_count(value, key, name)
+        if name not in _COUNT_KEYS:  # the store's own lower-case keys need no checking
+            if not isinstance(name, str):  # pragma: no cover - JSON keys are strings
+                raise RecordError(f"{key} has a non-string key {_show(name)}.", key)
+            problem = text_problem(name)
+            if problem is not None:
+                raise RecordError(f"{key} has a key that {problem}, got {_show(name)}.", key)
+            name = name.strip().lower()
+        counts[name] = None if value is None else (
+            value if type(value) is int and 0 <= value <= MAX_INT else _as_count(value, key, name))
     return counts
+
+
+_COUNT_KEYS = frozenset({"good", "bad", "ill", "unknown", "open", "opening", "closed", "closing", "undefined"})
 
 
 def _distribution(raw: Mapping[str, Any], key: str) -> dict[str, float | None] | None:
     obj = _object(raw, key)
     if obj is None:
         return None
-    lowered = {str(k).strip().lower(): v for k, v in obj.items()}
+    lowered = obj if obj.keys() <= _DISTRIBUTION_KEYSET else {str(k).strip().lower(): v for k, v in obj.items()}
+    get = lowered.get
     return {
-        name: None if (value := lowered.get(name)) is None else _as_float(value, key, name)
+        name: None if (value := get(name)) is None else _as_float(value, key, name)
         for name in DISTRIBUTION_KEYS
     }
+
+
+_DISTRIBUTION_KEYSET = frozenset(DISTRIBUTION_KEYS)
 
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -460,6 +471,68 @@ def _string_list(raw: Mapping[str, Any], key: str, warnings: list[tuple[str, str
 # --------------------------------------------------------------------------- parsing
 
 
+def _nonnegative_float(raw: Mapping[str, Any], key: str) -> float | None:
+    value = _optional_float(raw, key)
+    if value is not None and value < 0:
+        raise RecordError(f"{key} must not be negative, got {_show(raw[key])}.", key)
+    return value
+
+
+def _stripped_str(raw: Mapping[str, Any], key: str) -> str | None:
+    return _optional_str(raw, key, strip=True)
+
+
+def _box_field(raw: Mapping[str, Any], key: str) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    return _bounding_box(raw)
+
+
+def _lines_field(raw: Mapping[str, Any], key: str, warnings: list) -> tuple[str, ...] | None:
+    return _string_list(raw, key, warnings, normalise_line_name)
+
+
+def _types_field(raw: Mapping[str, Any], key: str, warnings: list) -> tuple[str, ...] | None:
+    return _string_list(raw, key, warnings)
+
+
+#: (DatasetRecord attribute, parser, record key, the parser takes the warnings list): every field
+#: but the identifying ones and the wavelength range. A parser's RecordError is a warning.
+_OPTIONAL: tuple[tuple[str, Any, str, bool], ...] = (
+    ("update_date", _optional_datetime, "updateDate", False),
+    ("frame_count", _optional_count, "frameCount", False),
+    ("stokes_parameters", _stripped_str, "stokesParameters", False),
+    ("spectral_lines", _lines_field, "spectralLines", True),
+    ("target_types", _types_field, "targetTypes", True),
+    ("bounding_box", _box_field, "boundingBox", False),
+    ("product_id", _stripped_str, "productId", False),
+    ("primary_proposal_id", _stripped_str, "primaryProposalId", False),
+    ("primary_experiment_id", _optional_str, "primaryExperimentId", False),
+    ("observing_program_execution_id", _optional_str, "observingProgramExecutionId", False),
+    ("instrument_name", _stripped_str, "instrumentName", False),
+    ("start_time", _optional_datetime, "startTime", False),
+    ("end_time", _optional_datetime, "endTime", False),
+    ("health", _counts, "health", False),
+    ("gos_status", _counts, "gosStatus", False),
+    ("ao_locked", _optional_count, "aoLocked", False),
+    ("light_level", _distribution, "lightLevel", False),
+    ("fried_parameter", _distribution, "friedParameter", False),
+    ("exposure_time", _optional_float, "exposureTime", False),
+    ("bucket", _optional_str, "bucket", False),
+    ("browse_movie_url", _optional_str, "browseMovieUrl", False),
+    ("is_embargoed", _optional_bool, "isEmbargoed", False),
+    ("embargo_end_date", _optional_datetime, "embargoEndDate", False),
+    ("experiment_description", _optional_str, "experimentDescription", False),
+    ("polarimetric_accuracy", _distribution, "polarimetricAccuracy", False),
+    ("quality_average_fried_parameter", _optional_float, "qualityAverageFriedParameter", False),
+    ("quality_average_polarimetric_accuracy", _optional_float, "qualityAveragePolarimetricAccuracy", False),
+    ("quality_report_object_key", _optional_str, "qualityReportObjectKey", False),
+    ("browse_movie_object_key", _optional_str, "browseMovieObjectKey", False),
+    ("dataset_size", _nonnegative_float, "datasetSize", False),
+    ("has_all_stokes", _optional_bool, "hasAllStokes", False),
+    ("status", _stripped_str, "status", False),
+    ("asdf_object_key", _optional_str, "asdfObjectKey", False),
+)
+
+
 def parse_record(raw: Any) -> DatasetRecord:
     """Parse one raw ``datasetInventories`` record; raise :class:`RecordError` if it cannot be
     identified (see the module's doc), else keep it, unusable fields as warnings."""
@@ -472,25 +545,29 @@ def parse_record(raw: Any) -> DatasetRecord:
     ipe_id = _required_str(raw, "instrumentProgramExecutionId")
     create_date = _required_datetime(raw, "createDate")
     warnings: list[tuple[str, str]] = []
-
-    def kept(parse: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+    values: dict[str, Any] = {}
+    for attribute, parse, key, with_warnings in _OPTIONAL:  # a loop, not a call per field: ~40 per record
         try:
-            return parse(raw, key, *args, **kwargs)
+            values[attribute] = parse(raw, key, warnings) if with_warnings else parse(raw, key)
         except RecordError as exc:  # a member name comes from the record: stored as text it must be storable
             warnings.append((storable_text(exc.field or key)[:100], storable_text(exc.reason)))
-            return None
+            values[attribute] = None
+    if values["update_date"] is None:
+        values["update_date"] = create_date
 
-    update_date = kept(_optional_datetime, "updateDate") or create_date
-    frame_count = kept(_optional_count, "frameCount")
-
-    wl_min = kept(_optional_float, "wavelengthMin")
-    wl_max = kept(_optional_float, "wavelengthMax")
-    if wl_min is not None and wl_min <= 0:
-        warnings.append(("wavelengthMin", f"wavelengthMin must be a positive wavelength in nm, got {_show(raw['wavelengthMin'])}."))
-        wl_min = None
-    if wl_max is not None and wl_max <= 0:
-        warnings.append(("wavelengthMax", f"wavelengthMax must be a positive wavelength in nm, got {_show(raw['wavelengthMax'])}."))
-        wl_max = None
+    wl_min = wl_max = None
+    for key in ("wavelengthMin", "wavelengthMax"):
+        try:
+            wl = _optional_float(raw, key)
+        except RecordError as exc:
+            warnings.append((key, exc.reason))
+            continue
+        if wl is not None and wl <= 0:
+            warnings.append((key, f"{key} must be a positive wavelength in nm, got {_show(raw[key])}."))
+        elif key == "wavelengthMin":
+            wl_min = wl
+        else:
+            wl_max = wl
     if wl_min is not None and wl_max is not None and wl_min > wl_max:
         warnings.append((
             "wavelengthMin",
@@ -499,60 +576,16 @@ def parse_record(raw: Any) -> DatasetRecord:
         ))
         wl_min = wl_max = None
 
-    stokes = kept(_optional_str, "stokesParameters", strip=True)
-    spectral_lines = kept(_string_list, "spectralLines", warnings, normalise_line_name)
-    target_types = kept(_string_list, "targetTypes", warnings)
-    bounding_box = kept(lambda r, k: _bounding_box(r), "boundingBox")
-
     return DatasetRecord(
         dataset_id=dataset_id,
-        product_id=kept(_optional_str, "productId", strip=True),
-        primary_proposal_id=kept(_optional_str, "primaryProposalId", strip=True),
-        primary_experiment_id=kept(_optional_str, "primaryExperimentId"),
-        observing_program_execution_id=kept(_optional_str, "observingProgramExecutionId"),
         instrument_program_execution_id=ipe_id,
-        instrument_name=kept(_optional_str, "instrumentName", strip=True),
         create_date=create_date,
-        update_date=update_date,
-        start_time=kept(_optional_datetime, "startTime"),
-        end_time=kept(_optional_datetime, "endTime"),
         wavelength_min=wl_min,
         wavelength_max=wl_max,
-        stokes_parameters=stokes,
-        spectral_lines=spectral_lines,
-        bounding_box=bounding_box,
-        frame_count=frame_count,
-        health=kept(_counts, "health"),
-        gos_status=kept(_counts, "gosStatus"),
-        ao_locked=kept(_optional_count, "aoLocked"),
-        light_level=kept(_distribution, "lightLevel"),
-        fried_parameter=kept(_distribution, "friedParameter"),
-        exposure_time=kept(_optional_float, "exposureTime"),
-        bucket=kept(_optional_str, "bucket"),
-        browse_movie_url=kept(_optional_str, "browseMovieUrl"),
-        is_embargoed=kept(_optional_bool, "isEmbargoed"),
-        embargo_end_date=kept(_optional_datetime, "embargoEndDate"),
-        experiment_description=kept(_optional_str, "experimentDescription"),
         raw=raw,
-        polarimetric_accuracy=kept(_distribution, "polarimetricAccuracy"),
-        quality_average_fried_parameter=kept(_optional_float, "qualityAverageFriedParameter"),
-        quality_average_polarimetric_accuracy=kept(_optional_float, "qualityAveragePolarimetricAccuracy"),
-        quality_report_object_key=kept(_optional_str, "qualityReportObjectKey"),
-        browse_movie_object_key=kept(_optional_str, "browseMovieObjectKey"),
-        dataset_size=kept(_nonnegative_float, "datasetSize"),
-        has_all_stokes=kept(_optional_bool, "hasAllStokes"),
-        target_types=target_types,
-        status=kept(_optional_str, "status", strip=True),
-        asdf_object_key=kept(_optional_str, "asdfObjectKey"),
         warnings=tuple(warnings),
+        **values,
     )
-
-
-def _nonnegative_float(raw: Mapping[str, Any], key: str) -> float | None:
-    value = _optional_float(raw, key)
-    if value is not None and value < 0:
-        raise RecordError(f"{key} must not be negative, got {_show(raw[key])}.", key)
-    return value
 
 
 # --------------------------------------------------------------------------- supersession
