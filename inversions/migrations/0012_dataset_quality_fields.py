@@ -94,7 +94,8 @@ class Migration(migrations.Migration):
         migrations.RunSQL(
             """
             UPDATE inversions_dataset SET lines_listed = true
-            WHERE jsonb_typeof(raw->'spectralLines') = 'array' AND jsonb_array_length(raw->'spectralLines') > 0;
+            WHERE CASE WHEN jsonb_typeof(raw->'spectralLines') = 'array'
+                       THEN jsonb_array_length(raw->'spectralLines') > 0 ELSE false END;
             UPDATE inversions_observingprogram AS p SET
                 is_embargoed = d.is_embargoed, embargo_end_date = d.embargo_end_date,
                 wavelength_ranges = COALESCE(d.ranges, '{}')
