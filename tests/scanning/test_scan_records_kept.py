@@ -226,6 +226,14 @@ def test_hostile_values_in_one_page_never_block_the_good_records(metadata_store,
     long_line = Dataset.objects.get(dataset_id=next(k for k, v in warned_ids.items() if v[0] == "spectral line over 40"))
     assert long_line.spectral_lines == ["Fe I 630.15"]  # the line that fits is kept
 
+    # the reports made from the records just parsed are those of the stored datasets read back
+    from scanning import qualification
+    from scanning.scan import current_records, thresholds
+    programs = dict(ObservingProgram.objects.values_list("pk", "instrument_program_execution_id"))
+    for pid, records_back in current_records(list(programs)).items():
+        report = qualification.qualify(records_back, thresholds()).to_dict()
+        assert latest_report(programs[pid])[1] == json.loads(json.dumps(report)), programs[pid]
+
     # the next scan runs as well, and an unchanged store costs no writes (the bad records are listed again)
     before = table_rows()
     again = scan(store_client, full=True)
