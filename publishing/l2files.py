@@ -56,7 +56,7 @@ from astropy.io import fits
 
 from inversions.errors import DoNotRetryError, RetryError
 from inversions.preprocessing import fits_checksum
-from publishing.results import INVERSION_QUANTITIES, STEP_AXIS, ProfileLine, ResultSet
+from publishing.results import INVERSION_QUANTITIES, ProfileLine, ResultSet
 
 STEP = "publish.generate"
 TMP_SUFFIX = ".l2tmp"
