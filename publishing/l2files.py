@@ -528,8 +528,12 @@ class StepBlock:
         return cls(first, *(read_steps(results.paths[role], first, count) for role in ("mod", "pre", "ori")))
 
 
-def batch_size(results: ResultSet, budget_bytes: int = 96 * 2**20) -> int:
-    """How many raster steps to read at once: about ``budget_bytes`` of result data, 1 to 32 steps."""
+def batch_size(results: ResultSet, budget_bytes: int = 192 * 2**20) -> int:
+    """How many raster steps to read at once: about ``budget_bytes`` of result data, 1 to 32 steps.
+
+    Each batch costs one read per (quantity, depth) and (stokes, wavelength) plane whatever its
+    length, so larger batches read faster; memory holds one batch per generating process.
+    """
     per_step = (math.prod(results.mod_shape) + 2 * math.prod(results.profile_shape)) // max(results.n_steps, 1) * 4
     return max(1, min(32, budget_bytes // max(per_step, 1)))
 
@@ -559,8 +563,15 @@ def frame_arrays(results: ResultSet, block: StepBlock, step: int) -> list[np.nda
     arrays = [_convert(block.mod[i, :, k, :], q) for i, q in enumerate(QUANTITIES)]
     for line in results.lines:
         for cube in (block.ori, block.pre):  # Original, then Fit
-            arrays.append(np.ascontiguousarray(cube[:, line.start:line.stop, k, :].transpose(2, 1, 0))[np.newaxis])
+            out = np.empty((1, results.n_slit, line.stop - line.start, results.n_stokes), dtype=cube.dtype)
+            for w in range(line.start, line.stop, _WAVE_CHUNK):  # [stokes, wave, slit] -> [slit, wave, stokes]
+                stop = min(w + _WAVE_CHUNK, line.stop)
+                out[0, :, w - line.start:stop - line.start] = cube[:, w:stop, k, :].transpose(2, 1, 0)
+            arrays.append(out)
     return arrays
+
+
+_WAVE_CHUNK = 128  # wavelengths per transposed piece: keeps each piece's source rows in cache
 
 
 def generate_frame(
