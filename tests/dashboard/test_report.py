@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from inversions.models import Dataset, ObservingProgram, Transition, WorkOrder
 from inversions.states import State
+from publishing.models import Inversion
 from publishing.intake import ReportRejected, expected_raster_steps, run_intake, submit_report
 from publishing.models import ApiToken
 from publishing.results import write_demo_results
@@ -47,7 +48,7 @@ def fe_arm(program) -> Dataset:
 def results_for(program, folder, *, steps_delta: int = 0):
     fe = fe_arm(program)
     steps = fe.frame_count // len(fe.stokes_parameters) + steps_delta
-    return write_demo_results(folder, n_steps=steps, n_slit=5, n_depth=3, n_wave=4, spectral_lines=fe.spectral_lines, seed=2)
+    return write_demo_results(folder, n_steps=steps, n_slit=5, n_depth=3, n_wave=4, line_ids=(23,), seed=2)  # the Fe arm
 
 
 def submission(program, **changes) -> dict:
@@ -91,7 +92,7 @@ def test_a_good_report_makes_the_program_inverted(root, working, scientist):
         assert f["size"] == path.stat().st_size
         assert f["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert files["inv_res_mod.fits"]["shape"] == [11, 3, 224, 5]
-    assert files["per_ori.fits"]["shape"] == files["inv_res_pre.fits"]["shape"] == [4, 8, 224, 5]
+    assert files["per_ori.fits"]["shape"] == files["inv_res_pre.fits"]["shape"] == [4, 4, 224, 5]  # one Fe profile
 
 
 @pytest.mark.parametrize(
@@ -122,19 +123,20 @@ def test_a_bad_report_is_refused_and_changes_nothing(root, working, scientist, c
     assert snapshot(working) == before
 
 
-def test_all_datasets_when_the_files_hold_fewer_lines_is_refused(root, working, scientist):
+def test_the_lines_come_from_the_files_not_from_the_datasets_reported(root, working, scientist):
+    """BLANCA's line ids name the profiles: files holding the Fe line only, reported with every dataset."""
     results_for(working, root / "inversions" / "run-1")
     every = list(Dataset.objects.filter(program=working).values_list("dataset_id", flat=True))
     row = report_inverted(working, user=scientist, actor="han", **submission(working, dataset_ids=every))
-    assert working.state == State.ERROR and row.details["step"] == "results"
-    assert "holds 2 spectral line(s), the program has 4" in row.reason
+    assert working.state == State.INVERTED, row.reason
+    assert Inversion.objects.get(program=working).spectral_lines == ["Fe I (630.15 nm)"]
 
 
 def test_files_with_the_wrong_number_of_steps_are_refused(root, working, scientist):
-    results_for(working, root / "inversions" / "run-1", steps_delta=-1)
+    results_for(working, root / "inversions" / "run-1", steps_delta=-2)  # one fewer is accepted, two are not
     row = report_inverted(working, user=scientist, actor="han", **submission(working))
     assert working.state == State.ERROR and row.details["step"] == "results"
-    assert "223 raster steps" in row.reason and "the program has 224 frames" in row.reason
+    assert "222 raster steps" in row.reason and "the program's L1 datasets have 224" in row.reason
 
 
 def test_missing_files_are_refused_by_the_worker(root, working, scientist):
