@@ -383,10 +383,42 @@ def claim_next(*, user) -> ObservingProgram | None:
     return candidate
 
 
-def release(program, *, user, to_state: str = State.PREPROCESSED, reason: str = "claim released") -> Transition:
-    if to_state not in (State.PREPROCESSED, State.QUEUED):
+#: the states a claim is taken from, and so the ones a released claim returns to
+CLAIMED_FROM = (State.PREPROCESSED, State.QUEUED)
+
+
+def claim_origin(history: Iterable[tuple[str, str]]) -> str:
+    """Where a released claim returns: the state the newest claim (a step into Working from
+    Preprocessed or Queued) came from; Preprocessed when the history shows none.
+
+    ``history``: (from_state, to_state) pairs, oldest first.
+    """
+    origin = State.PREPROCESSED
+    for from_state, to_state in history:
+        if to_state == State.WORKING and from_state in CLAIMED_FROM:
+            origin = from_state
+    return origin
+
+
+def release(program, *, user, to_state: str | None = None, reason: str = "claim released") -> Transition:
+    """Working → the state the claim came from (Preprocessed or Queued).
+
+    ``to_state`` names the target instead: an operator's Requeue sends a claim to the queue
+    whatever it came from (enqueueing is theirs to do); nobody else passes it.
+    """
+    if to_state is not None and to_state not in CLAIMED_FROM:
         raise LifecycleError("A claim is released to Preprocessed or Queued.")
-    return transition(program, to_state, actor=_name(user), user=user, reason=reason, expected_from=(State.WORKING,))
+    pk = program if isinstance(program, int) else program.pk
+    with transaction.atomic():
+        locked = ObservingProgram.objects.select_for_update().get(pk=pk)
+        if locked.state != State.WORKING:
+            raise StateChanged(locked, [State.WORKING], locked.state)
+        if to_state is None:
+            to_state = claim_origin(Transition.objects.filter(program_id=pk).order_by("at", "id")
+                                    .values_list("from_state", "to_state"))
+        row = transition(locked, to_state, actor=_name(user), user=user, reason=reason, expected_from=(State.WORKING,))
+    _refresh(program)
+    return row
 
 
 def enqueue(program, *, user, priority: int = 0, reason: str = "work on this next") -> Transition:
