@@ -266,3 +266,62 @@ def test_the_admin_sets_a_priority_through_the_life_cycle(client, admin_user, ma
     assert program.priority == 777 and (row.from_state, row.to_state, row.actor) == (State.QUEUED, State.QUEUED, "ada")
     assert row.reason == "priority 0 → 777: the PI asked"
     assert other.state == State.PREPROCESSED and other.transitions.count() == 3
+
+
+# --- Login throttling (django-axes) -----------------------------------------------------------
+def _login(client, username, password, ip="10.0.0.1", **extra):
+    return client.post(reverse("login"), {"username": username, "password": password}, REMOTE_ADDR=ip, **extra)
+
+
+@pytest.mark.django_db
+def test_failed_logins_lock_out_that_user_from_that_address(client, make_user, settings):
+    from django.test import Client
+
+    settings.AXES_FAILURE_LIMIT = 3
+    make_user("han", "science", password="right-pw-123")
+    make_user("mei", "science", password="right-pw-456")
+    for _ in range(2):
+        assert _login(client, "han", "wrong").status_code == 200  # the form again, with the error
+    locked = _login(client, "han", "wrong")
+    assert locked.status_code == 429 and 'data-testid="locked-out"' in locked.content.decode()
+    assert "han" in locked.content.decode()
+    again = _login(Client(), "han", "right-pw-123")  # even the right password, while locked out
+    assert again.status_code == 429 and "_auth_user_id" not in again.client.session
+    assert _login(Client(), "han", "right-pw-123", ip="10.0.0.2").status_code == 302  # another address
+    assert _login(Client(), "mei", "right-pw-456").status_code == 302  # another user from the same address
+
+
+@pytest.mark.django_db
+def test_a_good_login_resets_the_count(client, make_user, settings):
+    settings.AXES_FAILURE_LIMIT = 3
+    make_user("han", "science", password="right-pw-123")
+    for _ in range(2):
+        _login(client, "han", "wrong")
+    assert _login(client, "han", "right-pw-123").status_code == 302
+    client.logout()
+    for _ in range(2):
+        assert _login(client, "han", "wrong").status_code == 200
+    assert _login(client, "han", "right-pw-123").status_code == 302
+
+
+@pytest.mark.django_db
+def test_behind_the_proxy_the_address_is_the_one_it_appended(client, make_user, settings):
+    settings.AXES_FAILURE_LIMIT, settings.L2_BEHIND_PROXY = 2, True
+    make_user("han", "science", password="right-pw-123")
+    for spoofed in ("1.1.1.1", "2.2.2.2"):  # the client's own X-Forwarded-For entries do not help it
+        _login(client, "han", "wrong", ip="10.0.0.9", HTTP_X_FORWARDED_FOR=f"{spoofed}, 192.0.2.7")
+    assert _login(client, "han", "right-pw-123", ip="10.0.0.9", HTTP_X_FORWARDED_FOR="3.3.3.3, 192.0.2.7").status_code == 429
+    assert _login(client, "han", "right-pw-123", ip="10.0.0.9", HTTP_X_FORWARDED_FOR="192.0.2.8").status_code == 302
+
+
+def test_the_lockout_settings_come_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = "from django.conf import settings as s; print(s.AXES_FAILURE_LIMIT, s.AXES_COOLOFF_TIME.total_seconds())"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "l2site.settings", "SECRET_KEY": "x",
+           "L2_LOGIN_FAILURE_LIMIT": "7", "L2_LOGIN_LOCKOUT_MINUTES": "2.5"}
+    out = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], capture_output=True,
+                         text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.split() == ["7", "150.0"], out.stderr
