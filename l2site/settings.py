@@ -109,6 +109,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "l2site.urls"
 WSGI_APPLICATION = "l2site.wsgi.application"
+CSRF_FAILURE_VIEW = "l2site.error_pages.csrf_failure"  # JSON under /api/
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from django.core.paginator import EmptyPage, Paginator
 from django.http.request import RawPostDataException
-from django.http import JsonResponse
+from django.http import HttpResponseNotAllowed, JsonResponse
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
 from django.views.decorators.http import require_GET, require_POST
@@ -28,15 +28,23 @@ class BadRequest(ValueError):
 
 
 def api_view(view):
-    """JSON errors (401 for anonymous, 400 for bad parameters) instead of redirects and pages."""
+    """JSON errors (401 for anonymous, 400 for bad parameters, 405) instead of redirects and pages.
+
+    Outside the method decorator (``@api_view`` then ``@require_GET``), so that its 405 is JSON too.
+    """
 
     def wrapped(request, *args, **kwargs):
         if not request.user.is_authenticated:
             return JsonResponse({"error": "authentication required (Bearer token or session)"}, status=401)
         try:  # (NUL and lone surrogates never get here: l2site.inputs.CleanInputMiddleware)
-            return view(request, *args, **kwargs)
+            response = view(request, *args, **kwargs)
         except BadRequest as exc:
             return JsonResponse({"error": str(exc)}, status=400)
+        if isinstance(response, HttpResponseNotAllowed):  # (require_GET / require_POST, inside)
+            allowed = response["Allow"]
+            return JsonResponse({"error": f"{request.method[:10]} is not allowed here: {allowed}"}, status=405,
+                                headers={"Allow": allowed})
+        return response
 
     wrapped.login_required = False  # answered here as JSON 401, not by LoginRequiredMiddleware
     wrapped.__name__ = view.__name__
@@ -116,8 +124,8 @@ def program_summary(p: ObservingProgram) -> dict:
     }
 
 
-@require_GET
 @api_view
+@require_GET
 def programs(request):
     """Observing Programs: ?state=&instrument=&proposal=&updated_since=&page=&page_size="""
     qs = ObservingProgram.objects.order_by("updated_at", "id")
@@ -136,8 +144,8 @@ def programs(request):
     return JsonResponse(paginate(request, qs, program_summary))
 
 
-@require_GET
 @api_view
+@require_GET
 def program(request, ipeid: str):
     """One program with its datasets, qualification report and history."""
     try:
@@ -227,8 +235,8 @@ def l2_file(f) -> dict:
 PUBLISHED_FILTER = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-@require_GET
 @api_view
+@require_GET
 def inversions(request):
     """Inversions, oldest change first: ?program=&proposal=&dataset=&published=&updated_since=&page=&page_size="""
     from django.db.models import Count
@@ -254,8 +262,8 @@ def inversions(request):
     return JsonResponse(paginate(request, qs, inversion_summary))
 
 
-@require_GET
 @api_view
+@require_GET
 def inversion(request, inversion_id: str):
     """One inversion with its result files and its L2 files."""
     from django.db.models import Count
@@ -276,8 +284,8 @@ def inversion(request, inversion_id: str):
     return JsonResponse(body)
 
 
-@require_POST
 @api_view
+@require_POST
 def report_inverted(request, ipeid: str):
     """Report a Working program inverted (DESIGN §8): the science cluster's way.
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from django.http import JsonResponse
-from django.views.decorators.http import require_GET
 
 from inversions.states import State
 
@@ -262,8 +261,10 @@ def spec() -> dict:
     }
 
 
-@require_GET
 def openapi(request):
+    if request.method not in ("GET", "HEAD"):  # (a JSON 405, like the rest of /api/)
+        return JsonResponse({"error": f"{request.method[:10]} is not allowed here: GET, HEAD"}, status=405,
+                            headers={"Allow": "GET, HEAD"})
     return JsonResponse(spec())
 
 
