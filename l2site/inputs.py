@@ -5,6 +5,7 @@ program id, path, commit or note needs one. :class:`CleanInputMiddleware` answer
 request whose path, query, form fields or JSON body holds one (JSON under ``/api/``, the error
 page elsewhere), before any view runs; :func:`reject_bad_text` is the same rule as a form-field
 validator, and :func:`problem` the rule itself (the event-bus intake checks its messages with it).
+One more, for the admin: an empty ``_to_field`` is refused (Django's admin would answer 500).
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from django.template.loader import render_to_string
 
 _BAD = re.compile("[\x00\ud800-\udfff]")
 RULE = "must not contain NUL characters or lone surrogates"
+#: The admin refuses (400) a ``_to_field`` naming a field it may not reference, but an empty one
+#: reaches ``get_field("")`` and a 500 (Django 5.2): refused here with the rest.
+TO_FIELD = "_to_field"
 
 
 def problem(value) -> str | None:
@@ -41,19 +45,21 @@ def reject_bad_text(value) -> None:
         raise ValidationError(f"Text {RULE} (found {found}).", code="bad_characters")
 
 
-def _body_problem(request) -> tuple[str, str] | None:
-    """(where, what) for the first bad text of a request, or None."""
+def _request_problem(request) -> str | None:
+    """Why a request is refused (its first bad text), or None."""
     if found := problem(request.path):
-        return "the path", found
+        return f"the path {RULE} (found {found})"
     for key, values in request.GET.lists():
         if found := problem(key) or problem(values):
-            return f"the query parameter {key[:40]!r}", found
+            return f"the query parameter {key[:40]!r} {RULE} (found {found})"
+    if request.path.startswith("/admin/") and "" in (request.GET.get(TO_FIELD), request.POST.get(TO_FIELD)):
+        return f"{TO_FIELD} must name a field"
     if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
         return None
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         for key, values in request.POST.lists():
             if found := problem(key) or problem(values):
-                return f"the form field {key[:40]!r}", found
+                return f"the form field {key[:40]!r} {RULE} (found {found})"
         return None
     if request.body:
         try:
@@ -61,7 +67,7 @@ def _body_problem(request) -> tuple[str, str] | None:
         except ValueError:  # not JSON (or not UTF-8): the view says what it expected
             return None
         if found := problem(body):
-            return "the JSON body", found
+            return f"the JSON body {RULE} (found {found})"
     return None
 
 
@@ -73,12 +79,11 @@ class CleanInputMiddleware:
 
     def __call__(self, request):
         try:
-            bad = _body_problem(request)
+            reason = _request_problem(request)
         except (RequestDataTooBig, TooManyFieldsSent) as exc:
             return refuse(request, f"the request is too large: {exc}")
-        if bad is not None:
-            where, found = bad
-            return refuse(request, f"{where} {RULE} (found {found})")
+        if reason is not None:
+            return refuse(request, reason)
         return self.get_response(request)
 
 

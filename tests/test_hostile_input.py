@@ -143,3 +143,13 @@ def test_the_rule_itself():
     assert problem({"a": ["b", {"c": "d\x00"}]}) == "a NUL character"
     assert problem({"\ud800": 1}) == "a lone surrogate (U+D800)"
     assert problem([1, 2.5, None, True]) is None
+
+
+def test_an_empty_to_field_in_the_admin_is_400_not_500(client, admin_user, make_program):
+    """Found by tests/test_fuzz.py: Django's admin refuses a field it may not reference, but not an empty one."""
+    program = make_program(State.INVERTIBLE)
+    client.force_login(admin_user)
+    url = reverse("admin:inversions_observingprogram_change", args=[program.pk])
+    response = client.get(url, {"_to_field": ""})
+    assert response.status_code == 400 and "_to_field must name a field" in response.content.decode()
+    assert client.get(url).status_code == 200
