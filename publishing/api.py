@@ -9,8 +9,8 @@ import json
 from datetime import datetime, timezone
 
 from django.core.paginator import EmptyPage, Paginator
-from django.http.request import RawPostDataException
 from django.http import HttpResponseNotAllowed, JsonResponse
+from django.http.request import RawPostDataException
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
 from django.views.decorators.http import require_GET, require_POST
