@@ -50,12 +50,11 @@ from publishing.l2files import (
     hdu_cards,
     hdu_layouts,
     l1_frame_keys,
-    open_results,
     primary_cards,
-    release_result_pages,
+    read_steps,
     spatial_axes,
 )
-from publishing.results import STEP_AXIS, ResultSet
+from publishing.results import ResultSet
 
 QUANTITY_AXES = ["frame_y", "slit_x", "optical_depth"]  # numpy order
 PROFILE_AXES = ["frame_y", "slit_x", "wavelength", "stokes"]
@@ -275,10 +274,7 @@ def _dataset(filenames: np.ndarray, target: int, shape: tuple[int, ...], wcs, me
 
 def _log_tau_grid(results: ResultSet) -> np.ndarray:
     """Log tau of each depth point (the grid of the first pixel; BLANCA inverts on one grid)."""
-    mod, _, _ = open_results(results)
-    index = [0, slice(None), 0, 0]
-    index[STEP_AXIS] = 0
-    return np.asarray(mod[tuple(index)], dtype=np.float64)
+    return np.asarray(read_steps(results.paths["mod"], 0, 1)[0, :, 0, 0], dtype=np.float64)
 
 
 def build_inversion(
@@ -303,14 +299,10 @@ def build_inversion(
     basepath = Path(basepath)
 
     primary, items = _Columns(), None
-    mod, _, _ = open_results(results)
     for frame, l1 in zip(frames, l1s):
         primary.add(primary_cards(frame.step, l1, ids, filename=frame.filename, framevol=frame.size / 1e6,
                                   software_versions=software_versions))
-        index: list = [0, slice(None), 0, slice(None)]
-        index[STEP_AXIS] = frame.step
-        layouts = hdu_layouts(results, l1, frame.step, np.asarray(mod[tuple(index)], dtype=np.float64))
-        release_result_pages()
+        layouts = hdu_layouts(results, l1, frame.step, frame.depth)
         if items is None:
             items = [_Columns() for _ in layouts]
         for columns, layout, stats in zip(items, layouts, frame.stats):

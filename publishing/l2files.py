@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import math
-import mmap
 import multiprocessing
 import os
 import re
@@ -57,7 +56,7 @@ from astropy.io import fits
 
 from inversions.errors import DoNotRetryError, RetryError
 from inversions.preprocessing import fits_checksum
-from publishing.results import INVERSION_QUANTITIES, STEP_AXIS, ProfileLine, ResultSet
+from publishing.results import INVERSION_QUANTITIES, ProfileLine, ResultSet
 
 STEP = "publish.generate"
 TMP_SUFFIX = ".l2tmp"
@@ -147,6 +146,18 @@ def l1_frame_keys(header: fits.Header | Mapping) -> dict:
 
 
 @dataclass(frozen=True)
+class LinearAxis:
+    ctype: str
+    cunit: str
+    crpix: float
+    crval: float
+    cdelt: float
+
+
+STOKES_AXIS = LinearAxis("STOKES", "", 1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
 class FrameInfo:
     """One L2 frame on disk."""
 
@@ -157,6 +168,7 @@ class FrameInfo:
     file_id: str
     date: str  # DATE of its image HDUs (when it was written)
     stats: tuple[tuple[float | None, float | None], ...]  # (DATAMIN, DATAMAX) per image HDU
+    depth: LinearAxis  # its optical-depth axis (FITS axis 1 of the quantity HDUs)
     generated: bool  # False when an existing valid file was kept
 
 
@@ -301,18 +313,6 @@ def check_binning(h: Mapping, axes: SpatialAxes, n_slit: int, binning: int, step
                                 "binning": binning})
 
 
-@dataclass(frozen=True)
-class LinearAxis:
-    ctype: str
-    cunit: str
-    crpix: float
-    crval: float
-    cdelt: float
-
-
-STOKES_AXIS = LinearAxis("STOKES", "", 1.0, 1.0, 1.0)
-
-
 def _alternates(h: Mapping, axes: SpatialAxes) -> list[str]:
     return [alt for alt in ("", "A") if f"CTYPE{axes.slit}{alt}" in h and f"CTYPE{axes.raster}{alt}" in h]
 
@@ -384,10 +384,10 @@ class HduLayout:
     cards: tuple[tuple, ...]  # BTYPE … WCS
 
 
-def hdu_layouts(results: ResultSet, l1: Mapping, step: int, log_tau: np.ndarray) -> list[HduLayout]:
-    """The image HDUs of the frame of ``step``; ``log_tau`` is its ``[depth, slit]`` grid."""
+def hdu_layouts(results: ResultSet, l1: Mapping, step: int, depth: LinearAxis) -> list[HduLayout]:
+    """The image HDUs of the frame of ``step``; ``depth`` its optical-depth axis (:func:`depth_axis`)."""
     axes = spatial_axes(l1, step)
-    quantity_wcs = wcs_cards(l1, axes, results.binning, [depth_axis(log_tau)])
+    quantity_wcs = wcs_cards(l1, axes, results.binning, [depth])
     out = []
     for q in QUANTITIES:
         cards = (("BTYPE", q.btype, "IVOA UCD1+"), ("BUNIT", q.bunit, "Unit of the data values"), *quantity_wcs)
@@ -443,69 +443,95 @@ def _header_blocks(n_cards: int) -> int:
 # ----------------------------------------------------------------------------- data
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a result file's primary array is: byte offset, numpy shape, dtype (big-endian)."""
+
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
 _cache_lock = threading.Lock()
-_open_results: dict[str, tuple[tuple, np.memmap]] = {}
+_layouts: dict[tuple, _Layout] = {}
 
 
-def _primary_data(path: str) -> np.memmap:
-    """Memory-mapped primary array of a result file, kept open per process (read-only)."""
+def _layout_of(path: str) -> _Layout:
     st = os.stat(path)
-    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    key = (path, st.st_mtime_ns, st.st_size, st.st_ino)
     with _cache_lock:
-        hit = _open_results.get(path)
-        if hit and hit[0] == key:
-            return hit[1]
+        hit = _layouts.get(key)
+    if hit is None:
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             header = hdul[0].header
             offset = hdul.fileinfo(0)["datLoc"]
             shape = tuple(int(header[f"NAXIS{i}"]) for i in range(int(header["NAXIS"]), 0, -1))
-            dtype = {-32: ">f4", -64: ">f8"}[int(header["BITPIX"])]
-        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-        _open_results[path] = (key, data)
-        return data
+            dtype = np.dtype({-32: ">f4", -64: ">f8"}[int(header["BITPIX"])])
+        hit = _Layout(offset, shape, dtype)
+        with _cache_lock:
+            _layouts[key] = hit
+    return hit
 
 
-def release_result_pages() -> None:
-    """Drop the result files' pages from this process's resident memory (they stay in the page cache)."""
-    with _cache_lock:
-        for _, data in _open_results.values():
-            raw = getattr(data, "_mmap", None)
-            if raw is not None and hasattr(mmap, "MADV_DONTNEED"):
-                raw.madvise(mmap.MADV_DONTNEED)
+def check_results(results: ResultSet) -> None:
+    """The result files still have the shapes they were checked with."""
+    shapes = [_layout_of(results.paths[role]).shape for role in ("mod", "pre", "ori")]
+    if shapes != [results.mod_shape, results.profile_shape, results.profile_shape]:
+        raise DoNotRetryError("result files changed since they were checked: shapes "
+                              f"{', '.join(map(str, shapes))} instead of {results.mod_shape}, "
+                              f"{results.profile_shape}", step=STEP)
 
 
-_FAULT_AROUND = 1 << 16  # the kernel maps up to 64 KiB around each page a read faults in
+def read_steps(path: str, first: int, count: int) -> np.ndarray:
+    """Raster steps ``first .. first+count-1`` of a result file: ``[a, b, count, slit]`` (file dtype).
 
-
-def _read_released(view: np.ndarray) -> np.ndarray:
-    """A copy of ``view`` (of a result file's memory map), its pages dropped from resident memory.
-
-    One raster step is a few rows of every (quantity, depth) or (stokes, wavelength) plane, far
-    apart in the file; each row read through the map brings in the pages around it too. Without
-    this a 490-step result file would cost ~1 GB of resident memory per frame.
+    BLANCA's arrays are ``[a, b, raster step, slit]``: one step is a short row of every (a, b)
+    plane, the rows far apart in the file. Consecutive steps are contiguous within a plane, so
+    a batch of steps is read with one ``preadv`` per plane straight into the array: nothing is
+    memory-mapped, and memory holds only the batch.
     """
-    out = np.array(view)
-    base = view
-    while isinstance(base, np.ndarray) and getattr(base, "_mmap", None) is None:
-        base = base.base
-    raw = getattr(base, "_mmap", None) if isinstance(base, np.ndarray) else None
-    if raw is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return out
-    start_address = np.frombuffer(raw, dtype=np.uint8, count=1).__array_interface__["data"][0]
-    low = view.__array_interface__["data"][0] - start_address
-    high = low + view.itemsize + sum((n - 1) * stride for n, stride in zip(view.shape, view.strides) if n > 0)
-    page = mmap.PAGESIZE
-    first = max(0, (low - _FAULT_AROUND) // page * page)
-    last = min(len(raw), -(-(high + _FAULT_AROUND) // page) * page)
-    if last > first:
-        raw.madvise(mmap.MADV_DONTNEED, first, last - first)
+    layout = _layout_of(path)
+    planes_a, planes_b, n_steps, n_slit = layout.shape
+    if not (0 <= first and first + count <= n_steps):
+        raise DoNotRetryError(f"raster steps {first}..{first + count - 1} are outside 0..{n_steps - 1}", step=STEP)
+    out = np.empty((planes_a, planes_b, count, n_slit), dtype=layout.dtype)
+    item = layout.dtype.itemsize
+    row = n_slit * item
+    plane = n_steps * row
+    want = count * row
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i in range(planes_a):
+            for j in range(planes_b):
+                buffer = memoryview(out[i, j]).cast("B")
+                got = os.preadv(fd, [buffer], layout.offset + (i * planes_b + j) * plane + first * row)
+                if got != want:
+                    raise DoNotRetryError(f"{Path(path).name} is shorter than its header says (read {got} of "
+                                          f"{want} bytes of plane {i}, {j})", step=STEP)
+    finally:
+        os.close(fd)
     return out
 
 
-def close_result_files() -> None:
-    """Close the result files this process keeps open."""
-    with _cache_lock:
-        _open_results.clear()
+@dataclass
+class StepBlock:
+    """Consecutive raster steps of the three result files, read together."""
+
+    first: int
+    mod: np.ndarray  # [quantity, depth, steps, slit]
+    pre: np.ndarray  # [stokes, wavelength, steps, slit]
+    ori: np.ndarray
+
+    @classmethod
+    def read(cls, results: ResultSet, first: int, count: int) -> StepBlock:
+        check_results(results)
+        return cls(first, *(read_steps(results.paths[role], first, count) for role in ("mod", "pre", "ori")))
+
+
+def batch_size(results: ResultSet, budget_bytes: int = 96 * 2**20) -> int:
+    """How many raster steps to read at once: about ``budget_bytes`` of result data, 1 to 32 steps."""
+    per_step = (math.prod(results.mod_shape) + 2 * math.prod(results.profile_shape)) // max(results.n_steps, 1) * 4
+    return max(1, min(32, budget_bytes // max(per_step, 1)))
 
 
 def _min_max(data: np.ndarray) -> tuple[float | None, float | None]:
@@ -527,34 +553,13 @@ def _convert(plane: np.ndarray, quantity: Quantity) -> np.ndarray:
     return out
 
 
-def open_results(results: ResultSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The memory-mapped primary arrays of the three result files, checked against ``results``."""
-    mod = _primary_data(results.paths["mod"])
-    pre = _primary_data(results.paths["pre"])
-    ori = _primary_data(results.paths["ori"])
-    if mod.shape != results.mod_shape or pre.shape != results.profile_shape or ori.shape != results.profile_shape:
-        raise DoNotRetryError("result files changed since they were checked: shapes "
-                              f"{mod.shape}, {pre.shape}, {ori.shape} instead of {results.mod_shape}, "
-                              f"{results.profile_shape}", step=STEP)
-    return mod, pre, ori
-
-
-def _frame_arrays(results: ResultSet, step: int) -> list[np.ndarray]:
-    """The image arrays of the frame of ``step``, in HDU order, C-ordered float32 (profiles big-endian)."""
-    mod, pre, ori = open_results(results)
-
-    def at(cube: np.ndarray, first: int, second: slice) -> np.ndarray:
-        index: list = [first, second, slice(None), slice(None)]
-        index[STEP_AXIS] = step
-        return _read_released(cube[tuple(index)])  # [second axis, slit]
-
-    arrays = [_convert(at(mod, i, slice(None)), q) for i, q in enumerate(QUANTITIES)]
+def frame_arrays(results: ResultSet, block: StepBlock, step: int) -> list[np.ndarray]:
+    """The image arrays of the frame of ``step`` (in ``block``), in HDU order, C-ordered float32."""
+    k = step - block.first
+    arrays = [_convert(block.mod[i, :, k, :], q) for i, q in enumerate(QUANTITIES)]
     for line in results.lines:
-        for cube in (ori, pre):  # Original, then Fit
-            out = np.empty((1, results.n_slit, line.stop - line.start, results.n_stokes), dtype=cube.dtype)
-            for stokes in range(results.n_stokes):
-                out[0, :, :, stokes] = at(cube, stokes, slice(line.start, line.stop)).T
-            arrays.append(out)
+        for cube in (block.ori, block.pre):  # Original, then Fit
+            arrays.append(np.ascontiguousarray(cube[:, line.start:line.stop, k, :].transpose(2, 1, 0))[np.newaxis])
     return arrays
 
 
@@ -566,8 +571,11 @@ def generate_frame(
     out_path: str | os.PathLike,
     *,
     software_versions: Mapping[str, str],
+    block: StepBlock | None = None,
 ) -> FrameInfo:
     """Write the L2 frame of one raster step (atomically) and describe it.
+
+    ``block``: the result data of a batch of steps holding this one (read here when None).
 
     ``l1_header``: the L1 frame of the step in the fiducial arm (a header, or the dict of
     :func:`l1_frame_keys`). ``ids``: ``inversion_id`` (required; ``DSETID``), and when known
@@ -581,8 +589,11 @@ def generate_frame(
     out_path = Path(out_path)
     l1 = l1_frame_keys(l1_header)
     check_binning(l1, spatial_axes(l1, step_index), results.n_slit, results.binning, step_index)
-    arrays = _frame_arrays(results, step_index)
-    layouts = hdu_layouts(results, l1, step_index, np.asarray(arrays[0][0].T, dtype=np.float64))
+    if block is None:
+        block = StepBlock.read(results, step_index, 1)
+    arrays = frame_arrays(results, block, step_index)
+    depth = depth_axis(np.asarray(arrays[0][0].T, dtype=np.float64))
+    layouts = hdu_layouts(results, l1, step_index, depth)
     date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
 
     hdus: list[tuple[bytearray, np.ndarray]] = []
@@ -637,7 +648,7 @@ def generate_frame(
         tmp.unlink(missing_ok=True)
         raise
     return FrameInfo(step_index, str(out_path), out_path.name, total, frame_file_id(inversion_id, step_index),
-                     date, tuple(stats), True)
+                     date, tuple(stats), depth, True)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -666,12 +677,15 @@ def inspect_frame(path: str | os.PathLike, results: ResultSet | None = None, *, 
                     if hdu is not hdul[0] and (hdu.data is None or hdu.data.size == 0):
                         return None
                 stats = tuple((h.header.get("DATAMIN"), h.header.get("DATAMAX")) for h in hdul[1:])
+                q = hdul[1].header
+                depth = LinearAxis(str(q.get("CTYPE1", "DEPTH")), str(q.get("CUNIT1", "")), float(q.get("CRPIX1", 1.0)),
+                                   float(q.get("CRVAL1", 0.0)), float(q.get("CDELT1", 1.0)))
                 date = str(hdul[1].header.get("DATE", ""))
                 file_id = str(primary.get("FILE_ID", ""))
         if any(issubclass(w.category, (fits.verify.VerifyWarning, UserWarning)) for w in caught):
             return None
         path = Path(path)
-        return FrameInfo(step, str(path), path.name, path.stat().st_size, file_id, date, stats, False)
+        return FrameInfo(step, str(path), path.name, path.stat().st_size, file_id, date, stats, depth, False)
     except Exception:
         return None
 
@@ -684,13 +698,26 @@ def frame_is_valid(path: str | os.PathLike, results: ResultSet | None = None) ->
 # ----------------------------------------------------------------------------- all frames
 
 
-def _frame_task(step: int, results: ResultSet, l1: dict, ids: Mapping, path: str,
-                software_versions: Mapping[str, str]) -> FrameInfo:
-    """Keep a valid existing frame, otherwise generate it (runs in a pool worker)."""
-    existing = inspect_frame(path, results, step=step)
-    if existing is not None and existing.file_id == frame_file_id(str(ids["inversion_id"]), step):
-        return existing
-    return generate_frame(step, results, l1, ids, path, software_versions=software_versions)
+def _batch_task(steps: Sequence[int], results: ResultSet, l1s: Sequence[dict], ids: Mapping, paths: Sequence[str],
+                software_versions: Mapping[str, str]) -> list[FrameInfo]:
+    """Keep the valid existing frames of consecutive ``steps``, generate the others (runs in a pool worker).
+
+    The result data of the steps to generate are read in one block.
+    """
+    inversion_id = str(ids["inversion_id"])
+    infos: dict[int, FrameInfo] = {}
+    for step, path in zip(steps, paths):
+        existing = inspect_frame(path, results, step=step)
+        if existing is not None and existing.file_id == frame_file_id(inversion_id, step):
+            infos[step] = existing
+    todo = [s for s in steps if s not in infos]
+    if todo:
+        block = StepBlock.read(results, todo[0], todo[-1] - todo[0] + 1)
+        for step, l1, path in zip(steps, l1s, paths):
+            if step not in infos:
+                infos[step] = generate_frame(step, results, l1, ids, path, software_versions=software_versions,
+                                             block=block)
+    return [infos[s] for s in steps]
 
 
 def _can_start_processes() -> bool:
@@ -743,38 +770,38 @@ def generate_all(
     for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by a killed writer
         stale.unlink(missing_ok=True)
 
-    jobs = [(step, results, l1_frame_keys(l1_headers_by_step[step]), dict(ids), str(paths[step]),
-             dict(software_versions)) for step in range(results.n_steps)]
-    total = len(jobs)
+    size = batch_size(results)
+    jobs = []
+    for first in range(0, results.n_steps, size):
+        steps = list(range(first, min(first + size, results.n_steps)))
+        jobs.append((steps, results, [l1_frame_keys(l1_headers_by_step[s]) for s in steps], dict(ids),
+                     [str(paths[s]) for s in steps], dict(software_versions)))
+    total = results.n_steps
     done = 0
     infos: dict[int, FrameInfo] = {}
     workers = max(1, workers or os.cpu_count() or 1)
-    if workers == 1 or total <= 1:
-        try:
-            for job in jobs:
-                infos[job[0]] = _frame_task(*job)
-                done += 1
-                if progress_cb:
-                    progress_cb(done, total)
-        finally:
-            close_result_files()
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            for info in _batch_task(*job):
+                infos[info.step] = info
+            done += len(job[0])
+            if progress_cb:
+                progress_cb(done, total)
     else:
-        n = min(workers, total)
+        n = min(workers, len(jobs))
         executor: Executor = ProcessPoolExecutor(max_workers=n) if _can_start_processes() \
             else ThreadPoolExecutor(max_workers=n)
         with executor:
-            futures = {executor.submit(_frame_task, *job): job[0] for job in jobs}
+            futures = {executor.submit(_batch_task, *job): job[0] for job in jobs}
             try:
                 for future in as_completed(futures):
-                    info = future.result()
-                    infos[info.step] = info
-                    done += 1
+                    for info in future.result():
+                        infos[info.step] = info
+                    done += len(futures[future])
                     if progress_cb:
                         progress_cb(done, total)
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
-        if isinstance(executor, ThreadPoolExecutor):
-            close_result_files()
     return [infos[s] for s in sorted(infos)]

@@ -566,11 +566,14 @@ def line_centre_nm(name: str, default: float | None = None) -> float | None:
     return float(m.group(1)) if m else default
 
 
-def blanca_line_in(wavelength_min: float | None, wavelength_max: float | None) -> SpectralLine | None:
-    """The BLANCA line whose centre lies in an arm's wavelength range (the line that arm is inverted in)."""
+def blanca_line_in(wavelength_min: float | None, wavelength_max: float | None, *,
+                   tolerance_nm: float = 0.5) -> SpectralLine | None:
+    """The BLANCA line an arm's wavelength range covers (within ``tolerance_nm``: a ViSP range often
+    starts just past its line, as qualification allows), the one nearest the range's middle."""
     if wavelength_min is None or wavelength_max is None:
         return None
-    inside = [line for line in BLANCA_LINES.values() if wavelength_min <= line.centre_nm <= wavelength_max]
+    inside = [line for line in BLANCA_LINES.values()
+              if wavelength_min - tolerance_nm <= line.centre_nm <= wavelength_max + tolerance_nm]
     return min(inside, key=lambda line: abs(line.centre_nm - (wavelength_min + wavelength_max) / 2), default=None)
 
 

@@ -59,7 +59,7 @@ def prepare(work: Path, steps: int, slit: int, depth: int, waves: list[int]) -> 
 def warm_up(folder: Path) -> None:
     """A whole 2-step product: what a worker process has done once after its first generation."""
     from publishing.l2asdf import build_inversion, inventory_record, write_inversion_asdf
-    from publishing.l2files import close_result_files, generate_all
+    from publishing.l2files import generate_all
     from publishing.results import demo_l1_header, validate_results, write_demo_results
 
     write_demo_results(folder / "results", n_steps=2, n_slit=8, n_depth=4, n_wave=6)
@@ -70,7 +70,6 @@ def warm_up(folder: Path) -> None:
                                 inventory_record({"inversionId": "L2WARM"}, results, canonical_dataset="A"),
                                 software_versions=VERSIONS, basepath=folder)
     write_inversion_asdf(inversion, folder / "warm.asdf")
-    close_result_files()
     shutil.rmtree(folder)
 
 
@@ -83,8 +82,7 @@ def one_size(work: Path, steps: int, slit: int) -> dict:
     from astropy.io import fits
 
     from publishing.l2asdf import build_inversion, inventory_record, write_inversion_asdf
-    from publishing.l2files import _frame_arrays, close_result_files, dataset_metadata_filename, generate_all
-    from publishing.l2files import expected_extnames
+    from publishing.l2files import StepBlock, dataset_metadata_filename, expected_extnames, frame_arrays, generate_all
     from publishing.results import demo_l1_header, validate_results
 
     asdf.get_config().extensions  # noqa: B018  (loads them: once per process)
@@ -99,7 +97,8 @@ def one_size(work: Path, steps: int, slit: int) -> dict:
     def baseline() -> tuple[float, int]:
         total, nbytes = 0.0, 0
         for step in range(steps):
-            arrays = [a if a.dtype == np.dtype(">f4") else a.astype(">f4") for a in _frame_arrays(results, step)]
+            block = StepBlock.read(results, step, 1)
+            arrays = [a if a.dtype == np.dtype(">f4") else a.astype(">f4") for a in frame_arrays(results, block, step)]
             hdul = fits.HDUList([fits.PrimaryHDU(), *(fits.ImageHDU(a, name=n) for n, a in zip(names, arrays))])
             path = base_dir / f"{step % 2}.fits"  # two names: the disk holds two copies, not three
             t = time.perf_counter()
@@ -110,7 +109,6 @@ def one_size(work: Path, steps: int, slit: int) -> dict:
 
     baseline()  # warm-up: page cache of the inputs, imports
     t_base1, frame_bytes = baseline()
-    close_result_files()
     t = time.perf_counter()
     frames = generate_all(results, headers, ids(steps), l2_dir, workers=1, software_versions=VERSIONS)
     t_frames = time.perf_counter() - t

@@ -67,3 +67,6 @@ def test_demo_data_takes_a_program_from_invertible_to_published(l1_program, coll
     with fits.open(next(published.glob("*.fits")), checksum=True) as hdus:
         hdus.verify("exception")
         assert hdus[0].header["LEVEL"] == 2
+    # what a user downloads from the publish collection opens with the data center's tools
+    product = dkist.load_dataset(next(published.glob("*_L2_metadata.asdf")))
+    assert float(product["temperature"].data[1, 5, 3]) == float(l2["temperature"].data[1, 5, 3]) > 3000

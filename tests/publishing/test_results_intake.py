@@ -254,3 +254,14 @@ def test_several_problems_reported_together(good, tmp_path):
     replace_primary(other / MOD_FILE, mod[:10])
     err = refused(other, expected_steps=N_STEPS + 2)
     assert "10 physical quantities" in err.message and f"L1 datasets have {N_STEPS + 2}" in err.message
+
+
+def test_the_blanca_line_of_an_arm_from_its_wavelength_range():
+    from publishing.results import blanca_line_in
+
+    # real ViSP ranges (fixtures): the Fe arm starts just past 630.15, the Ca arm just past 854.21
+    assert blanca_line_in(630.2392098893586, 634.3897538455635).key == "FeI630"
+    assert blanca_line_in(854.248985823001, 856.7855075223367).key == "CaII854"
+    assert blanca_line_in(588.9007695961815, 590.163470365401).key == "NaID"
+    assert blanca_line_in(630.2392098893586, 634.3897538455635, tolerance_nm=0.01) is None
+    assert blanca_line_in(None, 630.0) is None and blanca_line_in(430.0, 431.0) is None

@@ -108,7 +108,8 @@ class Command(BaseCommand):
         except ReportRejected as exc:
             self.stderr.write(f"{program}: no demo results ({exc})")
             return
-        arms = [(arm, blanca_line_in(d.wavelength_min, d.wavelength_max)) for arm, d in enumerate(used, 1)]
+        arms = [(arm, blanca_line_in(d.wavelength_min, d.wavelength_max, tolerance_nm=settings.L2_LINE_TOLERANCE_NM))
+                for arm, d in enumerate(used, 1)]
         arms = list({line.key: (arm, line) for arm, line in reversed(arms) if line is not None}.values())[::-1]
         if not arms:
             self.stderr.write(f"{program}: no demo results (no arm covers a line BLANCA inverts)")
