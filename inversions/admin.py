@@ -5,12 +5,15 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from inversions import lifecycle
 from inversions.models import Dataset, ObservingProgram, OutboxEvent, Transition, WorkOrder
 from inversions.states import State
+from l2site.auth import SCIENCE
+from l2site.inputs import reject_bad_text
 
 
 class ReadOnlyAdminMixin:
@@ -40,14 +43,14 @@ class TransitionInline(ReadOnlyAdminMixin, admin.TabularInline):
     show_change_link = True
 
 
-class CorrectStateForm(forms.Form):
-    to_state = forms.ChoiceField(choices=State.choices, label="Move to state")
-    reason = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}),
-        label="Reason (recorded in the history)",
+def _reason_field(label: str = "Reason (recorded in the history)") -> forms.CharField:
+    return forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), label=label, validators=[reject_bad_text],
         error_messages={"required": "A correction needs a reason."},
     )
 
+
+class ReasonForm(forms.Form):
     def clean_reason(self):
         reason = self.cleaned_data["reason"].strip()
         if not reason:
@@ -55,55 +58,131 @@ class CorrectStateForm(forms.Form):
         return reason
 
 
+class CorrectStateForm(ReasonForm):
+    to_state = forms.ChoiceField(choices=State.choices, label="Move to state")
+    claimant = forms.ModelChoiceField(
+        queryset=None, required=False, label="Claimed by (Working only)", empty_label="me",
+        help_text="who holds the claim when the target is Working",
+    )
+    priority = forms.IntegerField(required=False, min_value=-1000, max_value=1000, label="Priority (Queued only)",
+                                  help_text="empty: the program keeps its priority")
+    reason = _reason_field()
+    force = forms.BooleanField(
+        required=False, label="Force",
+        help_text="correct even though the records the target needs are missing (say why in the reason)",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        users = get_user_model().objects.filter(is_active=True)
+        self.fields["claimant"].queryset = (users.filter(groups__name=SCIENCE) | users.filter(is_superuser=True)).distinct().order_by("username")
+
+
+class PriorityForm(ReasonForm):
+    priority = forms.IntegerField(min_value=-1000, max_value=1000, label="New priority (higher first)")
+    reason = _reason_field()
+
+
+def _action_page(modeladmin, request, queryset, *, title: str, action: str, form, template: str, **extra):
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "programs": queryset,
+        "form": form,
+        "action": action,
+        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        "opts": modeladmin.model._meta,
+        **extra,
+    }
+    return TemplateResponse(request, template, context)
+
+
 @admin.action(description="Correct state of selected programs…", permissions=["correct"])
 def correct_state(modeladmin, request, queryset):
+    """Any state, through the life-cycle (a flagged transition with the reason); refused when the
+    target's records are missing unless forced."""
+    missing: dict = {}
     if "apply" in request.POST:
         form = CorrectStateForm(request.POST)
         if form.is_valid():
-            done, failed = 0, []
-            for program in queryset:
-                try:
-                    lifecycle.correct(program, form.cleaned_data["to_state"], user=request.user, reason=form.cleaned_data["reason"])
-                    done += 1
-                except lifecycle.LifecycleError as exc:
-                    failed.append(str(exc))
-            if done:
-                modeladmin.message_user(request, f"Corrected {done} program(s).", messages.SUCCESS)
-            for text in failed:
-                modeladmin.message_user(request, text, messages.ERROR)
-            return None
+            data = form.cleaned_data
+            target = data["to_state"]
+            missing = {p: found for p in queryset if (found := lifecycle.missing_records(p, target))}
+            if missing and not data["force"]:
+                form.add_error("force", f"{len(missing)} program(s) lack what {State(target).label} needs (listed "
+                                        "above): nothing was changed. Tick Force to correct them anyway.")
+            else:
+                done, failed = 0, []
+                for program in queryset:
+                    try:
+                        lifecycle.correct(program, target, user=request.user, reason=data["reason"],
+                                          force=data["force"], claimant=data["claimant"], priority=data["priority"])
+                        done += 1
+                    except lifecycle.LifecycleError as exc:
+                        failed.append(str(exc))
+                if done:
+                    modeladmin.message_user(request, f"Corrected {done} program(s).", messages.SUCCESS)
+                for text in failed:
+                    modeladmin.message_user(request, text, messages.ERROR)
+                return None
     else:
         form = CorrectStateForm()
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "title": "Correct state",
-        "programs": queryset,
-        "form": form,
-        "action": "correct_state",
-        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-        "opts": modeladmin.model._meta,
-    }
-    return TemplateResponse(request, "admin/inversions/correct_state.html", context)
+    return _action_page(
+        modeladmin, request, queryset, title="Correct state", action="correct_state", form=form,
+        template="admin/inversions/correct_state.html",
+        implies=[(State(s).label, text) for s, text in lifecycle.CORRECTION_IMPLIES.items()],
+        missing=[(p, found) for p, found in missing.items()],
+    )
+
+
+@admin.action(description="Set priority of selected programs…", permissions=["correct"])
+def set_priority(modeladmin, request, queryset):
+    """A Queued program's new priority, through the life-cycle (a history row with the reason)."""
+    if "apply" in request.POST:
+        form = PriorityForm(request.POST)
+        if form.is_valid():
+            done = 0
+            for program in queryset:
+                try:
+                    lifecycle.reprioritise(program, user=request.user, priority=form.cleaned_data["priority"],
+                                           reason=form.cleaned_data["reason"])
+                    done += 1
+                except lifecycle.LifecycleError as exc:
+                    modeladmin.message_user(request, f"{exc} (only a Queued program has a place in the queue)",
+                                            messages.ERROR)
+            if done:
+                modeladmin.message_user(request, f"New priority for {done} program(s).", messages.SUCCESS)
+            return None
+    else:
+        form = PriorityForm()
+    return _action_page(modeladmin, request, queryset, title="Set priority", action="set_priority", form=form,
+                        template="admin/inversions/set_priority.html")
 
 
 @admin.register(ObservingProgram)
 class ObservingProgramAdmin(admin.ModelAdmin):
+    """Looked at here, never edited: state, claim, priority go through the actions (the life-cycle,
+    with a reason and a history row); ids, description and dataset fields come from the scans."""
+
     list_display = ("instrument_program_execution_id", "instrument_name", "primary_proposal_id", "state", "priority", "claimed_by", "updated_at")
     list_filter = ("state", "instrument_name")
     search_fields = ("instrument_program_execution_id", "primary_proposal_id", "primary_experiment_id", "observing_program_execution_id")
     list_select_related = ("claimed_by",)
-    readonly_fields = (
+    fields = (
         "instrument_program_execution_id", "observing_program_execution_id", "primary_proposal_id",
-        "primary_experiment_id", "instrument_name", "state", "state_changed_at", "queued_at", "claimed_by",
-        "claimed_at", "spectral_lines", "start_time", "end_time", "newest_create_date", "settles_at",
-        "dataset_count", "created_at", "updated_at",
+        "primary_experiment_id", "instrument_name", "experiment_description", "state", "state_changed_at",
+        "priority", "queued_at", "claimed_by", "claimed_at", "datasets_changed_at", "spectral_lines", "start_time",
+        "end_time", "newest_create_date", "settles_at", "dataset_count", "created_at", "updated_at",
     )
-    fields = readonly_fields[:5] + ("experiment_description", "priority", "datasets_changed_at") + readonly_fields[5:]
+    readonly_fields = fields
     inlines = [TransitionInline]
-    actions = [correct_state]
+    actions = [correct_state, set_priority]
 
     def has_add_permission(self, request):
         return False  # programs come from scans
+
+    def has_change_permission(self, request, obj=None):
+        return False  # no row edits: the actions change programs, through the life-cycle
 
     def has_delete_permission(self, request, obj=None):
         return False  # a program with history is never deleted

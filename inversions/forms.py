@@ -1,7 +1,7 @@
 """Forms of the dashboard: the program filter, queue priorities, and the inverted report."""
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from urllib.parse import urlencode
 
@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from inversions.models import ExperimentDescription
 from inversions.states import State
+from l2site.inputs import reject_bad_text
 
 #: sort key in the URL -> ORDER BY (a unique tie-breaker is appended: stable pages)
 SORTS: dict[str, tuple[str, ...]] = {
@@ -120,7 +121,7 @@ def filter_programs(qs, values: dict):
     tz = timezone.get_current_timezone()
     if values.get("observed_from"):
         qs = qs.filter(start_time__gte=timezone.make_aware(datetime.combine(values["observed_from"], time.min), tz))
-    if values.get("observed_to"):
+    if values.get("observed_to") and values["observed_to"] < date.max:  # 9999-12-31: no end (and no next day)
         end = datetime.combine(values["observed_to"] + timedelta(days=1), time.min)
         qs = qs.filter(start_time__lt=timezone.make_aware(end, tz))
     if values.get("q"):
@@ -178,17 +179,20 @@ class PriorityForm(forms.Form):
 class ReportInvertedForm(forms.Form):
     """The dashboard's "report inverted" form; the checks themselves are in publishing.intake."""
 
-    collection = forms.CharField(max_length=200, label="Globus collection")
+    collection = forms.CharField(max_length=200, label="Globus collection", validators=[reject_bad_text])
     path = forms.CharField(
         max_length=1000,
         label="Path of the result files",
         help_text="The folder holding inv_res_mod.fits, inv_res_pre.fits and per_ori.fits, e.g. /inversions/pid_2_114/run-1",
+        validators=[reject_bad_text],
     )
-    software_commit = forms.CharField(max_length=40, label="Inversion software commit", help_text="7 to 40 hex digits")
+    software_commit = forms.CharField(max_length=40, label="Inversion software commit", help_text="7 to 40 hex digits",
+                                      validators=[reject_bad_text])
     dataset_ids = forms.MultipleChoiceField(
         label="Datasets used", widget=forms.CheckboxSelectMultiple, error_messages={"required": "Tick at least one dataset."}
     )
-    notes = forms.CharField(required=False, max_length=10_000, widget=forms.Textarea(attrs={"rows": 3}), label="Notes")
+    notes = forms.CharField(required=False, max_length=10_000, widget=forms.Textarea(attrs={"rows": 3}), label="Notes",
+                            validators=[reject_bad_text])
 
     def __init__(self, *args, datasets=(), collections=(), **kwargs):
         super().__init__(*args, **kwargs)

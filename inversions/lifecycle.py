@@ -338,12 +338,78 @@ def retry(program, *, user=None, actor: str | None = None, reason: str = "retry"
     return row
 
 
-def correct(program, to_state: str, *, user, reason: str) -> Transition:
-    """An admin's correction: any state, mandatory reason, flagged in the history."""
+#: What a correction to each state means for the program (shown by the admin's "Correct state").
+CORRECTION_IMPLIES: dict[str, str] = {
+    State.DISCOVERED: "qualified again by the next scan; no claim, not in the queue",
+    State.INVERTIBLE: "qualified: beat may preprocess it; no claim, not in the queue",
+    State.NOT_INVERTIBLE: "not qualified: nothing more happens to it; no claim, not in the queue",
+    State.PREPROCESSED: "its data was handed over to the science team (needs a completed preprocessing work order); "
+                        "no claim, not in the queue",
+    State.QUEUED: "in the queue with the priority given (else its current one), queued now (needs a completed "
+                  "preprocessing work order); no claim",
+    State.WORKING: "claimed, now, by the user given (else you) (needs a completed preprocessing work order); "
+                   "not in the queue",
+    State.INVERTED: "its results were accepted (needs an inversion: accepted results); workers may generate and "
+                    "publish its L2 files; no claim",
+    State.PUBLISHED: "its L2 files are published and recorded in the metadata store (needs a published inversion); "
+                     "no claim",
+    State.ERROR: "failed: an operator's Retry brings it back to the state it is in now; no claim",
+}
+
+
+class MissingRecords(LifecycleError):
+    """A correction to a state whose records the program lacks (``force`` corrects it anyway)."""
+
+    def __init__(self, program: ObservingProgram, to_state: str, missing: list[str]):
+        self.program, self.to_state, self.missing = program, to_state, missing
+        super().__init__(f"{program}: {label(to_state)} needs what it lacks: {'; '.join(missing)}")
+
+
+def missing_records(program, to_state: str) -> list[str]:
+    """What ``program`` lacks for ``to_state`` to be true (empty: nothing): the records the state implies."""
+    from inversions.models import WorkOrder
+
+    pk = program if isinstance(program, int) else program.pk
+    missing = []
+    if to_state in (State.PREPROCESSED, State.QUEUED, State.WORKING) and not WorkOrder.objects.filter(
+            program_id=pk, kind=WorkOrder.Kind.PREPROCESS, status=WorkOrder.Status.COMPLETED).exists():
+        missing.append("no completed preprocessing work order")
+    # (inversions are publishing's records, reached through their relation: no import of that app)
+    this = ObservingProgram.objects.filter(pk=pk)
+    if to_state == State.INVERTED and not this.filter(inversions__isnull=False).exists():
+        missing.append("no accepted results (no inversion)")
+    if to_state == State.PUBLISHED and not this.filter(inversions__store_recorded_at__isnull=False).exists():
+        missing.append("no published inversion (none recorded in the metadata store)")
+    return missing
+
+
+def correct(program, to_state: str, *, user, reason: str, force: bool = False, claimant=None,
+            priority: int | None = None) -> Transition:
+    """An admin's correction: any state, mandatory reason, flagged in the history.
+
+    Refused (:class:`MissingRecords`) when the program lacks the records ``to_state`` implies
+    (:func:`missing_records`), unless ``force``: then what was missing is recorded in the
+    transition's details. ``claimant`` (Working: who holds the claim, else the admin) and
+    ``priority`` (Queued) set the fields that go with the state.
+    """
     if not reason or not reason.strip():
         raise LifecycleError("A correction needs a reason.")
+    if to_state not in State.values:
+        raise LifecycleError(f"Unknown state {to_state!r}")
     pk = program if isinstance(program, int) else program.pk
-    [row] = apply([Change(pk, to_state, reason=reason.strip())], actor=_name(user), user=user, correction=True)
+    with transaction.atomic():
+        locked = ObservingProgram.objects.select_for_update().get(pk=pk)
+        missing = missing_records(pk, to_state)
+        if missing and not force:
+            raise MissingRecords(locked, to_state, missing)
+        details: dict[str, Any] = {"forced": True, "missing": missing} if missing else {}
+        if to_state == State.WORKING:
+            details["claimant"] = _name(claimant or user)
+        if to_state == State.QUEUED and priority is not None:
+            details["priority"] = priority
+        [row] = apply([Change(pk, to_state, reason=reason.strip(), details=details, priority=priority,
+                              claimant=claimant if to_state == State.WORKING else None)],
+                      actor=_name(user), user=user, correction=True)
     _refresh(program)
     return row
 
@@ -383,10 +449,42 @@ def claim_next(*, user) -> ObservingProgram | None:
     return candidate
 
 
-def release(program, *, user, to_state: str = State.PREPROCESSED, reason: str = "claim released") -> Transition:
-    if to_state not in (State.PREPROCESSED, State.QUEUED):
+#: the states a claim is taken from, and so the ones a released claim returns to
+CLAIMED_FROM = (State.PREPROCESSED, State.QUEUED)
+
+
+def claim_origin(history: Iterable[tuple[str, str]]) -> str:
+    """Where a released claim returns: the state the newest claim (a step into Working from
+    Preprocessed or Queued) came from; Preprocessed when the history shows none.
+
+    ``history``: (from_state, to_state) pairs, oldest first.
+    """
+    origin = State.PREPROCESSED
+    for from_state, to_state in history:
+        if to_state == State.WORKING and from_state in CLAIMED_FROM:
+            origin = from_state
+    return origin
+
+
+def release(program, *, user, to_state: str | None = None, reason: str = "claim released") -> Transition:
+    """Working → the state the claim came from (Preprocessed or Queued).
+
+    ``to_state`` names the target instead: an operator's Requeue sends a claim to the queue
+    whatever it came from (enqueueing is theirs to do); nobody else passes it.
+    """
+    if to_state is not None and to_state not in CLAIMED_FROM:
         raise LifecycleError("A claim is released to Preprocessed or Queued.")
-    return transition(program, to_state, actor=_name(user), user=user, reason=reason, expected_from=(State.WORKING,))
+    pk = program if isinstance(program, int) else program.pk
+    with transaction.atomic():
+        locked = ObservingProgram.objects.select_for_update().get(pk=pk)
+        if locked.state != State.WORKING:
+            raise StateChanged(locked, [State.WORKING], locked.state)
+        if to_state is None:
+            to_state = claim_origin(Transition.objects.filter(program_id=pk).order_by("at", "id")
+                                    .values_list("from_state", "to_state"))
+        row = transition(locked, to_state, actor=_name(user), user=user, reason=reason, expected_from=(State.WORKING,))
+    _refresh(program)
+    return row
 
 
 def enqueue(program, *, user, priority: int = 0, reason: str = "work on this next") -> Transition:
@@ -401,8 +499,11 @@ def enqueue(program, *, user, priority: int = 0, reason: str = "work on this nex
     )
 
 
-def reprioritise(program, *, user, priority: int) -> Transition:
-    """A Queued program gets a new priority (Queued → Queued, in the history); it keeps its age."""
+def reprioritise(program, *, user, priority: int, reason: str = "") -> Transition:
+    """A Queued program gets a new priority (Queued → Queued, in the history); it keeps its age.
+
+    ``reason`` (the admin's) follows the old and new priority in the history.
+    """
     pk = program if isinstance(program, int) else program.pk
     with transaction.atomic():
         old = ObservingProgram.objects.select_for_update().values_list("priority", flat=True).get(pk=pk)
@@ -411,7 +512,7 @@ def reprioritise(program, *, user, priority: int) -> Transition:
             State.QUEUED,
             actor=_name(user),
             user=user,
-            reason=f"priority {old} → {priority}",
+            reason=f"priority {old} → {priority}" + (f": {reason.strip()}" if reason.strip() else ""),
             priority=priority,
             expected_from=(State.QUEUED,),
         )

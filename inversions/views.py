@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -74,8 +74,14 @@ def paginate(request, items, per_page: int, param: str = "page"):
 
 
 def safe_next(request, default: str) -> str:
+    """The ``next`` of a POST when it is a path on this site (``/…``), else ``default``.
+
+    Worked out before the action runs, and redirected to as a URL (never looked up as a view
+    name): ``next=yesterday`` or ``next=//elsewhere`` fall back to ``default``.
+    """
     target = request.POST.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    if (target.startswith("/") and not target.startswith(("//", "/\\"))
+            and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure())):
         return target
     return default
 
@@ -394,6 +400,8 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
         "error_from": state_label(error.from_state) if error and error.from_state else "",
         "can_claim": r["is_science"] and state in (State.PREPROCESSED, State.QUEUED),
         "can_release": state == State.WORKING and ((r["is_science"] and mine) or r["is_admin"]),
+        "release_to": State(lifecycle.claim_origin((t.from_state, t.to_state) for t in history)).label
+        if state == State.WORKING else "",
         "can_report": can_report,
         "report_form": report_form,
         "report_error": report_error,
@@ -459,21 +467,28 @@ def _target(ipeid: str) -> ObservingProgram:
     return get_object_or_404(ObservingProgram.objects.select_related("claimed_by"), instrument_program_execution_id=ipeid)
 
 
-def _done(request, program: ObservingProgram):
-    """After an action: the queue partial for HTMX swaps from the queue page, else a redirect."""
+def _back(request, program: ObservingProgram) -> str:
+    """Where an action on ``program`` returns to: a safe ``next``, else the program page (decided before acting)."""
+    return safe_next(request, reverse("program-detail", args=[program.instrument_program_execution_id]))
+
+
+def _done(request, back: str):
+    """After an action: the queue partial for HTMX swaps from the queue page, else a redirect to ``back``."""
     if wants_partial(request) and request.POST.get("from") == "queue":
         return queue_response(request, partial=True)
-    return redirect(safe_next(request, reverse("program-detail", args=[program.instrument_program_execution_id])))
+    return HttpResponseRedirect(back)
 
 
-def _act(request, program, action, success: str):
+def _act(request, program, action, success):
+    """Run ``action``; ``success`` is the message (or makes it, from the action's history row)."""
+    back = _back(request, program)
     try:
-        action()
+        row = action()
     except (lifecycle.LifecycleError, ObservingProgram.DoesNotExist) as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, success)
-    return _done(request, program)
+        messages.success(request, success(row) if callable(success) else success)
+    return _done(request, back)
 
 
 @require_POST
@@ -490,10 +505,10 @@ def release(request, ipeid: str):
     if program.state == State.WORKING and program.claimed_by_id != request.user.pk and not is_admin(request.user):
         who = program.claimed_by.get_username() if program.claimed_by else "nobody"
         raise PermissionDenied(f"{program} is claimed by {who}: only they (or an operator, with Requeue) can release it.")
-    to_state = State.QUEUED if request.POST.get("to") == State.QUEUED else State.PREPROCESSED
+    # back where the claim came from (Preprocessed or Queued): enqueueing is the operators' to do
     return _act(
-        request, program, lambda: lifecycle.release(program, user=request.user, to_state=to_state),
-        f"Released {program} (now {State(to_state).label}).",
+        request, program, lambda: lifecycle.release(program, user=request.user),
+        lambda row: f"Released {program} (now {State(row.to_state).label}).",
     )
 
 
@@ -526,7 +541,7 @@ def enqueue(request, ipeid: str):
     program = _target(ipeid)
     priority = _priority(request)
     if priority is None:
-        return _done(request, program)
+        return _done(request, _back(request, program))
     return _act(
         request, program,
         lambda: lifecycle.enqueue(program, user=request.user, priority=priority, reason=f"work on this next (priority {priority})"),
@@ -540,7 +555,7 @@ def set_priority(request, ipeid: str):
     program = _target(ipeid)
     priority = _priority(request)
     if priority is None:
-        return _done(request, program)
+        return _done(request, _back(request, program))
     if program.state == State.PREPROCESSED:
         return enqueue(request, ipeid)
     return _act(
@@ -560,6 +575,7 @@ def dequeue(request, ipeid: str):
 @require_role(is_operator, "Only operators retry failed programs.")
 def retry(request, ipeid: str):
     program = _target(ipeid)
+    back = _back(request, program)
     try:
         row = lifecycle.retry(program, user=request.user, reason="retried by an operator")
     except lifecycle.LifecycleError as exc:
@@ -573,7 +589,7 @@ def retry(request, ipeid: str):
             redo = publishing_after_retry(program, user=request.user)
             more = f" {redo[0]} runs again (order #{redo[1].order.pk})." if redo and redo[1].created else ""
         messages.success(request, f"{program} is back to {State(row.to_state).label}.{more}")
-    return _done(request, program)
+    return _done(request, back)
 
 
 @require_POST
@@ -581,6 +597,7 @@ def retry(request, ipeid: str):
 def preprocess(request, ipeid: str):
     """Start preprocessing now; ``force`` redoes it even when the inputs did not change."""
     program = _target(ipeid)
+    back = _back(request, program)
     forced = request.POST.get("force", "").lower() in ("1", "true", "on", "yes")
     try:
         result = pipeline.start(program, user=request.user, forced=forced)
@@ -592,7 +609,7 @@ def preprocess(request, ipeid: str):
             messages.success(request, f"Preprocessing of {program} started{how}: order #{result.order.pk}.")
         else:
             messages.info(request, f"Preprocessing of {program} is already under way: {result.reason}.")
-    return _done(request, program)
+    return _done(request, back)
 
 
 @require_POST

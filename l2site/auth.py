@@ -54,6 +54,20 @@ def require_role(check, message: str):
     return decorator
 
 
+def client_ip(request) -> str | None:
+    """The client's address for login throttling (``AXES_CLIENT_IP_CALLABLE``).
+
+    Behind the reverse proxy (``L2_BEHIND_PROXY``) the right-most ``X-Forwarded-For`` entry,
+    the one the proxy appended (those left of it are the client's to invent); else ``REMOTE_ADDR``.
+    """
+    from django.conf import settings
+
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if settings.L2_BEHIND_PROXY and forwarded.strip():
+        return forwarded.split(",")[-1].strip()[:45] or request.META.get("REMOTE_ADDR")
+    return request.META.get("REMOTE_ADDR")
+
+
 class ApiTokenMiddleware:
     """``Authorization: Bearer <token>`` on /api/ authenticates as the token's user.
 

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_celery_beat",
     "django_celery_results",
+    "axes",
     "inversions",
     "scanning",
     "publishing",
@@ -98,14 +99,17 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "l2site.auth.ApiTokenMiddleware",
+    "l2site.inputs.CleanInputMiddleware",  # 400 for NUL / lone surrogates in path, query, form, JSON
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last (django-axes): the lockout answer
 ]
 
 ROOT_URLCONF = "l2site.urls"
 WSGI_APPLICATION = "l2site.wsgi.application"
+CSRF_FAILURE_VIEW = "l2site.error_pages.csrf_failure"  # JSON under /api/
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -135,6 +139,20 @@ if env("DATABASE_URL"):
 else:
     DATABASES = {"default": embedded.database_settings()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Login throttling (django-axes): after L2_LOGIN_FAILURE_LIMIT failed logins for one user name
+# from one address, that pair is locked out for L2_LOGIN_LOCKOUT_MINUTES (each further try
+# restarts the wait); a good login resets the count. Attempts are kept in the database (admin:
+# "Axes"), so every web process sees them. The address is REMOTE_ADDR, or behind the proxy
+# (L2_BEHIND_PROXY) the one it appended to X-Forwarded-For (l2site.auth.client_ip).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = max(1, int(env_number("L2_LOGIN_FAILURE_LIMIT", 5, int)))
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("L2_LOGIN_LOCKOUT_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "l2site.auth.client_ip"
+L2_BEHIND_PROXY = env_bool("L2_BEHIND_PROXY", False)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -6,6 +6,12 @@ from l2site import health
 from publishing import api
 from publishing.urls import program_urlpatterns
 
+# JSON under /api/, the error pages elsewhere
+handler400 = "l2site.error_pages.bad_request"
+handler403 = "l2site.error_pages.permission_denied"
+handler404 = "l2site.error_pages.page_not_found"
+handler500 = "l2site.error_pages.server_error"
+
 admin.site.site_header = "L2 administration"
 admin.site.site_title = "L2 admin"
 

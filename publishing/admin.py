@@ -16,9 +16,10 @@ def revoke(modeladmin, request, queryset):
 class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are issued with `manage.py api_token create` (the raw token is shown once)."""
 
-    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
-    list_filter = ("revoked_at",)
-    readonly_fields = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_display = ("name", "user", "prefix", "reports_for_any_claimant", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at", "reports_for_any_claimant")
+    fields = ("name", "user", "prefix", "reports_for_any_claimant", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")  # only the flag is edited
     actions = [revoke]
 
     def has_add_permission(self, request):

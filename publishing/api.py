@@ -9,7 +9,8 @@ import json
 from datetime import datetime, timezone
 
 from django.core.paginator import EmptyPage, Paginator
-from django.http import JsonResponse
+from django.http import HttpResponseNotAllowed, JsonResponse
+from django.http.request import RawPostDataException
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
 from django.views.decorators.http import require_GET, require_POST
@@ -34,19 +35,23 @@ class BadRequest(ValueError):
 
 
 def api_view(view):
-    """JSON errors (401 for anonymous, 400 for bad parameters) instead of redirects and pages."""
+    """JSON errors (401 for anonymous, 400 for bad parameters, 405) instead of redirects and pages.
+
+    Outside the method decorator (``@api_view`` then ``@require_GET``), so that its 405 is JSON too.
+    """
 
     def wrapped(request, *args, **kwargs):
         if not request.user.is_authenticated:
             return JsonResponse({"error": "authentication required (Bearer token or session)"}, status=401)
-        try:
-            if any("\x00" in value for values in request.GET.lists() for value in values[1]) or any(
-                isinstance(value, str) and "\x00" in value for value in kwargs.values()
-            ):
-                raise BadRequest("parameters must not contain NUL characters")
-            return view(request, *args, **kwargs)
+        try:  # (NUL and lone surrogates never get here: l2site.inputs.CleanInputMiddleware)
+            response = view(request, *args, **kwargs)
         except BadRequest as exc:
             return JsonResponse({"error": str(exc)}, status=400)
+        if isinstance(response, HttpResponseNotAllowed):  # (require_GET / require_POST, inside)
+            allowed = response["Allow"]
+            return JsonResponse({"error": f"{request.method[:10]} is not allowed here: {allowed}"}, status=405,
+                                headers={"Allow": allowed})
+        return response
 
     wrapped.login_required = False  # answered here as JSON 401, not by LoginRequiredMiddleware
     wrapped.__name__ = view.__name__
@@ -68,16 +73,29 @@ def int_param(request, name: str, default: int, lo: int, hi: int) -> int:
 
 
 def datetime_param(request, name: str) -> datetime | None:
+    """An ISO 8601 instant, in UTC (no zone: UTC); absent: None. Empty or unreadable: BadRequest.
+
+    Converted to UTC here, so that PostgreSQL never sees the offset given (it refuses offsets
+    beyond ±15:59, which Python accepts up to ±23:59).
+    """
     raw = request.GET.get(name)
-    if raw in (None, ""):
+    if raw is None:
         return None
+    example = "e.g. 2024-01-31T12:00:00Z"
+    if not raw.strip():
+        raise BadRequest(f"{name} must be an ISO 8601 date-time ({example}), not empty: leave it out to get everything")
     try:
-        value = parse_datetime(raw)
+        value = parse_datetime(raw.strip())
     except ValueError:
         value = None
     if value is None:
-        raise BadRequest(f"{name} must be an ISO 8601 date-time, e.g. 2024-01-31T12:00:00Z, not {raw[:40]!r}")
-    return make_aware(value, timezone.utc) if is_naive(value) else value
+        raise BadRequest(f"{name} must be an ISO 8601 date-time, {example}, not {raw[:40]!r}")
+    if is_naive(value):
+        value = make_aware(value, timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise BadRequest(f"{name} {raw[:40]!r} is out of range (years 1 to 9999 in UTC)")
 
 
 def paginate(request, queryset, serialize):
@@ -116,8 +134,8 @@ def program_summary(p: ObservingProgram) -> dict:
     }
 
 
-@require_GET
 @api_view
+@require_GET
 def programs(request):
     """Observing Programs: ?state=&instrument=&proposal=&updated_since=&page=&page_size="""
     qs = ObservingProgram.objects.order_by("updated_at", "id")
@@ -136,8 +154,8 @@ def programs(request):
     return JsonResponse(paginate(request, qs, program_summary))
 
 
-@require_GET
 @api_view
+@require_GET
 def program(request, ipeid: str):
     """One program with its datasets, qualification report and history."""
     try:
@@ -253,8 +271,8 @@ def l2_file(f) -> dict:
 PUBLISHED_FILTER = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-@require_GET
 @api_view
+@require_GET
 def inversions(request):
     """Inversions, oldest change first: ?program=&proposal=&dataset=&published=&updated_since=&page=&page_size="""
     from django.db.models import Count
@@ -280,8 +298,8 @@ def inversions(request):
     return JsonResponse(paginate(request, qs, inversion_summary))
 
 
-@require_GET
 @api_view
+@require_GET
 def inversion(request, inversion_id: str):
     """One inversion with its result files and its L2 files."""
     from django.db.models import Count
@@ -302,26 +320,28 @@ def inversion(request, inversion_id: str):
     return JsonResponse(body)
 
 
-@require_POST
 @api_view
+@require_POST
 def report_inverted(request, ipeid: str):
     """Report a Working program inverted (DESIGN §8): the science cluster's way.
 
     Body (JSON): ``{"collection", "path", "software_commit", "dataset_ids": [...], "notes"}``.
-    The token's user must be in the science group. Everything that can be checked without the
+    The token's user must be in the science group and hold the program's claim, unless the
+    token is a cluster client's that may report for any claimant (``reports_for_any_claimant``,
+    set by an admin): 403 otherwise, nothing changed. Everything that can be checked without the
     files is checked now: a refused report answers 400 ``{"error", "field"}`` and changes
     nothing. An accepted one answers 202 with the intake order; a worker then fetches and
     checks the files: the program becomes Inverted, or Error (step ``results``) with the reason
     (``GET /api/v1/programs/<id>`` shows which, and ``intake``).
     """
-    from publishing.intake import ReportRejected, submit_report
+    from publishing.intake import NotClaimant, ReportRejected, submit_report
 
     if not is_science(request.user):
         return JsonResponse({"error": "only the science team reports programs inverted"}, status=403)
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body must be a JSON object")
+    except (ValueError, UnicodeDecodeError, RawPostDataException):  # (the last: a form body, read as a form)
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     program = ObservingProgram.objects.select_related("claimed_by").filter(instrument_program_execution_id=ipeid).first()
@@ -329,6 +349,8 @@ def report_inverted(request, ipeid: str):
         return JsonResponse({"error": f"no Observing Program {ipeid!r}"}, status=404)
     token = getattr(request, "api_token", None)
     actor = f"api:{token.name}" if token is not None else request.user.get_username()
+    # the claimant's own report, unless the token is a cluster client's that reports for any claimant
+    for_anyone = token is not None and token.reports_for_any_claimant
     try:
         order = submit_report(
             program,
@@ -339,9 +361,12 @@ def report_inverted(request, ipeid: str):
             software_commit=body.get("software_commit") or "",
             dataset_ids=body.get("dataset_ids") if body.get("dataset_ids") is not None else [],
             notes=body.get("notes") if body.get("notes") is not None else "",
-            require_claim=False,
+            require_claim=not for_anyone,
             source={"api_token": token.name} if token is not None else {"user": actor},
         )
+    except NotClaimant as exc:
+        return JsonResponse({"error": f"{exc.message}: only the claimant reports it, or a cluster client whose "
+                                      "token may report for any claimant"}, status=403)
     except ReportRejected as exc:
         payload = {"error": exc.message}
         if exc.field:

@@ -38,6 +38,8 @@ from kombu import Queue
 
 from inversions.events import connection, exchange
 from inversions.models import ObservingProgram, WorkOrder
+from l2site.inputs import RULE as INPUT_RULE
+from l2site.inputs import problem as input_problem
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,12 @@ def message_key(body, properties: dict | None, headers: dict | None) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def _identity(body: dict) -> tuple[str, object] | str:
-    """(actor, user) of the message, or the reason it has none."""
+def _identity(body: dict) -> tuple[str, object, bool] | str:
+    """(actor, user, may report for any claimant) of the message, or the reason it has none.
+
+    A token reports for its user's own claims unless it is a cluster client's
+    (``reports_for_any_claimant``); a client of ``L2_EVENT_CLIENTS`` is a trusted cluster client.
+    """
     from l2site.auth import is_science
     from publishing.models import ApiToken
 
@@ -86,13 +92,13 @@ def _identity(body: dict) -> tuple[str, object] | str:
             return "invalid or revoked API token"
         if not is_science(found.user):
             return f"the token {found.name!r} is not one of the science team's"
-        return f"bus:{found.name}", found.user
+        return f"bus:{found.name}", found.user, found.reports_for_any_claimant
     client = body.get("client")
     if isinstance(client, str) and client.strip():
         if client.strip() not in settings.L2_EVENT_CLIENTS:
             known = ", ".join(settings.L2_EVENT_CLIENTS) or "none configured"
             return f"unknown client {client.strip()[:80]!r} (L2_EVENT_CLIENTS: {known})"
-        return f"bus:{client.strip()}", None
+        return f"bus:{client.strip()}", None, True
     return "the message names neither a token nor a client"
 
 
@@ -102,6 +108,8 @@ def handle(body, key: str) -> Verdict:
 
     if not isinstance(body, dict):
         return Verdict(False, f"the body must be a JSON object, not {type(body).__name__}")
+    if found := input_problem(body) or input_problem(key):  # the rule of every entry point (l2site.inputs)
+        return Verdict(False, f"the message {INPUT_RULE} (found {found})")
     seen = (WorkOrder.objects.filter(kind=WorkOrder.Kind.INTAKE, details__source__message_id=key)
             .exclude(status=WorkOrder.Status.FAILED).first())
     if seen is not None:
@@ -112,7 +120,7 @@ def handle(body, key: str) -> Verdict:
     identity = _identity(body)
     if isinstance(identity, str):
         return Verdict(False, identity)
-    actor, user = identity
+    actor, user, for_anyone = identity
     program = ObservingProgram.objects.select_related("claimed_by").filter(
         instrument_program_execution_id=ipeid.strip()[:200]).first()
     if program is None:
@@ -124,7 +132,7 @@ def handle(body, key: str) -> Verdict:
             software_commit=body.get("software_commit") or "",
             dataset_ids=dataset_ids if dataset_ids is not None else [],
             notes=body.get("notes") if body.get("notes") is not None else "",
-            require_claim=False, source={"bus": actor, "message_id": key},
+            require_claim=not for_anyone, source={"bus": actor, "message_id": key},
         )
     except ReportRejected as exc:
         return Verdict(False, exc.message + (f" (field {exc.field})" if exc.field else ""))

@@ -48,6 +48,8 @@ from inversions import lifecycle, transfers, work_orders
 from inversions.errors import BackoffRetryError, DoNotRetryError, L2Error, RetryError
 from inversions.models import Dataset, ObservingProgram, WorkOrder
 from inversions.states import State
+from l2site.inputs import RULE as INPUT_RULE
+from l2site.inputs import problem as input_problem
 from publishing.results import RESULT_FILES, validate_results
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
@@ -137,6 +139,10 @@ def _check_fields(collection, path, software_commit, dataset_ids, notes) -> tupl
         raise ReportRejected("software_commit is required", field="software_commit")
     if not isinstance(notes, str):
         raise ReportRejected("notes must be text", field="notes")
+    for name, value in (("collection", collection), ("path", path), ("software_commit", software_commit),
+                        ("dataset_ids", dataset_ids), ("notes", notes)):
+        if found := input_problem(value):  # the rule of every entry point (the event bus has no middleware)
+            raise ReportRejected(f"{name} {INPUT_RULE} (found {found})", field=name)
     collection, path, commit = collection.strip(), path.strip(), software_commit.strip().lower()
     if len(collection) > MAX_FIELD or len(path) > MAX_FIELD:
         raise ReportRejected("collection and path must be shorter than 1000 characters", field="path")
@@ -169,13 +175,17 @@ def _check_location(collection: str, path: str) -> None:
         raise ReportRejected(exc.message, field="path") from exc
 
 
+class NotClaimant(ReportRejected):
+    """The reporter does not hold the program's claim (and may not report for another claimant)."""
+
+
 def _check_program(program: ObservingProgram, user, require_claim: bool) -> None:
     if program.state != State.WORKING:
         raise ReportRejected(f"{program} is {program.get_state_display()}, not Working: only a program being "
                              "worked on can be reported inverted")
     if require_claim and program.claimed_by_id != getattr(user, "pk", None):
         who = program.claimed_by.get_username() if program.claimed_by_id else "nobody"
-        raise ReportRejected(f"{program} is claimed by {who}, not by you")
+        raise NotClaimant(f"{program} is claimed by {who}, not by you")
 
 
 @dataclass(frozen=True)
@@ -234,10 +244,12 @@ def submit_report(
 ) -> WorkOrder:
     """Check a report and queue the fetch-and-check of its files; return the intake order.
 
-    ``require_claim`` (the dashboard): the reporter must hold the claim; the API and the event
-    bus pass False (a science-team token may report any Working program). ``source`` is kept
-    on the order (the API token, the bus message id …). Raises :class:`ReportRejected` for a
-    bad report or when results of the program are already being checked; nothing changes then.
+    ``require_claim``: the reporter must hold the claim (:class:`NotClaimant` otherwise); only a
+    cluster client that may report for any claimant (``ApiToken.reports_for_any_claimant``, or
+    a client of ``L2_EVENT_CLIENTS``) passes False. The claimant is kept on the order, and the
+    history row of the verdict names both. ``source`` is kept on the order (the API token, the
+    bus message id …). Raises :class:`ReportRejected` for a bad report or when results of the
+    program are already being checked; nothing changes then.
     """
     report = check_report(program, user=user, collection=collection, path=path, software_commit=software_commit,
                           dataset_ids=dataset_ids, notes=notes, require_claim=require_claim)
@@ -253,6 +265,7 @@ def submit_report(
     with transaction.atomic():
         locked = ObservingProgram.objects.select_for_update(of=("self",)).select_related("claimed_by").get(pk=program.pk)
         _check_program(locked, user, require_claim)  # nobody changed it meanwhile
+        details["claimant"] = locked.claimed_by.get_username() if locked.claimed_by_id else None
         requested = work_orders.request(locked, INTAKE, requested_by=actor, user=user if getattr(user, "pk", None) else None,
                                         details=details)
         if not requested.created:
@@ -388,11 +401,13 @@ def _record(order: WorkOrder, checked) -> bool:
             updated_at=now,
             bucket=_bucket(program, report["dataset_ids"]),
         )
+        claimant = order.details.get("claimant")
+        for_whom = f" by {order.requested_by} for {claimant}" if claimant and claimant != order.requested_by else ""
         lifecycle.transition(
             program, State.INVERTED, actor=order.requested_by, user=order.requested_by_user,
-            reason="reported inverted; result files checked",
+            reason=f"reported inverted{for_whom}; result files checked",
             details={"inversion_id": inversion.inversion_id, "intake": order.pk, **report,
-                     "files": files},
+                     "files": files, "reported_by": order.requested_by, "claimant": claimant},
             expected_from=(State.WORKING,),
         )
         work_orders.complete(order, details={"files": files}, progress={"files": len(files)})

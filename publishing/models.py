@@ -33,6 +33,11 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    reports_for_any_claimant = models.BooleanField(
+        default=False,
+        help_text="a cluster client that may report a program inverted whoever claimed it (set by an admin); "
+                  "otherwise only the claimant's own token may report it",
+    )
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -44,10 +49,11 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, *, name: str, user) -> tuple["ApiToken", str]:
+    def issue(cls, *, name: str, user, reports_for_any_claimant: bool = False) -> tuple["ApiToken", str]:
         """Create a token; return the row and the raw token (never stored)."""
         raw = settings.L2_API_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(name=name, user=user, key_hash=hash_token(raw), prefix=raw[:10])
+        token = cls.objects.create(name=name, user=user, key_hash=hash_token(raw), prefix=raw[:10],
+                                   reports_for_any_claimant=reports_for_any_claimant)
         return token, raw
 
     @classmethod

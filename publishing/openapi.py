@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from django.http import JsonResponse
-from django.views.decorators.http import require_GET
 
 from inversions.states import State
 
@@ -12,7 +11,7 @@ PAGE_PARAMS = [
     {
         "name": "updated_since",
         "in": "query",
-        "description": "only records changed after this instant (ISO 8601; no zone = UTC): for incremental pulls",
+        "description": "only records changed after this instant (ISO 8601; no zone = UTC): for incremental pulls. An empty or unreadable value is refused (400)",
         "schema": {"type": "string", "format": "date-time"},
     },
 ]
@@ -253,7 +252,7 @@ def spec() -> dict:
             "/programs/{instrumentProgramExecutionId}/inverted": {
                 "post": {
                     "summary": "Report a Working program inverted (science team tokens)",
-                    "description": "Everything that can be checked without the files (fields, program Working, datasets, collection and path) is checked at once: a refused report answers 400 and changes nothing. An accepted one answers 202 with the intake order; a worker then fetches the three result files from the collection and checks them (present, readable FITS, shapes agree with each other and with the program's raster steps). Good files: the inversion is recorded and the program becomes Inverted. Bad files: the program goes to Error with step `results` and the reason (see GET /programs/{id}).",
+                    "description": "The token's user must hold the program's claim, unless the token belongs to a cluster client that may report for any claimant (set by an admin): otherwise 403, nothing changed. Everything that can be checked without the files (fields, program Working, datasets, collection and path) is checked at once: a refused report answers 400 and changes nothing. An accepted one answers 202 with the intake order; a worker then fetches the three result files from the collection and checks them (present, readable FITS, shapes agree with each other and with the program's raster steps). Good files: the inversion is recorded and the program becomes Inverted. Bad files: the program goes to Error with step `results` and the reason (see GET /programs/{id}).",
                     "parameters": [{"name": "instrumentProgramExecutionId", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "requestBody": {
                         "required": True,
@@ -339,8 +338,10 @@ def spec() -> dict:
     }
 
 
-@require_GET
 def openapi(request):
+    if request.method not in ("GET", "HEAD"):  # (a JSON 405, like the rest of /api/)
+        return JsonResponse({"error": f"{request.method[:10]} is not allowed here: GET, HEAD"}, status=405,
+                            headers={"Allow": "GET, HEAD"})
     return JsonResponse(spec())
 
 

@@ -37,8 +37,8 @@ def scan_summary(scan: Scan) -> dict:
     }
 
 
-@require_GET
 @api_view
+@require_GET
 def scans(request):
     """Scans, newest first: ?status=&page=&page_size="""
     qs = Scan.objects.order_by("-started_at", "-id")
@@ -50,8 +50,8 @@ def scans(request):
     return JsonResponse(paginate(request, qs, scan_summary))
 
 
-@require_GET
 @api_view
+@require_GET
 def scan(request, pk: int):
     """One scan with its bad records (raw JSON as kept) and its warnings."""
     found = Scan.objects.filter(pk=pk).first()

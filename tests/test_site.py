@@ -183,3 +183,145 @@ def test_check_deploy_is_clean_with_production_settings():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+# --- The admin changes programs only through the life-cycle (issue 13) ----------------------
+CHANGELIST = "admin:inversions_observingprogram_changelist"
+
+
+@pytest.mark.django_db
+def test_the_admin_cannot_edit_a_programs_row(client, admin_user, make_program):
+    program = make_program(State.QUEUED, experiment_description="the PI's words")
+    client.force_login(admin_user)
+    url = reverse("admin:inversions_observingprogram_change", args=[program.pk])
+    page = client.get(url).content.decode()
+    assert 'name="priority"' not in page and 'name="experiment_description"' not in page and 'name="_save"' not in page
+    response = client.post(url, {"priority": "999", "state": State.PUBLISHED, "experiment_description": "edited",
+                                 "claimed_by": str(admin_user.pk), "dataset_count": "7", "_save": "Save"})
+    assert response.status_code == 403
+    fresh = type(program).objects.get(pk=program.pk)
+    assert (fresh.priority, fresh.state, fresh.experiment_description, fresh.claimed_by_id, fresh.dataset_count) == (
+        program.priority, State.QUEUED, "the PI's words", None, program.dataset_count)
+    assert fresh.transitions.count() == program.transitions.count()
+
+
+@pytest.mark.django_db
+def test_correct_state_shows_what_the_target_implies(client, admin_user, make_program):
+    program = make_program(State.INVERTIBLE)
+    client.force_login(admin_user)
+    page = client.post(reverse(CHANGELIST), {"action": "correct_state", "_selected_action": [program.pk]})
+    html = page.content.decode()
+    assert page.status_code == 200 and 'data-testid="implies"' in html
+    assert "needs a published inversion" in html and "needs a completed preprocessing work order" in html
+
+
+@pytest.mark.django_db
+def test_correct_state_refuses_a_target_whose_records_are_missing_unless_forced(client, admin_user, make_program):
+    program = make_program(State.INVERTED)
+    client.force_login(admin_user)
+    data = {"action": "correct_state", "_selected_action": [program.pk], "apply": "1", "to_state": State.PUBLISHED,
+            "reason": "the store has it"}
+    refused = client.post(reverse(CHANGELIST), data)
+    html = refused.content.decode()
+    assert refused.status_code == 200 and 'data-testid="missing-records"' in html and "no published inversion" in html
+    assert "nothing was changed" in html
+    program.refresh_from_db()
+    assert program.state == State.INVERTED and program.transitions.filter(is_correction=True).count() == 0
+    forced = client.post(reverse(CHANGELIST), {**data, "force": "on"})
+    assert forced.status_code == 302
+    program.refresh_from_db()
+    row = program.transitions.latest("at", "id")
+    assert program.state == State.PUBLISHED and row.is_correction and row.reason == "the store has it"
+    assert row.details["forced"] is True and row.details["missing"] == ["no published inversion (none recorded in the metadata store)"]
+
+
+@pytest.mark.django_db
+def test_correct_state_to_working_names_the_claimant(client, admin_user, scientist, make_program):
+    from inversions.models import WorkOrder
+
+    program = make_program(State.PREPROCESSED)
+    WorkOrder.objects.create(program=program, kind=WorkOrder.Kind.PREPROCESS, status=WorkOrder.Status.COMPLETED)
+    client.force_login(admin_user)
+    response = client.post(reverse(CHANGELIST), {
+        "action": "correct_state", "_selected_action": [program.pk], "apply": "1", "to_state": State.WORKING,
+        "claimant": str(scientist.pk), "reason": "han took it by mail"})
+    assert response.status_code == 302
+    program.refresh_from_db()
+    row = program.transitions.latest("at", "id")
+    assert (program.state, program.claimed_by, row.actor, row.details) == (State.WORKING, scientist, "ada", {"claimant": "han"})
+
+
+@pytest.mark.django_db
+def test_the_admin_sets_a_priority_through_the_life_cycle(client, admin_user, make_program):
+    program = make_program(State.QUEUED)
+    other = make_program(State.PREPROCESSED)
+    client.force_login(admin_user)
+    base = {"action": "set_priority", "_selected_action": [program.pk, other.pk], "apply": "1", "priority": "777"}
+    assert b"needs a reason" in client.post(reverse(CHANGELIST), {**base, "reason": "  "}).content
+    response = client.post(reverse(CHANGELIST), {**base, "reason": "the PI asked"}, follow=True)
+    assert response.status_code == 200 and "New priority for 1 program(s)." in response.content.decode()
+    program.refresh_from_db()
+    other.refresh_from_db()
+    row = program.transitions.latest("at", "id")
+    assert program.priority == 777 and (row.from_state, row.to_state, row.actor) == (State.QUEUED, State.QUEUED, "ada")
+    assert row.reason == "priority 0 → 777: the PI asked"
+    assert other.state == State.PREPROCESSED and other.transitions.count() == 3
+
+
+# --- Login throttling (django-axes) -----------------------------------------------------------
+def _login(client, username, password, ip="10.0.0.1", **extra):
+    return client.post(reverse("login"), {"username": username, "password": password}, REMOTE_ADDR=ip, **extra)
+
+
+@pytest.mark.django_db
+def test_failed_logins_lock_out_that_user_from_that_address(client, make_user, settings):
+    from django.test import Client
+
+    settings.AXES_FAILURE_LIMIT = 3
+    make_user("han", "science", password="right-pw-123")
+    make_user("mei", "science", password="right-pw-456")
+    for _ in range(2):
+        assert _login(client, "han", "wrong").status_code == 200  # the form again, with the error
+    locked = _login(client, "han", "wrong")
+    assert locked.status_code == 429 and 'data-testid="locked-out"' in locked.content.decode()
+    assert "han" in locked.content.decode()
+    again = _login(Client(), "han", "right-pw-123")  # even the right password, while locked out
+    assert again.status_code == 429 and "_auth_user_id" not in again.client.session
+    assert _login(Client(), "han", "right-pw-123", ip="10.0.0.2").status_code == 302  # another address
+    assert _login(Client(), "mei", "right-pw-456").status_code == 302  # another user from the same address
+
+
+@pytest.mark.django_db
+def test_a_good_login_resets_the_count(client, make_user, settings):
+    settings.AXES_FAILURE_LIMIT = 3
+    make_user("han", "science", password="right-pw-123")
+    for _ in range(2):
+        _login(client, "han", "wrong")
+    assert _login(client, "han", "right-pw-123").status_code == 302
+    client.logout()
+    for _ in range(2):
+        assert _login(client, "han", "wrong").status_code == 200
+    assert _login(client, "han", "right-pw-123").status_code == 302
+
+
+@pytest.mark.django_db
+def test_behind_the_proxy_the_address_is_the_one_it_appended(client, make_user, settings):
+    settings.AXES_FAILURE_LIMIT, settings.L2_BEHIND_PROXY = 2, True
+    make_user("han", "science", password="right-pw-123")
+    for spoofed in ("1.1.1.1", "2.2.2.2"):  # the client's own X-Forwarded-For entries do not help it
+        _login(client, "han", "wrong", ip="10.0.0.9", HTTP_X_FORWARDED_FOR=f"{spoofed}, 192.0.2.7")
+    assert _login(client, "han", "right-pw-123", ip="10.0.0.9", HTTP_X_FORWARDED_FOR="3.3.3.3, 192.0.2.7").status_code == 429
+    assert _login(client, "han", "right-pw-123", ip="10.0.0.9", HTTP_X_FORWARDED_FOR="192.0.2.8").status_code == 302
+
+
+def test_the_lockout_settings_come_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = "from django.conf import settings as s; print(s.AXES_FAILURE_LIMIT, s.AXES_COOLOFF_TIME.total_seconds())"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "l2site.settings", "SECRET_KEY": "x",
+           "L2_LOGIN_FAILURE_LIMIT": "7", "L2_LOGIN_LOCKOUT_MINUTES": "2.5"}
+    out = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], capture_output=True,
+                         text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.split() == ["7", "150.0"], out.stderr

@@ -169,7 +169,8 @@ def test_operator_requeues_a_stale_claim(client, make_op, operator, scientist):
     assert history(program)[-1][2:] == ("olga", f"requeued by an operator (claimed by han since {(program.transitions.filter(to_state=State.WORKING).last().at - timedelta(days=5)):%Y-%m-%d %H:%M})")
 
 
-def test_scientist_claims_from_the_program_page_and_releases_to_the_queue(client, make_op, scientist):
+def test_scientist_claims_from_the_program_page_and_releases_it_back_to_preprocessed(client, make_op, scientist):
+    """A release returns the claim where it came from: asking for the queue does not enqueue (an operator's action)."""
     program = make_op(State.PREPROCESSED)
     client.force_login(scientist)
     post(client, "program-claim", program)
@@ -177,8 +178,62 @@ def test_scientist_claims_from_the_program_page_and_releases_to_the_queue(client
     assert (program.state, program.claimed_by) == (State.WORKING, scientist)
     page = client.get(reverse("program-detail", args=[str(program)])).content.decode()
     assert "han since" in page and "(you)" in page and 'id="report"' in page
+    assert "Back to Preprocessed, where the claim came from." in page and 'name="to"' not in page
     post(client, "program-release", program, {"to": "queued"})
-    assert fresh(program).state == State.QUEUED
+    assert fresh(program).state == State.PREPROCESSED
+    assert history(program)[-1][:2] == (State.WORKING, State.PREPROCESSED)
+
+
+def test_a_claim_taken_from_the_queue_is_released_back_to_the_queue(client, make_op, scientist):
+    program = make_op(State.QUEUED)
+    ObservingProgram.objects.filter(pk=program.pk).update(priority=7)
+    client.force_login(scientist)
+    post(client, "program-claim", program)
+    assert "Back to Queued" in client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    post(client, "program-release", program, {"to": "preprocessed"})
+    program = fresh(program)
+    assert (program.state, program.priority, program.claimed_by) == (State.QUEUED, 7, None)
+
+
+# --- next (issue 13): never a 500 after the action, never a redirect off the site ------------
+BAD_NEXTS = ["yesterday", "program-list", "javascript:alert(1)", "//evil.example/x", "https://evil.example/", "/\\evil"]
+
+
+@pytest.mark.parametrize("target", BAD_NEXTS)
+def test_a_bad_next_falls_back_to_the_program_page(client, make_op, operator, target):
+    program = make_op(State.QUEUED)
+    ObservingProgram.objects.filter(pk=program.pk).update(priority=1000)
+    client.force_login(operator)
+    response = post(client, "program-priority", program, {"priority": "777", "next": target})
+    assert response.status_code == 302
+    assert response["Location"] == reverse("program-detail", args=[str(program)])
+    assert fresh(program).priority == 777
+
+
+def test_a_good_next_is_followed(client, make_op, operator):
+    program = make_op(State.QUEUED)
+    client.force_login(operator)
+    response = post(client, "program-dequeue", program, {"next": "/queue/?page=2"})
+    assert (response.status_code, response["Location"]) == (302, "/queue/?page=2")
+
+
+@pytest.mark.parametrize("name, state, data, role", [
+    ("program-claim", State.PREPROCESSED, {}, "science"),
+    ("program-release", State.WORKING, {}, "science"),
+    ("program-enqueue", State.PREPROCESSED, {"priority": "3"}, "operators"),
+    ("program-enqueue", State.PREPROCESSED, {"priority": "not a number"}, "operators"),
+    ("program-dequeue", State.QUEUED, {}, "operators"),
+    ("program-retry", State.ERROR, {}, "operators"),
+    ("program-requeue", State.WORKING, {}, "operators"),
+    ("program-preprocess", State.INVERTIBLE, {}, "operators"),
+])
+def test_every_action_with_next_yesterday_redirects_to_the_program_page(client, make_op, make_user, name, state, data,
+                                                                        role):
+    user = make_user("actor", role)
+    program = make_op(state, claimant=user)
+    client.force_login(user)
+    response = post(client, name, program, {**data, "next": "yesterday"})
+    assert (response.status_code, response["Location"]) == (302, reverse("program-detail", args=[str(program)]))
 
 
 def test_a_scientist_cannot_release_someone_elses_claim(client, make_op, make_user, scientist):

@@ -222,8 +222,9 @@ def test_form_with_no_dataset_ticked_is_refused(client, root, working, scientist
 # --- The API ----------------------------------------------------------------------------
 @pytest.fixture
 def token(make_user):
+    """A cluster client's token: it may report for any claimant (the programs here are han's)."""
     robot = make_user("blanca", "science")
-    return ApiToken.issue(name="blanca-cluster", user=robot)[1]
+    return ApiToken.issue(name="blanca-cluster", user=robot, reports_for_any_claimant=True)[1]
 
 
 def api_post(client, program, body, token=None, raw: bytes | None = None):
@@ -320,3 +321,50 @@ def test_the_report_form_proposes_the_science_clusters_results_folder(root, work
     assert re.search(r'name="path"[^>]*value="' + re.escape(expected) + '"', page) or \
         re.search(r'value="' + re.escape(expected) + r'"[^>]*name="path"', page), page[:200]
     assert re.search(r'name="collection" value="science-cluster"', page)
+
+
+# --- Who may report through the API (issue 13) -----------------------------------------------
+def test_api_refuses_a_report_for_a_program_claimed_by_someone_else(client, root, working, make_user):
+    """A science-team token that is not the claimant's (and no cluster client's) is refused: nothing changes."""
+    results_for(working, root / "inversions" / "run-1")
+    mei = ApiToken.issue(name="mei-laptop", user=make_user("mei", "science"))[1]
+    before = snapshot(working)
+    response = api_post(client, working, submission(working), mei)
+    assert response.status_code == 403, response.content
+    assert "claimed by han" in response.json()["error"] and "any claimant" in response.json()["error"]
+    assert snapshot(working) == before and not WorkOrder.objects.filter(program=working).exists()
+    fresh = ObservingProgram.objects.get(pk=working.pk)
+    assert (fresh.claimed_by_id, fresh.claimed_at) == (working.claimed_by_id, working.claimed_at)
+
+
+def test_api_accepts_the_claimants_own_token(client, root, working, scientist):
+    results_for(working, root / "inversions" / "run-1")
+    own = ApiToken.issue(name="han-laptop", user=scientist)[1]
+    response = api_post(client, working, submission(working), own)
+    assert response.status_code == 202, response.content
+    run_intake(response.json()["intake"])
+    row = Transition.objects.filter(program=working).latest("id")
+    assert row.to_state == State.INVERTED and (row.details["reported_by"], row.details["claimant"]) == ("api:han-laptop", "han")
+
+
+def test_a_cluster_clients_report_names_the_client_and_the_claimant(client, root, working, token):
+    results_for(working, root / "inversions" / "run-1")
+    response = api_post(client, working, submission(working), token)
+    assert response.status_code == 202, response.content
+    run_intake(response.json()["intake"])
+    row = Transition.objects.filter(program=working).latest("id")
+    assert row.to_state == State.INVERTED and row.actor == "api:blanca-cluster"
+    assert row.reason == "reported inverted by api:blanca-cluster for han; result files checked"
+    assert (row.details["reported_by"], row.details["claimant"]) == ("api:blanca-cluster", "han")
+
+
+def test_the_any_claimant_flag_is_set_by_an_admin(client, admin_user, make_user):
+    robot = make_user("blanca", "science")
+    api_token, _ = ApiToken.issue(name="blanca-cluster", user=robot)
+    client.force_login(admin_user)
+    url = reverse("admin:publishing_apitoken_change", args=[api_token.pk])
+    assert "reports_for_any_claimant" in client.get(url).content.decode()
+    response = client.post(url, {"reports_for_any_claimant": "on"})
+    assert response.status_code == 302
+    api_token.refresh_from_db()
+    assert api_token.reports_for_any_claimant and api_token.name == "blanca-cluster" and api_token.user == robot

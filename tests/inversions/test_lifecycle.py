@@ -95,6 +95,10 @@ def test_claim_refuses_a_program_that_is_not_available(make_program, scientist):
 @pytest.mark.django_db
 def test_admin_correction_is_recorded_with_actor_reason_and_flag(make_program, admin_user):
     program = make_program(S.PUBLISHED)
+    program.inversions.create(  # the accepted results an Inverted program has
+        inversion_id="L2TEST0001", software_commit="abcdef1", dataset_ids=["A"], raster_steps=1,
+        reported_collection="science-cluster", reported_path="/x", scratch_path="/l2/x/", reported_by="han",
+        reported_at=program.state_changed_at)
     row = lifecycle.correct(program, S.INVERTED, user=admin_user, reason="published by mistake")
     assert program.state == S.INVERTED
     latest = program.transitions.latest("at", "id")
@@ -245,3 +249,55 @@ def test_a_retry_back_to_working_gives_the_claim_back_to_its_holder(make_program
     program.refresh_from_db()
     assert (row.to_state, row.actor_user, program.claimed_by) == (S.WORKING, operator, scientist)
     assert program.claimed_at == row.at
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("target, lacks", [
+    (S.PUBLISHED, "no published inversion"),
+    (S.INVERTED, "no accepted results"),
+    (S.PREPROCESSED, "no completed preprocessing work order"),
+    (S.QUEUED, "no completed preprocessing work order"),
+    (S.WORKING, "no completed preprocessing work order"),
+])
+def test_a_correction_to_a_state_whose_records_are_missing_needs_force(make_program, admin_user, target, lacks):
+    program = make_program(S.INVERTIBLE)
+    with pytest.raises(lifecycle.MissingRecords, match=lacks):
+        lifecycle.correct(program, target, user=admin_user, reason="operator says so")
+    assert program.transitions.count() == 2 and program.state == S.INVERTIBLE
+    row = lifecycle.correct(program, target, user=admin_user, reason="records lost in the migration", force=True)
+    assert program.state == target and row.is_correction and row.details["forced"] is True
+    assert any(lacks in m for m in row.details["missing"])
+
+
+@pytest.mark.django_db
+def test_a_correction_with_the_records_is_not_forced(make_program, admin_user, scientist):
+    from inversions.models import WorkOrder
+
+    program = make_program(S.INVERTIBLE)
+    WorkOrder.objects.create(program=program, kind=WorkOrder.Kind.PREPROCESS, status=WorkOrder.Status.COMPLETED)
+    row = lifecycle.correct(program, S.WORKING, user=admin_user, reason="han works on it", claimant=scientist)
+    assert (program.state, program.claimed_by) == (S.WORKING, scientist)
+    assert row.details == {"claimant": "han"}
+    row = lifecycle.correct(program, S.QUEUED, user=admin_user, reason="next", priority=9)
+    assert (program.state, program.priority, program.claimed_by) == (S.QUEUED, 9, None) and row.details == {"priority": 9}
+
+
+@pytest.mark.django_db
+def test_a_release_returns_where_the_claim_came_from(make_program, scientist, operator):
+    queued = make_program(S.QUEUED)
+    lifecycle.claim(queued, user=scientist)
+    assert lifecycle.release(queued, user=scientist).to_state == S.QUEUED
+    ready = make_program(S.PREPROCESSED)
+    lifecycle.claim(ready, user=scientist)
+    assert lifecycle.release(ready, user=scientist).to_state == S.PREPROCESSED
+    lifecycle.claim(ready, user=scientist)
+    assert lifecycle.release(ready, user=operator, to_state=S.QUEUED).to_state == S.QUEUED  # an operator's Requeue
+    assert lifecycle.claim_origin([("", S.DISCOVERED), (S.QUEUED, S.WORKING), (S.WORKING, S.ERROR),
+                                   (S.ERROR, S.WORKING)]) == S.QUEUED  # a retry is no new claim
+
+
+@pytest.mark.django_db
+def test_an_admin_reprioritises_with_a_reason(make_program, admin_user):
+    program = make_program(S.QUEUED)
+    row = lifecycle.reprioritise(program, user=admin_user, priority=500, reason="the PI asked")
+    assert row.reason == "priority 0 → 500: the PI asked" and program.priority == 500

@@ -46,7 +46,7 @@ def test_inverted_messages_are_reported_and_bad_ones_dead_lettered(bus, make_cas
     scientist = make_user("han", "science")
     case = make_case_for(scientist, l1=False)
     other = make_case_for(scientist, l1=False)
-    token = ApiToken.issue(name="blanca-cluster", user=make_user("blanca", "science"))[1]
+    token = ApiToken.issue(name="blanca-cluster", user=make_user("blanca", "science"), reports_for_any_claimant=True)[1]
     good = {"program": str(case.program), "token": token, **case.report()}
     publish_inverted(good, url=bus, message_id="blanca-1")
     publish_inverted(good, url=bus, message_id="blanca-1")  # delivered twice: reported once
@@ -81,3 +81,20 @@ def test_inverted_messages_are_reported_and_bad_ones_dead_lettered(bus, make_cas
 def test_the_command_stops_when_idle(bus, capsys):
     call_command("consume_events", "--idle-timeout", "1", "--timeout", "10")
     assert "handled 0 message(s), 0 dead-lettered" in capsys.readouterr().out
+
+
+def test_a_bus_token_reports_only_its_users_claims_unless_it_is_a_cluster_clients(make_case_for, make_user, settings):
+    """The rule of the API on the bus too; and NUL or lone surrogates are refused like at every entry point."""
+    settings.L2_EVENT_CLIENTS = ["blanca"]
+    han = make_user("han", "science")
+    case = make_case_for(han, l1=False)
+    mei = ApiToken.issue(name="mei-laptop", user=make_user("mei", "science"))[1]
+    refused = consumer.handle({"program": str(case.program), "token": mei, **case.report()}, "m-1")
+    assert not refused.accepted and "claimed by han, not by you" in refused.reason
+    bad = consumer.handle({"program": str(case.program), "client": "blanca", **case.report(notes="a\x00b")}, "m-2")
+    assert not bad.accepted and "NUL" in bad.reason
+    bad = consumer.handle({"program": str(case.program), "client": "blanca", **case.report(notes="a\ud800b")}, "m-3")
+    assert not bad.accepted and "lone surrogate" in bad.reason
+    assert not WorkOrder.objects.exists()
+    own = ApiToken.issue(name="han-laptop", user=han)[1]
+    assert consumer.handle({"program": str(case.program), "token": own, **case.report()}, "m-4").accepted
