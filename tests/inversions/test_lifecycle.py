@@ -22,7 +22,7 @@ EXPECTED = {
     S.QUEUED: {S.QUEUED, S.WORKING, S.PREPROCESSED, S.DISCOVERED, S.ERROR},  # Queued→Queued: new priority
     S.WORKING: {S.INVERTED, S.PREPROCESSED, S.QUEUED, S.ERROR},  # release → Preprocessed/Queued
     S.INVERTED: {S.PUBLISHED, S.ERROR},
-    S.PUBLISHED: {S.ERROR},
+    S.PUBLISHED: {S.WORKING, S.INVERTED, S.ERROR},  # re-inversion (claimed), republish
 }
 PAIRS = [(a, b) for a in EXPECTED for b in State]
 
