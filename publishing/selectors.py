@@ -27,6 +27,16 @@ def current_inversion(program: ObservingProgram) -> Inversion | None:
             .order_by("-selected_at", "-created_at", "-id").first())
 
 
+def pick_current(program: ObservingProgram, inversions: list[Inversion]) -> Inversion | None:
+    """:func:`current_inversion` over an already loaded list of the program's inversions."""
+    if program.state == State.PUBLISHED:
+        found = next((i for i in inversions if i.status == S.PUBLISHED), None)
+        if found is not None:
+            return found
+    live = [i for i in inversions if i.status not in (S.ARCHIVED, S.SUPERSEDED)]
+    return max(live, key=lambda i: (i.selected_at, i.created_at, i.pk), default=None)
+
+
 def program_inversions(program: ObservingProgram) -> list[Inversion]:
     """All of the program's inversions, newest first, with their status history."""
     return list(Inversion.objects.filter(program=program).select_related("superseded_by")
