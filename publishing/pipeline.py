@@ -571,9 +571,9 @@ def advance_inverted(program_ids: list[int] | None = None, *, actor: str = "work
     ids per request made: ``{"generate": […], "publish": […]}``.
     """
     done: dict[str, list[int]] = {"generate": [], "publish": []}
-    if not (settings.L2_AUTO_GENERATE or settings.L2_AUTO_PUBLISH):
-        return done
     programs = ObservingProgram.objects.filter(state=State.INVERTED).order_by("pk")
+    if not (settings.L2_AUTO_GENERATE or settings.L2_AUTO_PUBLISH):  # republishes only (an operator asked)
+        programs = programs.filter(inversions__status=Inversion.Status.PUBLISHED)
     if program_ids is not None:
         programs = programs.filter(pk__in=program_ids)
     busy = set(WorkOrder.objects.filter(program__in=programs, kind__in=[WorkOrder.Kind.INTAKE, GENERATE, PUBLISH],
@@ -582,12 +582,15 @@ def advance_inverted(program_ids: list[int] | None = None, *, actor: str = "work
         inversion = current_inversion(program)
         if inversion is None:
             continue
+        # a published inversion of an Inverted program is being republished: it goes on by itself
+        republish = inversion.status == Inversion.Status.PUBLISHED
         try:
             with transaction.atomic():
                 if inversion.generated_at is None:
-                    if settings.L2_AUTO_GENERATE and request_generate(program, actor=actor).created:
+                    if (settings.L2_AUTO_GENERATE or republish) and request_generate(
+                            program, actor=actor, force=republish).created:
                         done["generate"].append(program.pk)
-                elif settings.L2_AUTO_PUBLISH and publish_plan(program).ok:
+                elif (settings.L2_AUTO_PUBLISH or republish) and publish_plan(program).ok:
                     request_publish(program, actor=actor)
                     done["publish"].append(program.pk)
         except Refused as refused:  # moved meanwhile: the next round sees it as it is
