@@ -106,8 +106,9 @@ def generate_l2(self, order_id: int, poll: bool = False, io_tries: int = 0) -> s
     from publishing.pipeline import continue_republish, run_generate
 
     outcome = _run(self, order_id, poll, run_generate, "generate", "headers")
-    if outcome == "done":
+    if outcome in ("done", "nothing"):  # "nothing": redelivered after it finished, perhaps before this step
         continue_republish(order_id)  # a republish goes on to publish whatever L2_AUTO_PUBLISH says
+    if outcome == "done":
         _carry_on(order_id)
     return outcome
 

@@ -245,3 +245,28 @@ def test_a_retry_back_to_working_gives_the_claim_back_to_its_holder(make_program
     program.refresh_from_db()
     assert (row.to_state, row.actor_user, program.claimed_by) == (S.WORKING, operator, scientist)
     assert program.claimed_at == row.at
+
+
+@pytest.mark.django_db
+def test_a_re_inversion_claims_a_published_program_and_is_recorded(make_program, scientist, operator):
+    program = make_program(State.PUBLISHED)
+    row = lifecycle.reinvert(program, user=scientist, reason="BLANCA 2.1")
+    assert (row.from_state, row.to_state, row.reason, row.actor) == (S.PUBLISHED, S.WORKING, "re-inversion: BLANCA 2.1",
+                                                                     scientist.username)
+    assert program.state == S.WORKING and program.claimed_by == scientist
+    assert OutboxEvent.objects.filter(transition=row, routing_key="l2.program.working").exists()
+    with pytest.raises(lifecycle.StateChanged):  # only from Published
+        lifecycle.reinvert(program, user=scientist)
+
+
+@pytest.mark.django_db
+def test_a_republish_needs_a_reason_and_a_published_program(make_program, operator):
+    program = make_program(State.PUBLISHED)
+    with pytest.raises(lifecycle.LifecycleError):
+        lifecycle.republish(program, user=operator, reason=" ")
+    row = lifecycle.republish(program, user=operator, reason="fixed the headers", details={"inversion_id": "L2X"})
+    assert (row.from_state, row.to_state, row.details) == (S.PUBLISHED, S.INVERTED, {"republish": True,
+                                                                                     "inversion_id": "L2X"})
+    assert program.claimed_by is None
+    with pytest.raises(lifecycle.StateChanged):
+        lifecycle.republish(program, user=operator, reason="again")
