@@ -315,3 +315,31 @@ def test_a_bus_outage_keeps_catalog_messages_waiting(make_case_for, scientist, s
     relay_outbox(isb_url="amqp://guest:guest@127.0.0.1:1//")  # nobody listens there
     rows = catalog_rows()
     assert rows and all(r.sent_at is None and r.attempts == 1 and r.last_error for r in rows)
+
+
+def test_who_may_re_invert_and_republish_and_bad_requests(client, make_inversion, scientist, operator):
+    inv = make_inversion("L2WHO", recorded=True, files=2)
+    program = inv.program
+    client.force_login(operator)
+    assert client.post(reverse("program-reinvert", args=[str(program)]), {"reason": "x"}).status_code == 403
+    client.force_login(scientist)
+    assert client.post(reverse("program-republish", args=[str(program)]), {"reason": "x"}).status_code == 403
+    program.refresh_from_db()
+    assert program.state == State.PUBLISHED and program.transitions.count() == 6
+    lifecycle.reinvert(program, user=scientist)
+    response = client.post(reverse("program-reinvert", args=[str(program)]), {"reason": "again"}, follow=True)
+    assert "Not started" in response.content.decode()  # Working now: refused with the reason, nothing changed
+    assert client.get(reverse("api-inversions"), {"status": "bogus"}).status_code == 400
+    body = client.get(reverse("api-inversions"), {"status": "published"}).json()
+    assert [i["inversionId"] for i in body["results"]] == ["L2WHO"] and body["results"][0]["current"] is True
+    assert client.post(reverse("inversion-archive", args=[str(program), "L2NONE"]), {"reason": "x"}).status_code == 404
+
+
+def test_the_openapi_description_has_the_inversions_and_their_status(client):
+    spec = client.get(reverse("api-openapi")).json()
+    program = spec["components"]["schemas"]["Program"]["allOf"][1]["properties"]
+    assert program["inversions"]["items"] == {"$ref": "#/components/schemas/InversionBrief"}
+    summary = spec["components"]["schemas"]["InversionSummary"]["properties"]
+    assert summary["status"]["enum"] == list(S.values) and "history" in summary and "supersededBy" in summary
+    params = {p["name"] for p in spec["paths"]["/inversions"]["get"]["parameters"]}
+    assert {"status", "program", "published"} <= params
