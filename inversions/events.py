@@ -103,7 +103,8 @@ def _relay(bus: str, *, batch: int | None, url: str | None) -> int:
                     ex = isb_exchange() if isb else exchange()
                     for row in rows:
                         if isb:  # the frame catalog's message as it is; its queue declared and bound
-                            body, declare, headers = row.payload, [ex, isb_queue(row.routing_key)], {}
+                            queue = [isb_queue(row.routing_key)] if row.routing_key in CATALOG_QUEUES else []
+                            body, declare, headers = row.payload, [ex, *queue], {}
                         else:
                             body, declare, headers = {**row.payload, "event_id": row.pk}, [ex], {"event_id": row.pk}
                         producer.publish(

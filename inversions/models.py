@@ -227,7 +227,8 @@ class OutboxEvent(models.Model):
         ISB = "isb", "Interservice bus"
 
     created_at = models.DateTimeField(default=timezone.now)
-    bus = models.CharField(max_length=10, choices=Bus.choices, default=Bus.EVENTS)
+    # db_default too: the life-cycle's COPY of large batches names only the event bus's columns
+    bus = models.CharField(max_length=10, choices=Bus.choices, default=Bus.EVENTS, db_default=Bus.EVENTS)
     routing_key = models.CharField(max_length=100)
     payload = models.JSONField()
     transition = models.OneToOneField(Transition, null=True, blank=True, on_delete=models.PROTECT, related_name="event")

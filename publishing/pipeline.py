@@ -44,11 +44,11 @@ from inversions import events, lifecycle, transfers, work_orders
 from inversions.errors import BackoffRetryError, DoNotRetryError, L2Error, RetryError
 from inversions.models import Dataset, ObservingProgram, WorkOrder
 from inversions.states import State
+from publishing import catalog, inversion_status
 from publishing.intake import scratch_folder
 from publishing.l1headers import l1_arm, l1_files, l1_headers_by_step
 from publishing.l2asdf import build_inversion, inventory_record, write_inversion_asdf
 from publishing.l2files import dataset_metadata_filename, generate_all, l1_frame_keys
-from publishing import catalog, inversion_status
 from publishing.models import Inversion, L2File
 from publishing.selectors import current_inversion, published_inversion
 from publishing.results import RESULT_FILES, validate_results

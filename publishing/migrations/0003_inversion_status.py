@@ -28,7 +28,6 @@ def statuses_from_records(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('inversions', '0012_outbox_bus'),
         ('publishing', '0002_inversions_l2files_reconcile'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -187,7 +187,7 @@ def test_republish_keeps_the_id_and_keys_replaces_the_record_and_sends_a_new_set
     [before] = store.l2_inversions({"inversionId": inv.inversion_id})
     first_conversation = published_transition(case.program).details["conversationId"]
     old_frame = case.root / "scratch" / inv.l2_path.strip("/") / L2File.objects.filter(inversion=inv).first().filename
-    old_inode = old_frame.stat().st_ino
+    old_mtime = old_frame.stat().st_mtime_ns
 
     client.force_login(operator)
     assert client.post(reverse("program-republish", args=[str(case.program)]), {"reason": ""}).status_code == 302
@@ -211,12 +211,14 @@ def test_republish_keeps_the_id_and_keys_replaces_the_record_and_sends_a_new_set
         mp.setattr("publishing.tasks.publish_l2.delay", lambda order_id: published.append(order_id))
         with django_capture_on_commit_callbacks(execute=True):
             assert generate_l2.apply(args=[sent[0]]).get() == "done"
-    assert old_frame.stat().st_ino != old_inode  # written again, not kept
+    assert old_frame.stat().st_mtime_ns > old_mtime  # written again, not kept
     assert len(published) == 1 and publish_l2.apply(args=[published[0]]).get() == "done"
     case.program.refresh_from_db()
     inv.refresh_from_db()
     assert case.program.state == State.PUBLISHED and inv.status == S.PUBLISHED and inv.publications == 2
     assert sorted(L2File.objects.filter(inversion=inv).values_list("object_key", flat=True)) == keys
+    for f in L2File.objects.filter(inversion=inv):  # the new files are the published ones, under the same keys
+        assert pipeline.sha256_of(case.root / "publish" / BUCKET / f.object_key) == f.sha256
     [after] = store.l2_inversions({"inversionId": inv.inversion_id})
     assert after["createDate"] == before["createDate"] and after["updateDate"] > before["updateDate"]
     assert {k: after[k] for k in ("asdfObjectKey", "datasetIds", "bucket")} == {
