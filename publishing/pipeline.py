@@ -540,7 +540,8 @@ def put_in_store(client, record: dict, *, republish: bool, replacer=None) -> dic
 
     The replacement is one request to ``METADATA_STORE_L2_DELETE_URL`` with the new record
     (the store swaps it in: the old record or the new one is there at every moment, never
-    none). A first publication whose record is there already with the same fields (a lost
+    none; an endpoint that only removes is followed by a create, which narrows that to a
+    moment). A first publication whose record is there already with the same fields (a lost
     answer, a redelivered task) keeps it.
     """
     if not republish:
@@ -554,7 +555,11 @@ def put_in_store(client, record: dict, *, republish: bool, replacer=None) -> dic
     if replacer is None:
         raise DoNotRetryError(f"the metadata store holds {record['inversionId']} already and "
                               "METADATA_STORE_L2_DELETE_URL is not set: its record cannot be replaced", step="publish")
-    return replacer.replace(record)
+    stored = replacer.replace(record)
+    if stored is None:  # an endpoint that only removes: create it again at once
+        log.warning("the store's endpoint removed %s without replacing it: creating it again", record["inversionId"])
+        return client.create_l2_inversion_inventory(record)
+    return stored
 
 
 # ----------------------------------------------------------------------------- automation

@@ -156,11 +156,12 @@ class Remover:
             raise DoNotRetryError(f"removal refused (HTTP {response.status_code}): {response.text[:300]}",
                                   step="reconcile")
 
-    def replace(self, record: Mapping) -> dict:
+    def replace(self, record: Mapping) -> dict | None:
         """Replace the store's record of ``record["inversionId"]`` in one request (``{"inversionId", "record"}``).
 
         The store swaps the record in: the old one or the new one is there at every moment.
-        Returns the stored record.
+        Returns the stored record; None when the endpoint did not say it replaced it (one that
+        only deletes: the caller creates the record then).
         """
         headers = {"Authorization": self.token} if self.token else {}
         body = {"inversionId": record["inversionId"], "record": _comparable(record)}
@@ -177,8 +178,9 @@ class Remover:
             answer = response.json()
         except ValueError as exc:
             raise BackoffRetryError("replacement endpoint answered no JSON", step="publish") from exc
-        stored = answer.get("record") if isinstance(answer, dict) else None
-        return stored if isinstance(stored, dict) else _comparable(record)
+        if not (isinstance(answer, dict) and answer.get("replaced") is True and isinstance(answer.get("record"), dict)):
+            return None
+        return answer["record"]
 
 
 def default_remover() -> Remover | None:

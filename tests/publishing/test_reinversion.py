@@ -345,3 +345,23 @@ def test_the_openapi_description_has_the_inversions_and_their_status(client):
     assert summary["status"]["enum"] == list(S.values) and "history" in summary and "supersededBy" in summary
     params = {p["name"] for p in spec["paths"]["/inversions"]["get"]["parameters"]}
     assert {"status", "program", "published"} <= params
+
+
+def test_an_endpoint_that_only_removes_is_followed_by_a_create(store_settings):
+    store = store_settings.store
+    client = pipeline.store_client()
+    record = {"inversionId": "L2DEL", "primaryProposalId": "p", "instrumentProgramExecutionId": "i", "bucket": "data",
+              "asdfObjectKey": "p/L2DEL/a.asdf", "datasetIds": ["D"], "spectralLines": []}
+    store.create_l2_inversion(record)
+
+    class OnlyRemoves:
+        def replace(self, r):
+            store.delete_l2_inversion(r["inversionId"])
+            return None
+
+    stored = pipeline.put_in_store(client, record | {"spectralLines": ["Fe I"]}, republish=True,
+                                   replacer=OnlyRemoves())
+    assert stored["spectralLines"] == ["Fe I"]
+    assert [r["spectralLines"] for r in store.l2_inversions({"inversionId": "L2DEL"})] == [["Fe I"]]
+    new = pipeline.put_in_store(client, record | {"inversionId": "L2NEW"}, republish=True)
+    assert new["inversionId"] == "L2NEW"  # the store answered the key is new: created
