@@ -365,3 +365,27 @@ def test_an_endpoint_that_only_removes_is_followed_by_a_create(store_settings):
     assert [r["spectralLines"] for r in store.l2_inversions({"inversionId": "L2DEL"})] == [["Fe I"]]
     new = pipeline.put_in_store(client, record | {"inversionId": "L2NEW"}, republish=True)
     assert new["inversionId"] == "L2NEW"  # the store answered the key is new: created
+
+
+def test_the_level_2_part_costs_the_same_queries_whatever_the_number_of_inversions(client, make_inversion, scientist):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    client.force_login(scientist)
+    counts = []
+    for name, extra in (("L2ONE", 0), ("L2FOUR", 3)):
+        inv = make_inversion(name, recorded=True, files=2)
+        for n in range(extra):  # older, superseded ones, each with its history
+            old = Inversion.objects.create(
+                inversion_id=f"{name}OLD{n}", program=inv.program, software_commit="abcdef1", dataset_ids=["D"],
+                raster_steps=1, reported_collection="c", reported_path="/x", scratch_path="/x/", reported_by="han",
+                reported_at=timezone.now(), status=S.SUPERSEDED, superseded_by=inv)
+            InversionEvent.objects.create(inversion=old, from_status="", to_status=S.ACCEPTED, actor="han")
+            InversionEvent.objects.create(inversion=old, from_status=S.PUBLISHED, to_status=S.SUPERSEDED, actor="w")
+        url = reverse("program-publishing", args=[str(inv.program)])
+        with CaptureQueriesContext(connection) as ctx:
+            html = client.get(url).content.decode()
+        assert html.count('data-testid="inversion-row"') == extra + 1 and "(current)" in html
+        counts.append(len([q for q in ctx.captured_queries if "publishing_" in q["sql"] or "workorder" in q["sql"]]))
+    assert counts[0] == counts[1] == 4
