@@ -466,6 +466,23 @@ def claim_origin(history: Iterable[tuple[str, str]]) -> str:
     return origin
 
 
+def reinvert(program, *, user, reason: str = "", details: dict | None = None) -> Transition:
+    """A science user starts a new inversion of a Published program: Published → Working ("re-inversion"), claimed."""
+    why = (reason or "").strip()
+    return transition(program, State.WORKING, actor=_name(user), user=user,
+                      reason=f"re-inversion: {why}" if why else "re-inversion", details=details,
+                      expected_from=(State.PUBLISHED,))
+
+
+def republish(program, *, user=None, actor: str | None = None, reason: str, details: dict | None = None) -> Transition:
+    """An operator regenerates and republishes the published inversion: Published → Inverted ("republish")."""
+    why = (reason or "").strip()
+    if not why:
+        raise LifecycleError("A republish needs a reason (what was fixed).")
+    return transition(program, State.INVERTED, actor=actor or _name(user), user=user, reason=f"republish: {why}",
+                      details={"republish": True, **(details or {})}, expected_from=(State.PUBLISHED,))
+
+
 def release(program, *, user, to_state: str | None = None, reason: str = "claim released") -> Transition:
     """Working → the state the claim came from (Preprocessed or Queued).
 

@@ -235,9 +235,19 @@ class Transition(models.Model):
 
 
 class OutboxEvent(models.Model):
-    """An event written with its transition, relayed to the event bus afterwards (DESIGN §10)."""
+    """An event written with its transition, relayed to the event bus afterwards (DESIGN §10).
+
+    ``bus`` says where it goes: our event bus (``EVENT_EXCHANGE``), or the data center's
+    interservice bus (``ISB_EXCHANGE``: the frame catalog's messages of a publication).
+    """
+
+    class Bus(models.TextChoices):
+        EVENTS = "events", "Event bus"
+        ISB = "isb", "Interservice bus"
 
     created_at = models.DateTimeField(default=timezone.now)
+    # db_default too: the life-cycle's COPY of large batches names only the event bus's columns
+    bus = models.CharField(max_length=10, choices=Bus.choices, default=Bus.EVENTS, db_default=Bus.EVENTS)
     routing_key = models.CharField(max_length=100)
     payload = models.JSONField()
     transition = models.OneToOneField(Transition, null=True, blank=True, on_delete=models.PROTECT, related_name="event")

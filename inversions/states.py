@@ -4,6 +4,7 @@ No database here: the life-cycle module enforces the table, the dashboard and th
 
     Discovered ─┬─> Invertible ──> Preprocessed ──> Queued ──> Working ──> Inverted ──> Published
                 └─> Not Invertible                    └────────────^
+    Published ──re-inversion──> Working      Published ──republish──> Inverted (regenerate, publish again)
     any step ──> Error (which step, why)     Error ──retry──> the state before the failed step
 """
 from __future__ import annotations
@@ -51,7 +52,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     State.QUEUED: frozenset({State.QUEUED, State.WORKING, State.PREPROCESSED, State.DISCOVERED}),
     State.WORKING: frozenset({State.INVERTED, State.PREPROCESSED, State.QUEUED}),
     State.INVERTED: frozenset({State.PUBLISHED}),
-    State.PUBLISHED: frozenset(),
+    # Working: a new inversion of the program ("re-inversion", with the claim);
+    # Inverted: an operator regenerates and republishes the published inversion ("republish")
+    State.PUBLISHED: frozenset({State.WORKING, State.INVERTED}),
     State.ERROR: frozenset(),  # see allowed_targets: retry target or Discovered
 }
 for _state in State:

@@ -205,6 +205,14 @@ EVENT_EXCHANGE = env("EVENT_EXCHANGE", "l2.events")
 EVENT_RELAY_INTERVAL_SECONDS = env_number("EVENT_RELAY_INTERVAL_SECONDS", 10.0)
 EVENT_RELAY_BATCH = int(env_number("EVENT_RELAY_BATCH", 500, int))
 EVENT_RELAY_ON_COMMIT = env_bool("EVENT_RELAY_ON_COMMIT", True)
+# The data center's interservice bus (AMQP): the frame catalog's messages of each publication
+# (catalog.frame.m / catalog.object.m), relayed from the same outbox. Embedded: the event bus.
+ISB_URL = env("ISB_URL", EVENT_BUS_URL)
+ISB_TRANSPORT_OPTIONS = EVENT_BUS_TRANSPORT_OPTIONS if ISB_URL == EVENT_BUS_URL else {}
+ISB_EXCHANGE = env("ISB_EXCHANGE", "master.direct.x")
+ISB_QUEUE_TYPE = env("ISB_QUEUE_TYPE", "classic")
+if ISB_QUEUE_TYPE not in ("classic", "quorum"):
+    raise ImproperlyConfigured(f"ISB_QUEUE_TYPE must be classic or quorum, not {ISB_QUEUE_TYPE!r}")
 
 # --- The product ------------------------------------------------------------------------
 L2_STALE_CLAIM_HOURS = env_number("L2_STALE_CLAIM_HOURS", 72.0)
@@ -311,6 +319,10 @@ L2_PUBLISH_BACKOFF_SECONDS = env_number("L2_PUBLISH_BACKOFF_SECONDS", 30.0)
 # (the emulator: http://…/_control/l2inversions/delete); unset, they report what they cannot do.
 METADATA_STORE_L2_DELETE_URL = env("METADATA_STORE_L2_DELETE_URL", "")
 RECONCILE_INTERVAL_SECONDS = env_number("RECONCILE_INTERVAL_SECONDS", 3600.0)
+# The inversion software's git repository (a URL or a local path): a reported commit must exist
+# there (checked with git, within the timeout). Empty: only the commit's format is checked.
+L2_INVERSION_REPO = env("L2_INVERSION_REPO", "")
+L2_INVERSION_REPO_TIMEOUT = env_number("L2_INVERSION_REPO_TIMEOUT", 30.0)
 # Event-bus intake (`manage.py consume_events`): "inverted" messages name a client token, or one
 # of these trusted client names (the broker's own authentication stands for them).
 L2_EVENT_CLIENTS = env_list("L2_EVENT_CLIENTS")

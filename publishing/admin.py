@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from publishing.models import ApiToken, Inversion, L2File, ReconcileRun
+from publishing.models import ApiToken, Inversion, InversionEvent, L2File, ReconcileRun
 
 
 @admin.action(description="Revoke selected tokens")
@@ -54,14 +54,23 @@ class L2FileInline(admin.TabularInline):
         return False
 
 
+class InversionEventInline(L2FileInline):
+    """The inversion's status history (append-only)."""
+
+    model = InversionEvent
+    fields = ("at", "from_status", "to_status", "actor", "reason", "details")
+    readonly_fields = fields
+
+
 @admin.register(Inversion)
 class InversionAdmin(ReadOnlyAdmin):
-    list_display = ("inversion_id", "program", "software_commit", "reported_by", "created_at", "generated_at",
-                    "store_recorded_at")
-    list_filter = (("store_recorded_at", admin.EmptyFieldListFilter), ("generated_at", admin.EmptyFieldListFilter))
+    list_display = ("inversion_id", "program", "status", "software_commit", "reported_by", "created_at",
+                    "generated_at", "store_recorded_at", "publications")
+    list_filter = ("status", ("store_recorded_at", admin.EmptyFieldListFilter),
+                   ("generated_at", admin.EmptyFieldListFilter))
     search_fields = ("inversion_id", "program__instrument_program_execution_id", "software_commit")
     list_select_related = ("program",)
-    inlines = [L2FileInline]
+    inlines = [InversionEventInline, L2FileInline]
 
 
 @admin.register(ReconcileRun)

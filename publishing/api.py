@@ -166,7 +166,10 @@ def program(request, ipeid: str):
     qualification = next(
         (t.details for t in reversed(history) if t.to_state in (State.INVERTIBLE, State.NOT_INVERTIBLE)), None
     )
+    from publishing.selectors import program_inversions
+
     body = program_summary(p) | {
+        "inversions": [inversion_brief(inv) for inv in program_inversions(p)],
         "claimedBy": p.claimed_by.username if p.claimed_by else None,
         "claimedAt": p.claimed_at.isoformat() if p.claimed_at else None,
         "qualification": qualification,
@@ -228,6 +231,26 @@ def program(request, ipeid: str):
     return JsonResponse(body)
 
 
+def inversion_brief(inv) -> dict:
+    """An inversion in its program's list: id, status, whether it is the current publication."""
+    return {
+        "inversionId": inv.inversion_id,
+        "status": inv.status,
+        "current": inv.status == "published",
+        "softwareCommit": inv.software_commit,
+        "datasetIds": list(inv.dataset_ids),
+        "acceptedAt": inv.created_at.isoformat(),
+        "publishedAt": inv.store_recorded_at.isoformat() if inv.store_recorded_at else None,
+        "publications": inv.publications,
+        "supersededBy": inv.superseded_by.inversion_id if inv.superseded_by_id else None,
+    }
+
+
+def status_history(inv) -> list[dict]:
+    return [{"from": e.from_status or None, "to": e.to_status, "at": e.at.isoformat(), "actor": e.actor,
+             "reason": e.reason, "details": e.details} for e in inv.events.all()]
+
+
 def inversion_summary(inv) -> dict:
     """An inversion for the metadata store and the portal (the store's field names where it has them)."""
     program = inv.program
@@ -237,6 +260,14 @@ def inversion_summary(inv) -> dict:
         "primaryProposalId": program.primary_proposal_id,
         "primaryExperimentId": program.primary_experiment_id,
         "programState": program.state,
+        "status": inv.status,
+        "current": inv.status == "published",
+        "statusChangedAt": inv.status_changed_at.isoformat(),
+        "supersededBy": inv.superseded_by.inversion_id if inv.superseded_by_id else None,
+        "publications": inv.publications,
+        "republishedAt": inv.republished_at.isoformat() if inv.republished_at else None,
+        "history": status_history(inv),
+        "notes": inv.notes,
         "datasetIds": list(inv.dataset_ids),
         "spectralLines": list(inv.spectral_lines),
         "softwareCommit": inv.software_commit,
@@ -274,12 +305,20 @@ PUBLISHED_FILTER = {"true": True, "1": True, "yes": True, "false": False, "0": F
 @api_view
 @require_GET
 def inversions(request):
-    """Inversions, oldest change first: ?program=&proposal=&dataset=&published=&updated_since=&page=&page_size="""
+    """Inversions, oldest change first (``program=``: that program's, newest first), each with its status history:
+    ?program=&proposal=&dataset=&status=&published=&updated_since=&page=&page_size="""
     from django.db.models import Count
 
     from publishing.models import Inversion
 
-    qs = Inversion.objects.select_related("program").annotate(file_count=Count("files")).order_by("updated_at", "id")
+    qs = (Inversion.objects.select_related("program", "superseded_by").prefetch_related("events")
+          .annotate(file_count=Count("files")))
+    qs = qs.order_by("-created_at", "-id") if request.GET.get("program") else qs.order_by("updated_at", "id")
+    status = request.GET.get("status")
+    if status:
+        if status not in Inversion.Status.values:
+            raise BadRequest(f"status must be one of {', '.join(Inversion.Status.values)}")
+        qs = qs.filter(status=status)
     for param, lookup in (("program", "program__instrument_program_execution_id"),
                           ("proposal", "program__primary_proposal_id")):
         value = request.GET.get(param)
@@ -291,7 +330,7 @@ def inversions(request):
     if published not in (None, ""):
         if published.lower() not in PUBLISHED_FILTER:
             raise BadRequest(f"published must be true or false, not {published[:20]!r}")
-        qs = qs.filter(store_recorded_at__isnull=not PUBLISHED_FILTER[published.lower()])
+        qs = qs.filter(status="published") if PUBLISHED_FILTER[published.lower()] else qs.exclude(status="published")
     since = datetime_param(request, "updated_since")
     if since is not None:
         qs = qs.filter(updated_at__gt=since)
@@ -306,12 +345,12 @@ def inversion(request, inversion_id: str):
 
     from publishing.models import Inversion
 
-    inv = (Inversion.objects.select_related("program").annotate(file_count=Count("files"))
+    inv = (Inversion.objects.select_related("program", "superseded_by").prefetch_related("events")
+           .annotate(file_count=Count("files"))
            .filter(inversion_id=inversion_id).first())
     if inv is None:
         return JsonResponse({"error": f"no inversion {inversion_id[:100]!r}"}, status=404)
     body = inversion_summary(inv) | {
-        "notes": inv.notes,
         "reportedCollection": inv.reported_collection,
         "reportedPath": inv.reported_path,
         "resultFiles": inv.result_files,

@@ -151,6 +151,7 @@ def _check_fields(collection, path, software_commit, dataset_ids, notes) -> tupl
             f"software_commit must be a git commit: 7 to 40 hexadecimal digits, not {software_commit[:50]!r}",
             field="software_commit",
         )
+    _check_commit(commit, software_commit)
     if len(notes) > MAX_NOTES:
         raise ReportRejected(f"notes are limited to {MAX_NOTES} characters", field="notes")
     if not isinstance(dataset_ids, (list, tuple)) or not all(isinstance(d, str) for d in dataset_ids):
@@ -159,6 +160,24 @@ def _check_fields(collection, path, software_commit, dataset_ids, notes) -> tupl
     if not ids:
         raise ReportRejected("name at least one dataset used", field="dataset_ids")
     return collection, path, commit, ids, notes.strip()
+
+
+def _check_commit(commit: str, given: str) -> None:
+    """With ``L2_INVERSION_REPO`` set, the commit must exist in that repository (else the format check only)."""
+    repo = settings.L2_INVERSION_REPO
+    if not repo:
+        return
+    from publishing.commits import RepoUnavailable, commit_exists
+
+    try:
+        found = commit_exists(repo, commit, timeout=settings.L2_INVERSION_REPO_TIMEOUT)
+    except RepoUnavailable as exc:
+        raise ReportRejected(f"the inversion software repository cannot be asked whether {given[:50]!r} "
+                             f"exists ({exc}); nothing was recorded, report again later",
+                             field="software_commit") from exc
+    if not found:
+        raise ReportRejected(f"software_commit {given[:50]!r} is not a commit of the inversion software "
+                             f"repository {repo}", field="software_commit")
 
 
 def _check_location(collection: str, path: str) -> None:
@@ -364,6 +383,7 @@ def _jsonable(details: dict) -> dict:
 
 def _record(order: WorkOrder, checked) -> bool:
     """Record the inversion and make the program Inverted (one transaction). False if nothing was done."""
+    from publishing import inversion_status
     from publishing.models import Inversion
 
     report = order.details["report"]
@@ -399,13 +419,19 @@ def _record(order: WorkOrder, checked) -> bool:
             reported_at=parse_datetime(order.details.get("reported_at", "")) or order.created_at,
             created_at=now,
             updated_at=now,
+            selected_at=now,
+            status_changed_at=now,
             bucket=_bucket(program, report["dataset_ids"]),
         )
+        inversion_status.accepted(inversion, actor=order.requested_by, user=order.requested_by_user)
+        previous = Inversion.objects.filter(program=program, status=Inversion.Status.PUBLISHED).exclude(
+            pk=inversion.pk).values_list("inversion_id", flat=True).first()
         claimant = order.details.get("claimant")
         for_whom = f" by {order.requested_by} for {claimant}" if claimant and claimant != order.requested_by else ""
         lifecycle.transition(
             program, State.INVERTED, actor=order.requested_by, user=order.requested_by_user,
-            reason=f"reported inverted{for_whom}; result files checked",
+            reason=f"reported inverted{for_whom}; result files checked"
+            + (f" (re-inversion of {previous})" if previous else ""),
             details={"inversion_id": inversion.inversion_id, "intake": order.pk, **report,
                      "files": files, "reported_by": order.requested_by, "claimant": claimant},
             expected_from=(State.WORKING,),

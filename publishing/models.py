@@ -73,8 +73,8 @@ class ApiToken(models.Model):
 
 class InversionQuerySet(models.QuerySet):
     def published(self):
-        """Inversions recorded in the metadata store (what reconcile compares with l2Inversions)."""
-        return self.filter(store_recorded_at__isnull=False)
+        """The current publication of each program (what reconcile compares with l2Inversions)."""
+        return self.filter(status=Inversion.Status.PUBLISHED)
 
 
 class Inversion(models.Model):
@@ -83,9 +83,29 @@ class Inversion(models.Model):
     Created by the result intake once the three result files were fetched and checked; then
     generation adds its :class:`L2File` rows, publication the published location and the
     metadata store's record. ``updated_at`` moves with every change (``updated_since`` in the API).
+
+    A program has any number of them (a re-inversion adds one). ``status`` follows
+    accepted → generated → published, or archived (and restored); a published one becomes
+    superseded when a newer inversion of its program is published. It changes only through
+    :mod:`publishing.inversion_status`, each change an :class:`InversionEvent`.
     """
 
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        GENERATED = "generated", "Generated"
+        PUBLISHED = "published", "Published"
+        SUPERSEDED = "superseded", "Superseded"
+        ARCHIVED = "archived", "Archived"
+
     inversion_id = models.CharField(max_length=64, unique=True, help_text="public id (the L2 dataset id)")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED, editable=False)
+    status_changed_at = models.DateTimeField(default=timezone.now, editable=False)
+    #: when it became the inversion its program is carried on with (accepted, or a republish started)
+    selected_at = models.DateTimeField(default=timezone.now, editable=False)
+    superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                      editable=False)
+    republished_at = models.DateTimeField(null=True, blank=True, editable=False)
+    publications = models.PositiveIntegerField(default=0, editable=False, help_text="times published (republish: 2, 3 …)")
     program = models.ForeignKey("inversions.ObservingProgram", on_delete=models.PROTECT, related_name="inversions")
     software_commit = models.CharField(max_length=40)
     dataset_ids = ArrayField(models.CharField(max_length=64), help_text="the L1 datasets the inversion used")
@@ -127,6 +147,10 @@ class Inversion(models.Model):
             models.Index(fields=["updated_at", "id"], name="inversion_updated"),
             models.Index(fields=["program", "-created_at"], name="inversion_program"),
         ]
+        constraints = [
+            models.UniqueConstraint(fields=["program"], condition=models.Q(status="published"),
+                                    name="inversion_one_published_per_program"),
+        ]
 
     def __str__(self) -> str:
         return self.inversion_id
@@ -135,6 +159,27 @@ class Inversion(models.Model):
         """Save ``fields`` and ``updated_at``."""
         self.updated_at = timezone.now()
         self.save(update_fields=[*fields, "updated_at"])
+
+
+class InversionEvent(models.Model):
+    """One change of an inversion's status (append-only): who, when, why."""
+
+    inversion = models.ForeignKey(Inversion, on_delete=models.PROTECT, related_name="events")
+    from_status = models.CharField(max_length=20, blank=True)  # "" when it was accepted
+    to_status = models.CharField(max_length=20, choices=Inversion.Status.choices)
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=150)
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    reason = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["inversion", "at"], name="inversionevent_inversion")]
+
+    def __str__(self) -> str:
+        return f"{self.inversion_id}: {self.from_status or '∅'} → {self.to_status}"
 
 
 class L2File(models.Model):

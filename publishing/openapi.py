@@ -115,6 +115,34 @@ TRANSITION = {
         "details": {"type": "object"},
     },
 }
+INVERSION_STATUSES = ["accepted", "generated", "published", "superseded", "archived"]
+STATUS_CHANGE = {
+    "type": "object",
+    "description": "one change of an inversion's status",
+    "properties": {
+        "from": {"type": ["string", "null"], "enum": [*INVERSION_STATUSES, None]},
+        "to": {"type": "string", "enum": INVERSION_STATUSES},
+        "at": {"type": "string", "format": "date-time"},
+        "actor": {"type": "string"},
+        "reason": {"type": "string"},
+        "details": {"type": "object"},
+    },
+}
+INVERSION_BRIEF = {
+    "type": "object",
+    "description": "an inversion in its program's list (newest first)",
+    "properties": {
+        "inversionId": {"type": "string"},
+        "status": {"type": "string", "enum": INVERSION_STATUSES},
+        "current": {"type": "boolean", "description": "the program's current publication"},
+        "softwareCommit": {"type": "string"},
+        "datasetIds": {"type": "array", "items": {"type": "string"}},
+        "acceptedAt": {"type": "string", "format": "date-time"},
+        "publishedAt": {"type": ["string", "null"], "format": "date-time"},
+        "publications": {"type": "integer", "description": "times published (a republish adds one)"},
+        "supersededBy": {"type": ["string", "null"]},
+    },
+}
 INVERSION_SUMMARY = {
     "type": "object",
     "description": "An accepted set of inversion results and what became of it (the metadata store's names where it has them)",
@@ -124,6 +152,14 @@ INVERSION_SUMMARY = {
         "primaryProposalId": {"type": "string"},
         "primaryExperimentId": {"type": "string"},
         "programState": {"type": "string", "enum": State.values},
+        "status": {"type": "string", "enum": INVERSION_STATUSES, "description": "accepted → generated → published (→ superseded by a newer publication), or archived"},
+        "current": {"type": "boolean", "description": "the program's current publication"},
+        "statusChangedAt": {"type": "string", "format": "date-time"},
+        "supersededBy": {"type": ["string", "null"]},
+        "publications": {"type": "integer"},
+        "republishedAt": {"type": ["string", "null"], "format": "date-time"},
+        "history": {"type": "array", "items": {"$ref": "#/components/schemas/InversionStatusChange"}},
+        "notes": {"type": "string"},
         "datasetIds": {"type": "array", "items": {"type": "string"}},
         "spectralLines": {"type": "array", "items": {"type": "string"}},
         "softwareCommit": {"type": "string"},
@@ -160,7 +196,6 @@ INVERSION = {
         {
             "type": "object",
             "properties": {
-                "notes": {"type": "string"},
                 "reportedCollection": {"type": "string"},
                 "reportedPath": {"type": "string"},
                 "resultFiles": {"type": "array", "items": {"type": "object", "properties": {
@@ -190,6 +225,7 @@ PROGRAM = {
         {
             "type": "object",
             "properties": {
+                "inversions": {"type": "array", "items": {"$ref": "#/components/schemas/InversionBrief"}, "description": "all of the program's inversions with their status, newest first"},
                 "claimedBy": {"type": ["string", "null"]},
                 "claimedAt": {"type": ["string", "null"], "format": "date-time"},
                 "qualification": {"type": ["object", "null"], "description": "rules with pass/fail and measured values, warnings"},
@@ -221,7 +257,8 @@ def spec() -> dict:
             },
             "schemas": {"ProgramSummary": PROGRAM_SUMMARY, "Program": PROGRAM, "Transition": TRANSITION, "Error": ERROR,
                         "InversionSummary": INVERSION_SUMMARY, "Inversion": INVERSION, "L2File": L2_FILE,
-                        "Intake": INTAKE, "Dataset": DATASET, "Scan": SCAN},
+                        "Intake": INTAKE, "Dataset": DATASET, "Scan": SCAN, "InversionBrief": INVERSION_BRIEF,
+                        "InversionStatusChange": STATUS_CHANGE},
         },
         "paths": {
             "/programs": {
@@ -241,7 +278,7 @@ def spec() -> dict:
             },
             "/programs/{instrumentProgramExecutionId}": {
                 "get": {
-                    "summary": "One program with datasets, qualification and history",
+                    "summary": "One program with its inversions (status, the current one), datasets, qualification and history",
                     "parameters": [{"name": "instrumentProgramExecutionId", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {
                         "200": {"description": "the program", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Program"}}}},
@@ -310,12 +347,13 @@ def spec() -> dict:
             },
             "/inversions": {
                 "get": {
-                    "summary": "Inversions, oldest change first (for incremental pulls: updated_since)",
+                    "summary": "Inversions, oldest change first (for incremental pulls: updated_since); with program: that program's inversions newest first, each with its status history",
                     "parameters": [
                         {"name": "program", "in": "query", "description": "instrumentProgramExecutionId", "schema": {"type": "string"}},
                         {"name": "proposal", "in": "query", "schema": {"type": "string"}},
                         {"name": "dataset", "in": "query", "description": "an L1 dataset the inversion used", "schema": {"type": "string"}},
-                        {"name": "published", "in": "query", "description": "recorded in the metadata store or not", "schema": {"type": "boolean"}},
+                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": INVERSION_STATUSES}},
+                        {"name": "published", "in": "query", "description": "the current publication of its program (status published) or not", "schema": {"type": "boolean"}},
                         *PAGE_PARAMS,
                     ],
                     "responses": {

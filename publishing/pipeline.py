@@ -29,6 +29,7 @@ import hashlib
 import logging
 import random
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -39,16 +40,17 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from inversions import lifecycle, transfers, work_orders
+from inversions import events, lifecycle, transfers, work_orders
 from inversions.errors import BackoffRetryError, DoNotRetryError, L2Error, RetryError
 from inversions.models import Dataset, ObservingProgram, WorkOrder
 from inversions.states import State
+from publishing import catalog, inversion_status
 from publishing.intake import scratch_folder
 from publishing.l1headers import l1_arm, l1_files, l1_headers_by_step
 from publishing.l2asdf import build_inversion, inventory_record, write_inversion_asdf
 from publishing.l2files import dataset_metadata_filename, generate_all, l1_frame_keys
 from publishing.models import Inversion, L2File
-from publishing.selectors import current_inversion  # noqa: F401  (part of this module's interface)
+from publishing.selectors import current_inversion, published_inversion
 from publishing.results import RESULT_FILES, validate_results
 
 log = logging.getLogger(__name__)
@@ -249,6 +251,7 @@ def run_generate(order_id: int, *, backend=None, poll: bool = False, workers: in
         work_orders.fail(order, step=order.step or "headers",
                          error=f"{program} is {program.get_state_display()} now, not Inverted: nothing generated")
         return Result(Outcome.NOTHING)
+    _clear_for_regeneration(order, inversion)
     stage = "headers"
     try:
         results = _checked_results(inversion)
@@ -324,12 +327,31 @@ def run_generate(order_id: int, *, backend=None, poll: bool = False, workers: in
         inversion.generated_at = timezone.now()
         inversion.l2_path = out_path
         inversion.touch("generated_at", "l2_path")
+        if inversion.status != Inversion.Status.PUBLISHED:  # regenerated for a republish: still published
+            inversion_status.change(inversion, Inversion.Status.GENERATED, actor="worker", reason="L2 files generated",
+                                    details={"order": order.pk, "frames": len(frames)})
         work_orders.complete(order, details={"frames": len(frames), "written": written, "kept": len(frames) - written,
                                              "bytes": sum(r.size for r in rows), "seconds": round(seconds, 3),
                                              "l2_path": out_path},
                              progress={"frames_done": len(frames), "frames_total": len(frames)})
     log.info("generated %s: %d frames written, %d kept, %.1f s", inversion, written, len(frames) - written, seconds)
     return Result(Outcome.DONE)
+
+
+def _clear_for_regeneration(order: WorkOrder, inversion: Inversion) -> None:
+    """A republish regenerates every file (generation keeps valid frames): the old ones go first, once."""
+    if not order.details.get("fresh") or order.details.get("cleared_at"):
+        return
+    folder = transfers.local_folder(settings.L2_SCRATCH_COLLECTION, l2_folder(inversion))
+    removed = 0
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    now = timezone.now().isoformat()
+    work_orders.merge_details(order.pk, cleared_at=now, cleared_files=removed)
+    order.details["cleared_at"] = now
 
 
 def fail_program(order: WorkOrder, program: ObservingProgram, step: str, stage: str, reason: str,
@@ -462,6 +484,84 @@ def request_publish(program: ObservingProgram, *, actor: str, user=None, enqueue
     return requested
 
 
+# ----------------------------------------------------------------------------- republish
+
+
+def request_republish(program: ObservingProgram, *, actor: str, user=None, reason: str,
+                      enqueue: bool = True) -> work_orders.Requested:
+    """Regenerate and republish the program's published inversion after a fix (operators).
+
+    Published → Inverted ("republish", with the reason) and a forced generate order starting
+    from no files, in one transaction; once generated it is published again (whatever
+    ``L2_AUTO_PUBLISH`` says: the operator asked for it). The inversion id and the object
+    keys stay the same; the store's record is replaced (:func:`put_in_store`).
+    """
+    if program.state != State.PUBLISHED:
+        raise Refused(f"{program} is {program.get_state_display()}: only a Published program is republished")
+    if not (reason or "").strip():
+        raise Refused("say what was fixed: a republish needs a reason")
+    with transaction.atomic():
+        inversion = published_inversion(program)
+        if inversion is None:
+            raise Refused(f"{program} has no published inversion")
+        lifecycle.republish(program, user=user, actor=actor, reason=reason,
+                            details={"inversion_id": inversion.inversion_id})
+        now = timezone.now()
+        inversion.selected_at, inversion.generated_at = now, None
+        inversion.touch("selected_at", "generated_at")
+        checksums = {f["name"]: f["sha256"] for f in inversion.result_files}
+        checksums |= {"inversion": inversion.inversion_id, "l2": software_version(), "republish": now.isoformat()}
+        requested = work_orders.request(program, GENERATE, requested_by=actor, user=user, forced=True,
+                                        input_checksums=checksums,
+                                        details={"inversion_id": inversion.inversion_id, "republish": True,
+                                                 "fresh": True, "reason": reason.strip()})
+        if requested.created and enqueue:
+            from publishing.tasks import generate_l2
+
+            order_id = requested.order.pk
+            transaction.on_commit(lambda: generate_l2.delay(order_id))
+    return requested
+
+
+def continue_republish(order_id: int, *, enqueue: bool = True) -> work_orders.Requested | None:
+    """After a republish's generation: publish (None when the order was no republish, or it cannot now)."""
+    order = WorkOrder.objects.select_related("program").filter(pk=order_id, kind=GENERATE).first()
+    if order is None or not order.details.get("republish") or order.status != WorkOrder.Status.COMPLETED:
+        return None
+    try:
+        return request_publish(order.program, actor="worker", enqueue=enqueue)
+    except Refused as refused:
+        log.info("republish not carried on: %s", refused)
+        return None
+
+
+def put_in_store(client, record: dict, *, republish: bool, replacer=None) -> dict:
+    """Record the inversion in the store: created when the store answers the key is new, replaced when it exists.
+
+    The replacement is one request to ``METADATA_STORE_L2_DELETE_URL`` with the new record
+    (the store swaps it in: the old record or the new one is there at every moment, never
+    none; an endpoint that only removes is followed by a create, which narrows that to a
+    moment). A first publication whose record is there already with the same fields (a lost
+    answer, a redelivered task) keeps it.
+    """
+    if not republish:
+        return client.create_l2_inversion_inventory(record)
+    existing = client.l2_inversions(inversion_id=record["inversionId"])
+    if not existing:
+        return client.create_l2_inversion_inventory(record, idempotent=False)
+    from publishing.reconcile import default_remover
+
+    replacer = replacer or default_remover()
+    if replacer is None:
+        raise DoNotRetryError(f"the metadata store holds {record['inversionId']} already and "
+                              "METADATA_STORE_L2_DELETE_URL is not set: its record cannot be replaced", step="publish")
+    stored = replacer.replace(record)
+    if stored is None:  # an endpoint that only removes: create it again at once
+        log.warning("the store's endpoint removed %s without replacing it: creating it again", record["inversionId"])
+        return client.create_l2_inversion_inventory(record)
+    return stored
+
+
 # ----------------------------------------------------------------------------- automation
 
 
@@ -476,9 +576,9 @@ def advance_inverted(program_ids: list[int] | None = None, *, actor: str = "work
     ids per request made: ``{"generate": […], "publish": […]}``.
     """
     done: dict[str, list[int]] = {"generate": [], "publish": []}
-    if not (settings.L2_AUTO_GENERATE or settings.L2_AUTO_PUBLISH):
-        return done
     programs = ObservingProgram.objects.filter(state=State.INVERTED).order_by("pk")
+    if not (settings.L2_AUTO_GENERATE or settings.L2_AUTO_PUBLISH):  # republishes only (an operator asked)
+        programs = programs.filter(inversions__status=Inversion.Status.PUBLISHED)
     if program_ids is not None:
         programs = programs.filter(pk__in=program_ids)
     busy = set(WorkOrder.objects.filter(program__in=programs, kind__in=[WorkOrder.Kind.INTAKE, GENERATE, PUBLISH],
@@ -487,12 +587,15 @@ def advance_inverted(program_ids: list[int] | None = None, *, actor: str = "work
         inversion = current_inversion(program)
         if inversion is None:
             continue
+        # a published inversion of an Inverted program is being republished: it goes on by itself
+        republish = inversion.status == Inversion.Status.PUBLISHED
         try:
             with transaction.atomic():
                 if inversion.generated_at is None:
-                    if settings.L2_AUTO_GENERATE and request_generate(program, actor=actor).created:
+                    if (settings.L2_AUTO_GENERATE or republish) and request_generate(
+                            program, actor=actor, force=republish).created:
                         done["generate"].append(program.pk)
-                elif settings.L2_AUTO_PUBLISH and publish_plan(program).ok:
+                elif (settings.L2_AUTO_PUBLISH or republish) and publish_plan(program).ok:
                     request_publish(program, actor=actor)
                     done["publish"].append(program.pk)
         except Refused as refused:  # moved meanwhile: the next round sees it as it is
@@ -576,8 +679,9 @@ def run_publish(order_id: int, *, backend=None, client=None, poll: bool = False)
         record = store_record(inversion, order.details["path"])
         own_client = client is None
         client = client or store_client()
+        republish = inversion.status == Inversion.Status.PUBLISHED
         try:
-            answer = client.create_l2_inversion_inventory(record)
+            answer = put_in_store(client, record, republish=republish)
         finally:
             if own_client:
                 client.close()
@@ -598,18 +702,37 @@ def run_publish(order_id: int, *, backend=None, client=None, poll: bool = False)
         if WorkOrder.objects.select_for_update().get(pk=order.pk).status not in work_orders.ACTIVE:
             return Result(Outcome.NOTHING)
         now = timezone.now()
-        inversion.store_recorded_at = now
-        inversion.store_record = answer
-        inversion.asdf_object_key = record.get("asdfObjectKey") or ""
-        inversion.touch("store_recorded_at", "store_record", "asdf_object_key")
+        conversation_id = str(uuid.uuid4())
+        previous = published_inversion(locked)
+        supersedes = previous.inversion_id if previous is not None and previous.pk != inversion.pk else None
+        if supersedes:
+            inversion_status.change(previous, Inversion.Status.SUPERSEDED, actor="worker",
+                                    reason=f"superseded by {inversion.inversion_id}",
+                                    details={"by": inversion.inversion_id, "order": order.pk},
+                                    fields={"superseded_by": inversion})
+        inversion.refresh_from_db()
+        inversion_status.change(
+            inversion, Inversion.Status.PUBLISHED, actor="worker", reason="republished" if republish else "published",
+            details={"order": order.pk, "conversationId": conversation_id, "supersedes": supersedes},
+            fields={"store_recorded_at": now, "store_record": answer,
+                    "asdf_object_key": record.get("asdfObjectKey") or "",
+                    "publications": inversion.publications + 1,
+                    **({"republished_at": now} if republish else {})})
+        files = list(inversion.files.all())
+        # the frame catalog is told of every file, through the outbox: sent only if this commits
+        events.add_isb_messages(catalog.publication_messages(
+            bucket=inversion.bucket, inversion_id=inversion.inversion_id, conversation_id=conversation_id,
+            frame_keys=[f.object_key for f in sorted(files, key=lambda f: f.step or 0) if f.kind == L2File.Kind.FRAME],
+            asdf_key=inversion.asdf_object_key))
         lifecycle.transition(
-            locked, State.PUBLISHED, actor="worker", reason="published",
+            locked, State.PUBLISHED, actor="worker", reason="republished" if republish else "published",
             details={"inversion_id": inversion.inversion_id, "collection": inversion.published_collection,
-                     "path": inversion.published_path, "files": inversion.files.count(),
-                     "asdfObjectKey": inversion.asdf_object_key, "order": order.pk},
+                     "path": inversion.published_path, "files": len(files),
+                     "asdfObjectKey": inversion.asdf_object_key, "order": order.pk,
+                     "conversationId": conversation_id, "republish": republish, "supersedes": supersedes},
             expected_from=(State.INVERTED,),
         )
-        work_orders.complete(order, details={"store_record": answer})
+        work_orders.complete(order, details={"store_record": answer, "conversationId": conversation_id})
     return Result(Outcome.DONE)
 
 

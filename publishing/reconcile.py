@@ -1,12 +1,14 @@
 """Reconcile our published inversions with the metadata store's ``l2Inversions`` (DESIGN §9.5).
 
-Our database is the source of truth. "Ours" are the inversions we recorded in the store
-(``Inversion.store_recorded_at`` set: the program was Published); "theirs" is every record
-``l2Inversions`` lists. :func:`make_plan` compares them as plain data:
+Our database is the source of truth. "Ours" are the current publications (inversions of
+status published: one per Published program); "theirs" is every record ``l2Inversions``
+lists. :func:`make_plan` compares them as plain data:
 
 * **missing** — ours, absent from the store: added with ``createL2InversionInventory``;
 * **extra** — in the store, not published by us: reported; removed only on request
   (``--remove-extra``);
+* **superseded** — in the store, and ours but superseded by a newer publication of the
+  program: removed (the store lists only the current inversion), whenever it can be;
 * **differing** — on both sides with different fields: reported; made like ours only on
   request (``--update-existing``).
 
@@ -60,6 +62,7 @@ class Plan:
     missing: list[dict] = field(default_factory=list)  # our records to add
     extra: list[dict] = field(default_factory=list)  # their records we did not publish
     differing: list[dict] = field(default_factory=list)  # {"inversionId", "ours", "theirs", "fields"}
+    superseded: list[dict] = field(default_factory=list)  # their records of our superseded inversions
     in_step: int = 0
 
     def to_dict(self) -> dict:
@@ -68,18 +71,23 @@ class Plan:
     def lines(self) -> list[str]:
         """The plan for people (the command prints it)."""
         out = [f"ours {self.ours}, the store's {self.theirs}: {self.in_step} in step, {len(self.missing)} missing "
-               f"from the store, {len(self.extra)} only in the store, {len(self.differing)} differing"]
+               f"from the store, {len(self.extra)} only in the store, {len(self.differing)} differing, "
+               f"{len(self.superseded)} superseded"]
         out += [f"  add     {r['inversionId']} ({r['instrumentProgramExecutionId']})" for r in self.missing]
         out += [f"  extra   {r.get('inversionId')} ({r.get('instrumentProgramExecutionId')}){' — ' + r['known'] if r.get('known') else ''}"
                 for r in self.extra]
         out += [f"  differs {d['inversionId']}: {', '.join(d['fields'])}" for d in self.differing]
+        out += [f"  retire  {r.get('inversionId')}: superseded by {r.get('supersededBy')}" for r in self.superseded]
         return out
 
 
-def make_plan(ours: Mapping[str, Mapping], theirs: Iterable[Mapping], *, known: Mapping[str, str] | None = None) -> Plan:
+def make_plan(ours: Mapping[str, Mapping], theirs: Iterable[Mapping], *, known: Mapping[str, str] | None = None,
+              superseded: Mapping[str, str] | None = None) -> Plan:
     """Compare ``ours`` (inversion id → our store record) with the store's records.
 
     ``known``: ids we have but did not publish (id → what it is), noted on extra records.
+    ``superseded``: ids of our superseded inversions (id → the one superseding it): the
+    store's records of them are planned for removal, not reported as extra.
     """
     theirs = list(theirs)
     by_id: dict[str, Mapping] = {}
@@ -101,24 +109,33 @@ def make_plan(ours: Mapping[str, Mapping], theirs: Iterable[Mapping], *, known: 
             plan.in_step += 1
     for inversion_id in sorted(set(by_id) - set(ours)):
         record = dict(by_id[inversion_id])
+        if superseded and inversion_id in superseded:
+            plan.superseded.append(record | {"supersededBy": superseded[inversion_id]})
+            continue
         if known and inversion_id in known:
             record["known"] = known[inversion_id]
         plan.extra.append(record)
     return plan
 
 
-def our_records() -> tuple[dict[str, dict], dict[str, str]]:
-    """(published inversion id → its store record, unpublished inversion id → its state)."""
+def our_records() -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """(published inversion id → its store record, unpublished id → what it is, superseded id → by which)."""
     from publishing.pipeline import store_record
 
     ours: dict[str, dict] = {}
     known: dict[str, str] = {}
-    for inv in Inversion.objects.select_related("program").prefetch_related("files").order_by("id"):
-        if inv.store_recorded_at is not None:
+    superseded: dict[str, str] = {}
+    for inv in (Inversion.objects.select_related("program", "superseded_by").prefetch_related("files")
+                .order_by("id")):
+        if inv.status == Inversion.Status.PUBLISHED:
             ours[inv.inversion_id] = store_record(inv)
+        elif inv.status == Inversion.Status.SUPERSEDED or (inv.store_recorded_at is not None
+                                                          and inv.status == Inversion.Status.ARCHIVED):
+            superseded[inv.inversion_id] = inv.superseded_by.inversion_id if inv.superseded_by else "(archived)"
         else:
-            known[inv.inversion_id] = f"known here, not published (program {inv.program.get_state_display()})"
-    return ours, known
+            known[inv.inversion_id] = (f"known here, {inv.get_status_display().lower()}, not published "
+                                       f"(program {inv.program.get_state_display()})")
+    return ours, known, superseded
 
 
 class Remover:
@@ -138,6 +155,32 @@ class Remover:
         if response.status_code >= 400:
             raise DoNotRetryError(f"removal refused (HTTP {response.status_code}): {response.text[:300]}",
                                   step="reconcile")
+
+    def replace(self, record: Mapping) -> dict | None:
+        """Replace the store's record of ``record["inversionId"]`` in one request (``{"inversionId", "record"}``).
+
+        The store swaps the record in: the old one or the new one is there at every moment.
+        Returns the stored record; None when the endpoint did not say it replaced it (one that
+        only deletes: the caller creates the record then).
+        """
+        headers = {"Authorization": self.token} if self.token else {}
+        body = {"inversionId": record["inversionId"], "record": _comparable(record)}
+        try:
+            response = requests.post(self.url, json=body, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise BackoffRetryError(f"replacement endpoint unreachable: {exc}", step="publish") from exc
+        if response.status_code >= 500:
+            raise BackoffRetryError(f"replacement endpoint answered HTTP {response.status_code}", step="publish")
+        if response.status_code >= 400:
+            raise DoNotRetryError(f"replacement refused (HTTP {response.status_code}): {response.text[:300]}",
+                                  step="publish")
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise BackoffRetryError("replacement endpoint answered no JSON", step="publish") from exc
+        if not (isinstance(answer, dict) and answer.get("replaced") is True and isinstance(answer.get("record"), dict)):
+            return None
+        return answer["record"]
 
 
 def default_remover() -> Remover | None:
@@ -169,6 +212,12 @@ def apply_plan(plan: Plan, client, *, update_existing: bool, remove_extra: bool,
             actions.append({"action": "remove", "inversionId": inversion_id, "done": False, "reason": NO_REMOVAL})
         else:
             attempt("remove", inversion_id, lambda i=inversion_id: remover.remove(i))
+    for record in plan.superseded:
+        inversion_id = record.get("inversionId")
+        if remover is None:
+            actions.append({"action": "retire", "inversionId": inversion_id, "done": False, "reason": NO_REMOVAL})
+        else:
+            attempt("retire", inversion_id, lambda i=inversion_id: remover.remove(i))
     for diff in plan.differing:
         inversion_id = diff["inversionId"]
         if not update_existing:
@@ -197,8 +246,8 @@ def run(*, dry_run: bool = False, update_existing: bool = False, remove_extra: b
     if remover is None and use_default_remover:
         remover = default_remover()
     try:
-        ours, known = our_records()
-        plan = make_plan(ours, client.l2_inversions(), known=known)
+        ours, known, superseded = our_records()
+        plan = make_plan(ours, client.l2_inversions(), known=known, superseded=superseded)
         record.plan = plan.to_dict()
         record.ours, record.theirs = plan.ours, plan.theirs
         record.missing, record.extra, record.differing = len(plan.missing), len(plan.extra), len(plan.differing)
@@ -206,7 +255,7 @@ def run(*, dry_run: bool = False, update_existing: bool = False, remove_extra: b
             record.actions = apply_plan(plan, client, update_existing=update_existing, remove_extra=remove_extra,
                                         remover=remover)
             record.added = sum(1 for a in record.actions if a["action"] == "add" and a["done"])
-            record.removed = sum(1 for a in record.actions if a["action"] == "remove" and a["done"])
+            record.removed = sum(1 for a in record.actions if a["action"] in ("remove", "retire") and a["done"])
             record.updated = sum(1 for a in record.actions if a["action"] == "update" and a["done"])
             failed = [a for a in record.actions if a.get("error")]
             if failed:

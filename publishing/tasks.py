@@ -103,9 +103,11 @@ def _run(task, order_id: int, poll: bool, run, step: str, first_stage: str) -> s
 @shared_task(bind=True, name="publishing.generate_l2", acks_late=True, ignore_result=True)
 def generate_l2(self, order_id: int, poll: bool = False, io_tries: int = 0) -> str:
     """Generate the L2 files of a generate order (restartable: valid frames are kept)."""
-    from publishing.pipeline import run_generate
+    from publishing.pipeline import continue_republish, run_generate
 
     outcome = _run(self, order_id, poll, run_generate, "generate", "headers")
+    if outcome in ("done", "nothing"):  # "nothing": redelivered after it finished, perhaps before this step
+        continue_republish(order_id)  # a republish goes on to publish whatever L2_AUTO_PUBLISH says
     if outcome == "done":
         _carry_on(order_id)
     return outcome

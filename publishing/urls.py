@@ -19,4 +19,8 @@ program_urlpatterns = [
     path("publishing", views.program_publishing, name="program-publishing"),
     path("generate", views.generate, name="program-generate"),
     path("publish", views.publish_confirm, name="program-publish"),
+    path("reinvert", views.reinvert, name="program-reinvert"),
+    path("republish", views.republish, name="program-republish"),
+    path("inversions/<str:inversion_id>/archive", views.archive_inversion, name="inversion-archive"),
+    path("inversions/<str:inversion_id>/restore", views.restore_inversion, name="inversion-restore"),
 ]

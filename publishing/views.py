@@ -18,9 +18,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from inversions import work_orders
 from inversions.models import ObservingProgram, WorkOrder
 from inversions.states import State
-from l2site.auth import is_operator, require_role
-from publishing.models import L2File
-from publishing.selectors import current_inversion
+from inversions import lifecycle
+from l2site.auth import is_operator, is_science, require_role
+from publishing import inversion_status
+from publishing.models import Inversion, L2File
+from publishing.selectors import pick_current, program_inversions
 
 ACTIVE = WorkOrder.ACTIVE
 INTAKE = WorkOrder.Kind.INTAKE
@@ -56,14 +58,17 @@ SHOWN_IN = (State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR)
 
 
 def publishing_context(program: ObservingProgram, user) -> dict:
-    """What the publishing partial shows for ``program`` and ``user`` (at most 3 queries)."""
+    """What the publishing partial shows for ``program`` and ``user`` (at most 4 queries)."""
     if program.state not in SHOWN_IN:
         return {"program": program, "show": False}
     latest = {o.kind: o for o in WorkOrder.objects.filter(
         program=program, kind__in=[INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH],
     ).order_by("kind", "-created_at", "-id").distinct("kind")}
     intake, generate, publish = (latest.get(k) for k in (INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH))
-    inversion = current_inversion(program) if (latest or program.state != State.WORKING) else None
+    inversions = program_inversions(program)
+    inversion = pick_current(program, inversions) if (latest or program.state != State.WORKING) else None
+    if program.state == State.WORKING and inversion is not None and inversion.status == Inversion.Status.PUBLISHED:
+        inversion = None  # a re-inversion is being worked: the published one is listed below
     if inversion is not None:  # orders of an earlier inversion are not this one's
         if generate is not None and generate.details.get("inversion_id") != inversion.inversion_id:
             generate = None
@@ -72,6 +77,7 @@ def publishing_context(program: ObservingProgram, user) -> dict:
     files = list(inversion.files.all()) if inversion else []
     frames = [f for f in files if f.kind == L2File.Kind.FRAME]
     operator = is_operator(user)
+    science = is_science(user)
     state = program.state
     running = [o for o in (intake, generate, publish) if o is not None and o.status in ACTIVE]
     show_intake = intake is not None and (intake.status in ACTIVE or (
@@ -90,7 +96,12 @@ def publishing_context(program: ObservingProgram, user) -> dict:
         "can_publish": operator and state == State.INVERTED and inversion is not None and not running
         and inversion.generated_at is not None,
         "is_operator": operator,
-        "show": bool(inversion or show_intake or state in (State.INVERTED, State.PUBLISHED)),
+        "is_science": science,
+        "inversions": inversions,
+        "can_reinvert": science and state == State.PUBLISHED,
+        "can_republish": operator and state == State.PUBLISHED and not running and inversion is not None
+        and inversion.status == Inversion.Status.PUBLISHED,
+        "show": bool(inversion or inversions or show_intake or state in (State.INVERTED, State.PUBLISHED)),
     }
 
 
@@ -164,3 +175,67 @@ def publish_confirm(request, ipeid: str):
     context = {"nav": "programs", "program": program, "plan": plan, "frames": sum(f.kind == L2File.Kind.FRAME for f in plan.files)}
     return render(request, "publishing/publish_confirm.html", context, status=status)
 
+
+
+@require_POST
+@require_role(is_science, "Only the science team starts a new inversion.")
+def reinvert(request, ipeid: str):
+    """A Published program is inverted again: Published → Working ("re-inversion"), claimed by the user."""
+    program = _program(ipeid)
+    reason = request.POST.get("reason", "").strip()[:500]
+    try:
+        lifecycle.reinvert(program, user=request.user, reason=reason)
+    except lifecycle.LifecycleError as exc:
+        messages.error(request, f"Not started: {exc}")
+    else:
+        messages.success(request, f"{program} is yours to invert again; report the new results when they are ready. "
+                                  "The current publication stays until the new one is published.")
+    return redirect("program-detail", ipeid=ipeid)
+
+
+@require_POST
+@require_role(is_operator, "Only operators republish.")
+def republish(request, ipeid: str):
+    """Regenerate and republish the published inversion after a fix (with the reason)."""
+    from publishing import pipeline
+
+    program = _program(ipeid)
+    reason = request.POST.get("reason", "").strip()[:500]
+    try:
+        requested = pipeline.request_republish(program, actor=request.user.get_username(), user=request.user,
+                                               reason=reason)
+    except (pipeline.Refused, lifecycle.LifecycleError) as exc:
+        messages.error(request, f"Not republished: {exc}")
+    else:
+        messages.success(request, f"Republishing {requested.order.details.get('inversion_id')} (order "
+                                  f"#{requested.order.pk}): its files are generated again, then published under the "
+                                  "same keys and its store record replaced.")
+    return redirect("program-detail", ipeid=ipeid)
+
+
+def _set_aside(request, ipeid: str, inversion_id: str, *, restore: bool):
+    program = _program(ipeid)
+    inversion = get_object_or_404(Inversion, program=program, inversion_id=inversion_id)
+    reason = request.POST.get("reason", "").strip()[:500]
+    try:
+        if restore:
+            inversion_status.restore(inversion, user=request.user, reason=reason)
+        else:
+            inversion_status.archive_inversion(inversion, user=request.user, reason=reason)
+    except (inversion_status.StatusError, lifecycle.LifecycleError) as exc:
+        messages.error(request, f"Not {'restored' if restore else 'archived'}: {exc}")
+    else:
+        messages.success(request, f"Inversion {inversion} {'restored' if restore else 'archived'}.")
+    return redirect("program-detail", ipeid=ipeid)
+
+
+@require_POST
+@require_role(is_science, "Only the science team archives inversions.")
+def archive_inversion(request, ipeid: str, inversion_id: str):
+    return _set_aside(request, ipeid, inversion_id, restore=False)
+
+
+@require_POST
+@require_role(is_science, "Only the science team restores inversions.")
+def restore_inversion(request, ipeid: str, inversion_id: str):
+    return _set_aside(request, ipeid, inversion_id, restore=True)

@@ -26,3 +26,6 @@ if os.environ.get("L2_TEST_FAST_RESTORE") and CELERY_BROKER_URL.startswith("redi
     CELERY_BROKER_TRANSPORT_OPTIONS = {  # noqa: F405
         **CELERY_BROKER_TRANSPORT_OPTIONS, "unacked_restore_interval": 1, "unacked_restore_throttle": 1,  # noqa: F405
     }
+# Tests only: the queue tasks go to by default, so a real worker of one test (on its own queue)
+# also receives the tasks it sends itself (tests/publishing/test_republish_worker.py).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("L2_TEST_DEFAULT_QUEUE") or "celery"

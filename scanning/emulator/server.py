@@ -10,7 +10,9 @@ metadata store (DESIGN §5, §9):
 * ``createL2InversionInventory(createParams: L2InversionInventory!)`` (mutation) and
   ``l2Inversions(filterParams: L2InversionInventoriesRequest)``, kept in memory.
   The schema has no mutation that deletes an L2 inversion; the emulator offers
-  :meth:`MetadataStore.delete_l2_inversion` and ``POST /_control/l2inversions/delete``.
+  :meth:`MetadataStore.delete_l2_inversion` and ``POST /_control/l2inversions/delete``
+  (``{"inversionId"}``; with ``"record"``: the record is replaced in one step, never absent —
+  :meth:`MetadataStore.replace_l2_inversion`).
 
 Every other root field answers a GraphQL error "not implemented by the emulator".
 
@@ -548,6 +550,24 @@ class MetadataStore:
             found = [r for r in found if wanted.intersection(r["datasetIds"])]
         return [dict(r) for r in found]
 
+    def replace_l2_inversion(self, inversion_id: str, params: Mapping[str, Any]) -> dict | None:
+        """Replace an inversion's record in one step (it keeps its ``createDate``); None if there is none."""
+        if params.get("inversionId") != inversion_id:
+            raise GraphQLError("the replacement record must have the same inversionId")
+        with self._lock:
+            old = self._inversions.get(inversion_id)
+            if old is None:
+                return None
+            del self._inversions[inversion_id]
+            try:
+                record = self.create_l2_inversion(params)
+            except GraphQLError:
+                self._inversions[inversion_id] = old
+                raise
+            record["createDate"] = old.get("createDate", record["createDate"])
+            self._inversions[inversion_id]["createDate"] = record["createDate"]
+            return record
+
     def delete_l2_inversion(self, inversion_id: str) -> bool:
         """Remove an inversion (no such mutation in the schema: emulator-only)."""
         with self._lock:
@@ -905,9 +925,14 @@ class _Handler(BaseHTTPRequestHandler):
                 count = self.server.store.upsert_records(payload.get("records") or [],
                                                          replace=bool(payload.get("replace")))
                 self._send_json(200, {"upserted": count, "records": self.server.store.record_count})
+            elif isinstance(payload.get("record"), dict):
+                replaced = self.server.store.replace_l2_inversion(str(payload.get("inversionId")), payload["record"])
+                self._send_json(200 if replaced else 404, {"replaced": replaced is not None, "record": replaced})
             else:
                 deleted = self.server.store.delete_l2_inversion(str(payload.get("inversionId")))
                 self._send_json(200 if deleted else 404, {"deleted": deleted})
+        except GraphQLError as error:
+            self._send_error_json(400, f"bad control request: {error.message}")
         except (ValueError, TypeError, KeyError) as error:
             self._send_error_json(400, f"bad control request: {error}")
 

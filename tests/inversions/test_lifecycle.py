@@ -22,7 +22,7 @@ EXPECTED = {
     S.QUEUED: {S.QUEUED, S.WORKING, S.PREPROCESSED, S.DISCOVERED, S.ERROR},  # Queued→Queued: new priority
     S.WORKING: {S.INVERTED, S.PREPROCESSED, S.QUEUED, S.ERROR},  # release → Preprocessed/Queued
     S.INVERTED: {S.PUBLISHED, S.ERROR},
-    S.PUBLISHED: {S.ERROR},
+    S.PUBLISHED: {S.WORKING, S.INVERTED, S.ERROR},  # re-inversion (claimed), republish
 }
 PAIRS = [(a, b) for a in EXPECTED for b in State]
 
@@ -301,3 +301,28 @@ def test_an_admin_reprioritises_with_a_reason(make_program, admin_user):
     program = make_program(S.QUEUED)
     row = lifecycle.reprioritise(program, user=admin_user, priority=500, reason="the PI asked")
     assert row.reason == "priority 0 → 500: the PI asked" and program.priority == 500
+
+
+@pytest.mark.django_db
+def test_a_re_inversion_claims_a_published_program_and_is_recorded(make_program, scientist, operator):
+    program = make_program(State.PUBLISHED)
+    row = lifecycle.reinvert(program, user=scientist, reason="BLANCA 2.1")
+    assert (row.from_state, row.to_state, row.reason, row.actor) == (S.PUBLISHED, S.WORKING, "re-inversion: BLANCA 2.1",
+                                                                     scientist.username)
+    assert program.state == S.WORKING and program.claimed_by == scientist
+    assert OutboxEvent.objects.filter(transition=row, routing_key="l2.program.working").exists()
+    with pytest.raises(lifecycle.StateChanged):  # only from Published
+        lifecycle.reinvert(program, user=scientist)
+
+
+@pytest.mark.django_db
+def test_a_republish_needs_a_reason_and_a_published_program(make_program, operator):
+    program = make_program(State.PUBLISHED)
+    with pytest.raises(lifecycle.LifecycleError):
+        lifecycle.republish(program, user=operator, reason=" ")
+    row = lifecycle.republish(program, user=operator, reason="fixed the headers", details={"inversion_id": "L2X"})
+    assert (row.from_state, row.to_state, row.details) == (S.PUBLISHED, S.INVERTED, {"republish": True,
+                                                                                     "inversion_id": "L2X"})
+    assert program.claimed_by is None
+    with pytest.raises(lifecycle.StateChanged):
+        lifecycle.republish(program, user=operator, reason="again")

