@@ -126,14 +126,20 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
+# The app (web, workers) connects as a role that owns no table; migrations run as the owner
+# (l2site/db_roles.py, inversions/management/commands/migrate.py). None: one role for both.
+DATABASE_MIGRATE = None
 if env("DATABASE_URL"):
     DATABASES = {
         "default": dj_database_url.parse(
             env("DATABASE_URL"), conn_max_age=int(env_number("DATABASE_CONN_MAX_AGE", 60)), conn_health_checks=True
         )
     }
+    if env("DATABASE_MIGRATE_URL") and env("DATABASE_MIGRATE_URL") != env("DATABASE_URL"):
+        DATABASE_MIGRATE = dj_database_url.parse(env("DATABASE_MIGRATE_URL"))
 else:
     DATABASES = {"default": embedded.database_settings()}
+    DATABASE_MIGRATE = embedded.owner_settings()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
