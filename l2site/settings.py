@@ -255,7 +255,9 @@ L2_PREPROCESS_INTERVAL_SECONDS = env_number("L2_PREPROCESS_INTERVAL_SECONDS", 60
 L2_PREPROCESS_POLL_SECONDS = env_number("L2_PREPROCESS_POLL_SECONDS", 30.0)
 L2_PREPROCESS_MAX_RETRIES = max(0, int(env_number("L2_PREPROCESS_MAX_RETRIES", 5, int)))
 L2_PREPROCESS_RETRY_SECONDS = env_number("L2_PREPROCESS_RETRY_SECONDS", 30.0)
-L2_STALLED_MINUTES = env_number("L2_STALLED_MINUTES", 120.0)
+# A work order's heartbeat (refreshed while a worker runs its step) older than this, with no
+# worker holding the order: beat sends its step again (a worker killed, a message lost).
+L2_HEARTBEAT_STALE_SECONDS = max(1.0, env_number("L2_HEARTBEAT_STALE_SECONDS", 120.0))
 # The embedded default's demo L1 frames (manage.py make_demo_l1): for this many Invertible programs.
 L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 2, int)))
 
