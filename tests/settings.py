@@ -36,3 +36,8 @@ if not os.environ.get("DATABASE_URL") and DATABASE_MIGRATE:  # noqa: F405
 DATABASE_MIGRATE = None
 _options = DATABASES["default"].setdefault("OPTIONS", {})  # noqa: F405
 _options["options"] = f"{_options.get('options', '')} -c l2.allow_history_truncate=on".strip()
+
+# Tests only: the queue a worker started by a test sends its tasks to by default (the chaos
+# test's worker: everything it dispatches stays on the test's private queue).
+if os.environ.get("L2_TEST_QUEUE"):
+    CELERY_TASK_DEFAULT_QUEUE = os.environ["L2_TEST_QUEUE"]
