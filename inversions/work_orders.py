@@ -335,13 +335,13 @@ def heartbeat_interval() -> float:
 def beat(order_id: int) -> bool:
     """The order is alive now: one UPDATE, skipping a row another transaction holds (never waits),
     never moving back the time a waiting order is due (:func:`expect`)."""
-    table = WorkOrder._meta.db_table
+    table, now = WorkOrder._meta.db_table, timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET heartbeat_at = %s WHERE id = (SELECT id FROM {table} WHERE id = %s "
             f"AND status IN ('queued', 'started') AND (heartbeat_at IS NULL OR heartbeat_at < %s) "
             f"FOR UPDATE SKIP LOCKED)",
-            [timezone.now(), order_id, timezone.now()],
+            [now, order_id, now],
         )
         return cursor.rowcount == 1
 

@@ -7,7 +7,6 @@ import secrets
 import dj_database_url
 import psycopg
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.utils import InternalError, ProgrammingError

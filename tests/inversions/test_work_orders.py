@@ -109,6 +109,17 @@ def _other_session():
                            port=s["PORT"] or None, autocommit=True)
 
 
+def _eventually(check, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_stalled_means_a_stale_heartbeat_and_nobody_holding_the_order(make_program, settings):
     settings.L2_HEARTBEAT_STALE_SECONDS = 120
     program = make_program(State.INVERTIBLE)
@@ -121,8 +132,8 @@ def test_stalled_means_a_stale_heartbeat_and_nobody_holding_the_order(make_progr
         assert work_orders.stalled(PRE) == []
         with work_orders.running(order.pk) as got:
             assert got is False  # a duplicate message cannot run it alongside
-    # the session ended (as when its worker is killed): lost again, and this worker may run it
-    assert [o.pk for o in work_orders.stalled(PRE)] == [order.pk]
+    # the session ended (as when its worker is killed; its backend exits a moment later): lost again
+    assert _eventually(lambda: [o.pk for o in work_orders.stalled(PRE)] == [order.pk])
     with work_orders.running(order.pk) as got:
         assert got is True
     work_orders.expect(order.pk, 600)  # waiting for a retry in 10 min: not lost meanwhile

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import CommandError
 from django.core.management.commands import migrate
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from l2site import db_roles
 
@@ -30,7 +30,7 @@ class Command(migrate.Command):
         conn.settings_dict.update({key: owner[key] for key in CONNECTION_KEYS if key in owner})
         try:
             super().handle(*args, **options)
-            with conn.cursor() as cursor:
+            with transaction.atomic(), conn.cursor() as cursor:  # the app's rights change at once
                 db_roles.grant_app_role(cursor, app["USER"], password=app.get("PASSWORD") or None)
         except db_roles.RoleError as exc:
             raise CommandError(f"migrated, but {exc}") from exc
