@@ -147,6 +147,7 @@ class _SamePage(BaseHTTPRequestHandler):
 @pytest.fixture
 def same_page_store() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SamePage)
+    server.daemon_threads, server.block_on_close = True, False  # no waiting for the client's kept-alive connection
     server.asked = []
     server.url = f"http://127.0.0.1:{server.server_address[1]}/graphql"
     threading.Thread(target=server.serve_forever, daemon=True).start()
