@@ -56,6 +56,11 @@ class ObservingProgram(models.Model):
     newest_create_date = models.DateTimeField(null=True, blank=True)
     settles_at = models.DateTimeField(null=True, blank=True, db_index=True)
     dataset_count = models.PositiveIntegerField(default=0)
+    # [[wavelengthMin, wavelengthMax], …] in nm of every current dataset with a range, sorted
+    wavelength_ranges = ArrayField(ArrayField(models.FloatField(), size=2), default=list, blank=True)
+    # any current dataset embargoed (None: no dataset says); the latest embargo end of them
+    is_embargoed = models.BooleanField(null=True, blank=True)
+    embargo_end_date = models.DateTimeField(null=True, blank=True)
     # Set when datasets change once the program is Working or later (DESIGN §4).
     datasets_changed_at = models.DateTimeField(null=True, blank=True)
 
@@ -157,6 +162,7 @@ class Dataset(models.Model):
     # Canonical line names (scanning.records.lines_of): from spectralLines, or inferred from
     # the wavelength range where the record has none. The record's own list stays in raw.
     spectral_lines = ArrayField(models.CharField(max_length=40), null=True, blank=True)
+    lines_listed = models.BooleanField(default=False, help_text="spectral_lines are the record's own list, not inferred")
     bounding_box = models.JSONField(null=True, blank=True, help_text="[[x1, y1], [x2, y2]] in arcsec")
     frame_count = models.PositiveIntegerField(null=True, blank=True)
     health = models.JSONField(null=True, blank=True)
@@ -169,6 +175,19 @@ class Dataset(models.Model):
     browse_movie_url = models.CharField(max_length=500, blank=True)
     is_embargoed = models.BooleanField(null=True, blank=True)
     embargo_end_date = models.DateTimeField(null=True, blank=True)
+    # Quality and product fields (DatasetInventoryViewResponse); units in publishing.api.DATASET_UNITS
+    polarimetric_accuracy = models.JSONField(null=True, blank=True, help_text="POL_SENS {min, p25, med, p75, max}")
+    quality_average_fried_parameter = models.FloatField(null=True, blank=True, help_text="m")
+    quality_average_polarimetric_accuracy = models.FloatField(null=True, blank=True)
+    quality_report_object_key = models.CharField(max_length=1000, blank=True)
+    browse_movie_object_key = models.CharField(max_length=1000, blank=True)
+    asdf_object_key = models.CharField(max_length=1000, blank=True, help_text="the L1 ASDF (its gwcs), in bucket")
+    dataset_size = models.FloatField(null=True, blank=True, help_text="GB")
+    has_all_stokes = models.BooleanField(null=True, blank=True)
+    target_types = ArrayField(models.CharField(max_length=100), null=True, blank=True)
+    status = models.CharField(max_length=50, blank=True)
+    # [[field, reason], …] of the values the record sent that could not be used (no data)
+    field_warnings = models.JSONField(null=True, blank=True)
     # No copy of the experiment description (~1 kB, the same for thousands of datasets): the
     # raw record holds the one the store sent, the program the one it shows.
 

@@ -20,6 +20,13 @@ from inversions.states import State
 from l2site.auth import is_science
 
 MAX_PAGE_SIZE = 500
+#: Units of a dataset's numbers in the program answer ("" : a ratio or a count; the store gives light level none).
+DATASET_UNITS = {
+    "wavelengthMin": "nm", "wavelengthMax": "nm", "boundingBox": "arcsec", "exposureTime": "ms",
+    "friedParameter": "m", "qualityAverageFriedParameter": "m", "polarimetricAccuracy": "",
+    "qualityAveragePolarimetricAccuracy": "", "lightLevel": "LIGHTLVL as in the frames (no unit given)",
+    "datasetSize": "GB", "frameCount": "frames", "aoLocked": "frames", "health": "frames", "gosStatus": "frames",
+}
 
 
 class BadRequest(ValueError):
@@ -103,6 +110,9 @@ def program_summary(p: ObservingProgram) -> dict:
         "datasetCount": p.dataset_count,
         "startTime": p.start_time.isoformat() if p.start_time else None,
         "updatedAt": p.updated_at.isoformat(),
+        "wavelengthRanges": p.wavelength_ranges,
+        "isEmbargoed": p.is_embargoed,
+        "embargoEndDate": p.embargo_end_date.isoformat() if p.embargo_end_date else None,
     }
 
 
@@ -155,9 +165,35 @@ def program(request, ipeid: str):
                 "frameCount": d.frame_count,
                 "createDate": d.create_date.isoformat(),
                 "updateDate": d.update_date.isoformat(),
+                "startTime": d.start_time.isoformat() if d.start_time else None,
+                "endTime": d.end_time.isoformat() if d.end_time else None,
+                "instrumentName": d.instrument_name or None,
+                "boundingBox": d.bounding_box,
+                "exposureTime": d.exposure_time,
+                "health": d.health,
+                "gosStatus": d.gos_status,
+                "aoLocked": d.ao_locked,
+                "lightLevel": d.light_level,
+                "friedParameter": d.fried_parameter,
+                "polarimetricAccuracy": d.polarimetric_accuracy,
+                "qualityAverageFriedParameter": d.quality_average_fried_parameter,
+                "qualityAveragePolarimetricAccuracy": d.quality_average_polarimetric_accuracy,
+                "qualityReportObjectKey": d.quality_report_object_key or None,
+                "browseMovieUrl": d.browse_movie_url or None,
+                "browseMovieObjectKey": d.browse_movie_object_key or None,
+                "asdfObjectKey": d.asdf_object_key or None,
+                "bucket": d.bucket or None,
+                "datasetSize": d.dataset_size,
+                "hasAllStokes": d.has_all_stokes,
+                "targetTypes": d.target_types,
+                "status": d.status or None,
+                "isEmbargoed": d.is_embargoed,
+                "embargoEndDate": d.embargo_end_date.isoformat() if d.embargo_end_date else None,
+                "noData": [{"field": f, "reason": r} for f, r in d.field_warnings or []],
             }
             for d in p.datasets.all()
         ],
+        "datasetUnits": DATASET_UNITS,
         "history": [
             {
                 "from": t.from_state or None,

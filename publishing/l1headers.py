@@ -25,6 +25,19 @@ def l1_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".fits", ".fit", ".fts"))
 
 
+def l1_arm(paths: Iterable[str | Path]) -> str | int | None:
+    """``VSPARMID`` (the ViSP arm) of a dataset's first frame that has one; None when none has."""
+    for path in list(paths)[:3]:
+        try:
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                for hdu in hdul[:2]:
+                    if "VSPARMID" in hdu.header:
+                        return hdu.header["VSPARMID"]
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
 def l1_headers_by_step(paths: Iterable[str | Path], expected_frames: int) -> dict[int, fits.Header]:
     """``{step: header}`` (0-based steps) of a dataset's frames: Stokes I (first), first map.
 

@@ -1,60 +1,72 @@
-"""Level 2 file generation (DESIGN §9.1): one FITS file per raster step + one ASDF file.
+"""Level 2 frames (DESIGN §9.1): one FITS file per raster step, in the data center's L2 layout.
 
-Each L2 frame is::
+The layout is the one the data center's user tools read (``dkist.load_dataset`` →
+``dkist.Inversion``; the package's reference product ``test_L2_inversion.asdf.gz``)::
 
-    0      PrimaryHDU  no data; the step's L1 header (science keys) + L2 keys
+    0      PrimaryHDU  no data; the curated L2 header (:data:`PRIMARY_KEYS`): values lifted
+                       from the L1 frame of the same raster step of the fiducial arm, plus the
+                       L2 identity (LEVEL, PROCTYPE, DSETID = inversion id, FILE_ID, FILENAME,
+                       FRAMEVOL, HEADVERS of L2) and the provenance (SWNAMEn / SWVERSn)
     1..11  ImageHDU    one physical quantity (:data:`QUANTITIES`), numpy shape
-                       (1, depth, slit), FITS axes 1 = slit, 2 = depth (log tau), 3 = raster
-    12..   ImageHDU    per spectral line "<line> Original", "<line> Fit", numpy shape
-                       (1, stokes, wavelength, slit), FITS axes 1 = slit, 2 = AWAV (nm),
-                       3 = STOKES (1..4 = I, Q, U, V), 4 = raster
+                       (1, slit, depth): FITS axes 1 = LOGTAU, 2/3 = the L1 frame's spatial axes
+                       (along the slit, across it: length 1)
+    12..   ImageHDU    per spectral line (wavelength order) "<line> Profile Original", then
+                       "<line> Profile Fit", numpy shape (1, slit, wavelength, stokes): FITS
+                       axes 1 = STOKES (1..4 = I, Q, U, V), 2 = AWAV (nm), 3/4 = spatial
 
-Image HDUs carry the helioprojective WCS of their L1 frame: the spatial axes are copied
-from the step's L1 header (slit axis and the length-1 raster axis), so that pixel
-(0, …, 0) of an image maps to the sky position of pixel (0, …, 0) of the L1 frame.
-If the inversion binned the slit (fewer slit positions than the L1 frame), L2 pixel ``j``
-maps to L1 slit pixel ``j * binning`` (0-based) and the PC column of the slit axis is scaled.
-Cross terms between the L1 spectral and spatial axes are ignored (zero in DKIST L1).
+Every image HDU has EXTNAME, BTYPE, BUNIT, BZERO/BSCALE (0/1: the float32 values are the
+physical ones), DATAMIN/DATAMAX, DATE, WCSVALID and its WCS: the spatial axes are those of
+the step's L1 frame (with its rotated PC block), so that pixel (0, …, 0) of every HDU maps to
+the sky position of the L1 frame's first slit pixel. With slit binning ``b`` (``DESR-BIN``),
+L2 slit position ``j`` is L1 slit pixel ``j * b`` (0-based): the PC column of the slit axis is
+scaled by ``b`` and its CRPIX moved. Cross terms between L1 spectral and spatial axes are
+ignored (zero in DKIST L1).
 
-Files are written with ``checksum=True`` to a temporary name and renamed into place, so a
-killed writer never leaves a file that :func:`frame_is_valid` accepts. No ``fsync``: a file
-lost in a power cut fails the check and is generated again.
+Where the reference product is not right we keep ours: BTYPEs are valid IVOA UCD1+ words
+(the reference writes e.g. ``phys.veloc.microturb`` and ``phys.electron;phys.pressure``), the
+WCS applies the L1 PC rotation, and image HDUs carry the observer keys (DSUN_OBS, HGLN_OBS …)
+so that each HDU's helioprojective WCS stands alone. Data are float32 (the reference: float64).
+
+Frames are written by :func:`generate_frame` directly (cards formatted by astropy, the data
+as big-endian bytes, CHECKSUM/DATASUM computed on the way), to a temporary name renamed into
+place, so a killed writer never leaves a file that :func:`frame_is_valid` accepts. No
+``fsync``: a file lost in a power cut fails the check and is generated again. Plain Python
+(astropy, numpy): no Django.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import mmap
 import multiprocessing
 import os
 import re
 import threading
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asdf
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
 
 from inversions.errors import DoNotRetryError, RetryError
-from publishing.results import (
-    INVERSION_QUANTITIES,
-    STEP_AXIS,
-    WAVELENGTH_AXIS,
-    WAVELENGTH_UNIT,
-    ResultSet,
-    line_centre_nm,
-)
+from inversions.preprocessing import fits_checksum
+from publishing.results import INVERSION_QUANTITIES, STEP_AXIS, ProfileLine, ResultSet
 
 STEP = "publish.generate"
 TMP_SUFFIX = ".l2tmp"
-PROFILE_BTYPE = "spect.line.profile;phys.polarization.stokes"
+HEADVERS = "L2.0.3.1"  # version of the L2 header the reference product documents
+HEAD_URL = f"https://docs.dkist.nso.edu/projects/data-products/en/{HEADVERS}"
+PROFILE_BTYPE = "spect.line.profile"
+PROFILE_KINDS = (("orig", "Original"), ("fit", "Fit"))
+BLOCK = 2880
+CARD = 80
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class Quantity:
     """One physical-quantity HDU of an L2 frame and its conversion from the inversion code."""
 
     key: str  # key in results.INVERSION_QUANTITIES
+    asdf_key: str  # key of the dkist.Inversion
     extname: str
     btype: str  # IVOA UCD1+
     bunit: str  # FITS unit string
@@ -70,30 +83,67 @@ class Quantity:
     wrap_degrees: bool = False  # wrap to [0, 360)
 
 
-def _quantity(key: str, extname: str, btype: str, bunit: str, *, wrap: bool = False) -> Quantity:
+def _quantity(key: str, asdf_key: str, extname: str, btype: str, bunit: str, *, wrap: bool = False) -> Quantity:
     in_unit = {q.key: q.unit for q in INVERSION_QUANTITIES}[key]
     out_unit = u.Unit(bunit, format="fits") if bunit else u.dimensionless_unscaled
     factor = float(f"{in_unit.to(out_unit):.15g}")  # 999.9999999999999 -> 1000.0
-    return Quantity(key, extname, btype, bunit, in_unit, factor, wrap)
+    return Quantity(key, asdf_key, extname, btype, bunit, in_unit, factor, wrap)
 
 
-#: The 11 quantity HDUs, in file order (= order of ``inv_res_mod.fits``).
+#: The 11 quantity HDUs, in file order (= order of ``inv_res_mod.fits``); EXTNAMEs and keys as
+#: in the data center's reference product.
 QUANTITIES: tuple[Quantity, ...] = (
-    _quantity("log_tau", "Log of Optical Depth at 500nm", "phys.absorption.opticalDepth", ""),
-    _quantity("temperature", "Temperature", "phys.temperature", "K"),
-    _quantity("electron_pressure", "Electron Pressure", "phys.pressure;phys.electron", "N/m^2"),
-    _quantity("microturbulence", "Microturbulence", "phys.veloc.microTurb", "km/s"),
-    _quantity("field_strength", "Magnetic Field Strength", "phys.magField", "T"),
-    _quantity("los_velocity", "Line-of-sight Velocity", "spect.dopplerVeloc", "km/s"),
-    _quantity("inclination", "Magnetic Field Inclination (w.r.t. line-of-sight)",
+    _quantity("log_tau", "optical_depth", "Log of Optical Depth at 500nm", "phys.absorption.opticalDepth", ""),
+    _quantity("temperature", "temperature", "Temperature", "phys.temperature", "K"),
+    _quantity("electron_pressure", "electron_pressure", "Electron Pressure", "phys.pressure;phys.electron", "N/m^2"),
+    _quantity("microturbulence", "microturbulence", "Microturbulence", "phys.veloc.microTurb", "km/s"),
+    _quantity("field_strength", "mag_strength", "Magnetic Field Strength", "phys.magField", "T"),
+    _quantity("los_velocity", "velocity", "Line-of-sight Velocity", "spect.dopplerVeloc", "km/s"),
+    _quantity("inclination", "mag_inclination", "Magnetic Field Inclination (w.r.t. line-of-sight)",
               "pos.spherical.colat;phys.magField", "deg", wrap=True),
-    _quantity("azimuth", "Magnetic Field Azimuth (w.r.t. line-of-sight)",
+    _quantity("azimuth", "mag_azimuth", "Magnetic Field Azimuth (w.r.t. line-of-sight)",
               "pos.spherical.azi;phys.magField", "deg", wrap=True),
-    _quantity("geometric_height", "Geometric Height", "pos.bodyrc.alt", "km"),
-    _quantity("gas_pressure", "Gas Pressure", "phys.pressure", "N/m^2"),
-    _quantity("density", "Density", "phys.density", "kg/m^3"),
+    _quantity("geometric_height", "geo_height", "Geometric Height above solar surface (tau ~ 1 at 500nm)",
+              "pos.bodyrc.alt", "km"),
+    _quantity("gas_pressure", "gas_pressure", "Gas Pressure", "phys.pressure", "N/m^2"),
+    _quantity("density", "density", "Density", "phys.density", "kg/m^3"),
 )
 assert [q.key for q in QUANTITIES] == [q.key for q in INVERSION_QUANTITIES]
+
+#: Keys of the L2 primary header lifted from the L1 frame (the reference product's curated set;
+#: ``PROPIDnn`` / ``EXPRIDnn`` too). The L2 identity keys are set by :func:`primary_cards`.
+LIFTED_KEYS = (
+    "ORIGIN", "TELESCOP", "OBSRVTRY", "NETWORK", "INSTRUME", "OBJECT", "SOLARNET", "TIMESYS",
+    "DATE-BEG", "DATE-END", "DATE-AVG", "DATEREF", "TELAPSE", "OBSGEO-X", "OBSGEO-Y", "OBSGEO-Z", "OBS_VR",
+    "ELEV_ANG", "TAZIMUTH", "TELTRACK", "TTBLANGL", "TTBLTRCK", "OCS_CTRL", "FIDO_CFG", "DSHEALTH", "LIGHTLVL",
+    "AO_LOCK", "ATMOS_R0", "DKISTVER", "HLSVERS", "INFO_URL", "DSP_ID", "NPROPOS", "NEXPERS",
+    "PROP_ID", "EXPER_ID", "OBSPR_ID", "IP_ID",
+)
+_LIST_KEY = re.compile(r"^(?:PROPID|EXPRID)\d\d$")
+#: the L2 identity of each frame
+IDENTITY_KEYS = ("LEVEL", "PROCTYPE", "DSETID", "FILE_ID", "FILENAME", "FRAMEVOL", "HEADVERS", "HEAD_URL")
+#: keys copied into each image HDU so that its WCS stands alone (time and observer)
+_WCS_CONTEXT_KEYS = ("DATE-AVG", "RSUN_REF", "DSUN_OBS", "HGLN_OBS", "HGLT_OBS", "SPECSYS")
+#: structural and checksum keys: in every file, not in the ASDF's headers tables
+STRUCTURAL_KEYS = frozenset({"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4",
+                             "EXTEND", "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "COMMENT", "HISTORY", ""})
+_L1_NEEDED = re.compile(
+    r"^(?:(?:CTYPE|CUNIT|CRPIX|CRVAL|CDELT)\d[A-Z]?|PC\d_\d[A-Z]?|(?:WCSAXES|WCSNAME|LONPOLE|LATPOLE)[A-Z]?"
+    r"|Z?NAXIS\d?|ZIMAGE|DINDEX\d|DSETID|FILE_ID|VSPARMID|LINEWAV|PROPID\d\d|EXPRID\d\d)$"
+)
+
+
+def l1_frame_keys(header: fits.Header | Mapping) -> dict:
+    """The values of an L1 frame header that L2 generation needs (scalars only; small to keep)."""
+    wanted = set(LIFTED_KEYS) | set(_WCS_CONTEXT_KEYS)
+    items = ((c.keyword, c.value) for c in header.cards) if isinstance(header, fits.Header) else header.items()
+    out = {}
+    for key, value in items:
+        if key in out or not (key in wanted or _L1_NEEDED.match(key or "")):
+            continue
+        if isinstance(value, (bool, int, float, str, np.bool_, np.integer, np.floating)):
+            out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
 
 
 @dataclass(frozen=True)
@@ -105,120 +155,96 @@ class FrameInfo:
     filename: str
     size: int
     file_id: str
-    header: dict  # primary header, scalar values only (for the dataset table)
+    date: str  # DATE of its image HDUs (when it was written)
+    stats: tuple[tuple[float | None, float | None], ...]  # (DATAMIN, DATAMAX) per image HDU
     generated: bool  # False when an existing valid file was kept
 
 
 # ----------------------------------------------------------------------------- names
 
 
-def line_label(name: str) -> str:
-    """``"Fe I (630.15 nm)"`` -> ``"Fe I 630.15"``."""
-    label = re.sub(r"\s*\(\s*([0-9.]+)\s*nm\s*\)", r" \1", name).strip()
-    return re.sub(r"\s+", " ", label)
-
-
-def expected_extnames(results: ResultSet) -> list[str]:
-    """EXTNAMEs of the image HDUs of every frame of ``results``, in order."""
-    names = [q.extname for q in QUANTITIES]
-    for line in results.spectral_lines:
-        names += [f"{line_label(line)} Original", f"{line_label(line)} Fit"]
-    return names
-
-
-def frame_filename(step: int, l1_header: fits.Header, ids: Mapping) -> str:
-    """``<INVERSION>_<DATE-BEG>_<STEP>_L2.fits``, upper case, ``[A-Z0-9_]`` only."""
+def frame_filename(l1_header: Mapping, ids: Mapping) -> str:
+    """``INV_<inversion id>_<DATE-BEG, [-:.] as _>_L2.fits``, as the reference product names them."""
     date = str(l1_header.get("DATE-BEG", "") or "")
-    parts = [str(ids["inversion_id"]), date, f"{step:05d}", "L2"]
-    stem = "_".join(p for p in parts if p)
+    if not date:
+        raise DoNotRetryError("an L1 frame has no DATE-BEG: the L2 file cannot be named", step=STEP)
+    stem = f"INV_{ids['inversion_id']}_{date}_L2"
     return re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_").upper() + ".fits"
 
 
 def frame_file_id(inversion_id: str, step: int) -> str:
-    """Stable FILE_ID: the same frame gets the same id when it is generated again."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"dkist-l2:{inversion_id}:{step}").hex
+    """Stable FILE_ID (a UUID): the same frame gets the same id when it is generated again."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dkist-l2:{inversion_id}:{step}"))
 
 
-# ----------------------------------------------------------------------------- headers
-
-_DROP_EXACT = {
-    "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "EXTVER", "EXTLEVEL",
-    "BSCALE", "BZERO", "BLANK", "BUNIT", "BTYPE", "CHECKSUM", "DATASUM", "END",
-    # identity of the L1 file, replaced by L2 values
-    "DSETID", "FILE_ID", "FILENAME", "FRAMEVOL", "PROCTYPE", "LEVEL", "DATE",
-    # spectral lines of one arm; the L2 frame lists the lines of the inversion
-    "NSPECLNS",
-}
-_DROP_PATTERNS = re.compile(
-    r"^(?:"
-    r"NAXIS\d+"
-    r"|Z(?:IMAGE|SIMPLE|BITPIX|NAXIS\d*|TILE\d+|CMPTYPE|NAME\d+|VAL\d+|QUANTIZ|DITHER0|EXTEND|BLOCKED|TENSION"
-    r"|PCOUNT|GCOUNT|HECKSUM|DATASUM)"  # tile compression
-    r"|DATA(?:MIN|MAX|MEAN|MEDN|RMS|KURT|SKEW|P\d\d)"  # statistics of the L1 array
-    r"|WCSAXES[A-Z]?|WCSNAME[A-Z]?|LONPOLE[A-Z]?|LATPOLE[A-Z]?"  # WCS of the L1 array: in each image HDU
-    r"|(?:CTYPE|CUNIT|CRPIX|CRVAL|CDELT|CROTA|CNAME|CRDER|CSYER)\d+[A-Z]?"
-    r"|(?:PC|CD|PV|PS)\d+_\d+[A-Z]?"
-    r"|DNAXIS\d*|DTYPE\d+|DPNAME\d+|DWNAME\d+|DUNIT\d+|DINDEX\d+|DAAXES|DEAXES"  # L1 dataset axes
-    r"|SPECLN\d+"
-    r")$"
-)
-#: keys copied into each image HDU so its WCS stands alone (time and observer)
-_WCS_CONTEXT_KEYS = ("DATE-BEG", "DATE-AVG", "TIMESYS", "RSUN_REF", "DSUN_OBS", "HGLN_OBS", "HGLT_OBS", "SPECSYS")
+def dataset_metadata_filename(inversion_id: str) -> str:
+    """``INV_<inversion id>_L2_metadata.asdf``: the dataset-level ASDF file of an inversion."""
+    return "INV_" + re.sub(r"[^A-Za-z0-9]+", "_", str(inversion_id)).upper() + "_L2_metadata.asdf"
 
 
-def _keep_l1_key(keyword: str) -> bool:
-    return keyword not in _DROP_EXACT and not _DROP_PATTERNS.match(keyword)
+def profile_extname(line: ProfileLine, kind: str) -> str:
+    return f"{line.line.label} Profile {kind}"
 
 
-def primary_header(
-    step: int,
-    l1_header: fits.Header,
-    ids: Mapping,
-    *,
-    software_versions: Mapping[str, str],
-    spectral_lines: Sequence[str],
-    filename: str,
-) -> fits.Header:
-    """Primary header of an L2 frame: science keys of the L1 header + the L2 keys."""
-    header = fits.Header([card for card in l1_header.cards if _keep_l1_key(card.keyword)])
+def expected_extnames(results: ResultSet) -> list[str]:
+    """EXTNAMEs of the image HDUs of every frame of ``results``, in order."""
+    return [q.extname for q in QUANTITIES] + [
+        profile_extname(p, kind) for p in results.lines for _, kind in PROFILE_KINDS
+    ]
+
+
+def expected_shapes(results: ResultSet) -> list[tuple[int, ...]]:
+    """numpy shapes of the image HDUs of every frame of ``results``, in order."""
+    shapes = [(1, results.n_slit, results.n_depth)] * len(QUANTITIES)
+    for p in results.lines:
+        shapes += [(1, results.n_slit, p.stop - p.start, results.n_stokes)] * len(PROFILE_KINDS)
+    return shapes
+
+
+# ----------------------------------------------------------------------------- cards
+
+
+@functools.lru_cache(maxsize=16384)
+def _card_image(key: str, value, comment: str = "") -> str:
+    """An 80-character card image formatted by astropy once; most cards repeat frame after frame."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        card = fits.Card(key, value, comment)
+        card.verify("silentfix")
+        image = card.image
+    if len(image) != CARD:  # a long string continued over several cards: keep it one card
+        card = fits.Card(key, str(value)[:60] if isinstance(value, str) else value, comment)
+        image = card.image[:CARD]
+    return image
+
+
+def primary_cards(step: int, l1: Mapping, ids: Mapping, *, filename: str, framevol: float,
+                  software_versions: Mapping[str, str]) -> list[tuple]:
+    """Cards (key, value, comment) of the primary header of the L2 frame of ``step``."""
     inversion_id = str(ids["inversion_id"])
-    l2 = [
+    cards: list[tuple] = [(key, l1[key], "") for key in LIFTED_KEYS if key in l1 and l1[key] is not None]
+    cards += [(key, l1[key], "") for key in sorted(l1) if _LIST_KEY.match(key)]
+    overrides = {"PROP_ID": ids.get("proposal_id"), "EXPER_ID": ids.get("experiment_id"),
+                 "OBSPR_ID": ids.get("observing_program_id"), "IP_ID": ids.get("program_id")}
+    cards = [(k, overrides[k], c) if overrides.get(k) else (k, v, c) for k, v, c in cards]
+    present = {k for k, _, _ in cards}
+    cards += [(k, v, "") for k, v in overrides.items() if v and k not in present]
+    cards += [
         ("LEVEL", 2, "Processing level"),
         ("PROCTYPE", "L2", "Degree of processing of the frame"),
         ("DSETID", inversion_id, "Inversion id (L2 dataset)"),
         ("FILE_ID", frame_file_id(inversion_id, step), "Unique id of this file"),
-        ("FILENAME", filename, "File name"),  # short: long names must not truncate the comment
-        ("STEPIDX", step, "Raster step of this frame (0-based)"),
-        ("DATE", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "File creation time (UTC)"),
+        ("FILENAME", filename, ""),
+        ("FRAMEVOL", round(framevol, 6), "[MB] Size of this file"),
+        ("HEADVERS", HEADVERS, "Version of the L2 header"),
+        ("HEAD_URL", HEAD_URL, ""),
     ]
-    if "DSETID" in l1_header:
-        l2.append(("L1DSETID", str(l1_header["DSETID"]), "L1 dataset of the source frame"))
-    if "FILE_ID" in l1_header:
-        l2.append(("L1FILEID", str(l1_header["FILE_ID"]), "L1 file this frame comes from"))
-    for key, id_key, comment in (
-        ("PROP_ID", "proposal_id", "Proposal"),
-        ("EXPER_ID", "experiment_id", "Experiment"),
-        ("OBSPR_ID", "observing_program_id", "Observing program execution"),
-        ("IP_ID", "program_id", "Instrument program execution"),
-    ):
-        if ids.get(id_key):
-            l2.append((key, str(ids[id_key]), comment))
-    if ids.get("dataset_ids"):
-        l2.append(("L1DSETS", ",".join(map(str, ids["dataset_ids"])), "L1 datasets used by the inversion"))
-    l2.append(("NSPECLNS", len(spectral_lines), "Number of spectral lines"))
-    l2 += [(f"SPECLN{i:02d}", name, "Spectral line") for i, name in enumerate(spectral_lines, 1)]
     for i, (name, version) in enumerate(software_versions.items(), 1):
-        l2.append((f"SWNAME{i}", str(name), "Software"))
-        l2.append((f"SWVERS{i}", str(version), f"Version of {name}"))
-    for key, value, comment in l2:
-        header[key] = (value, comment)
-    return header
+        cards += [(f"SWNAME{i}", str(name), "Software"), (f"SWVERS{i}", str(version), f"Version of {name}")]
+    return cards
 
 
-# ----------------------------------------------------------------------------- WCS
-
-
-def _axis_length(h: fits.Header, i: int) -> int | None:
+def _axis_length(h: Mapping, i: int) -> int | None:
     for key in (f"ZNAXIS{i}", f"NAXIS{i}") if h.get("ZIMAGE") else (f"NAXIS{i}",):
         if key in h:
             return int(h[key])
@@ -226,13 +252,16 @@ def _axis_length(h: fits.Header, i: int) -> int | None:
 
 
 @dataclass(frozen=True)
-class _SpatialAxes:
-    slit: int  # 1-based FITS axis of the L1 frame along the slit
-    raster: int  # 1-based FITS axis of the L1 frame across the slit (length 1)
+class SpatialAxes:
+    """The spatial FITS axes (1-based) of an L1 frame."""
+
+    slit: int  # along the slit
+    raster: int  # across the slit (length 1)
     slit_length: int | None
 
 
-def _spatial_axes(h: fits.Header, step: int) -> _SpatialAxes:
+def spatial_axes(h: Mapping, step: int) -> SpatialAxes:
+    """Which L1 axis runs along the slit and which across it (length 1, or the one with ``DINDEX``)."""
     n = int(h.get("WCSAXES", h.get("NAXIS", 0)) or 0)
     lon = lat = None
     for i in range(1, max(n, 3) + 1):
@@ -248,23 +277,32 @@ def _spatial_axes(h: fits.Header, step: int) -> _SpatialAxes:
     long_axes = [i for i in (lon, lat) if (lengths[i] or 0) > 1]
     one_axes = [i for i in (lon, lat) if lengths[i] == 1]
     if len(long_axes) == 1 and len(one_axes) == 1:
-        return _SpatialAxes(long_axes[0], one_axes[0], lengths[long_axes[0]])
+        return SpatialAxes(long_axes[0], one_axes[0], lengths[long_axes[0]])
     if f"DINDEX{lon}" in h and f"DINDEX{lat}" not in h:
-        return _SpatialAxes(lat, lon, lengths[lat])
+        return SpatialAxes(lat, lon, lengths[lat])
     if f"DINDEX{lat}" in h and f"DINDEX{lon}" not in h:
-        return _SpatialAxes(lon, lat, lengths[lon])
+        return SpatialAxes(lon, lat, lengths[lon])
     raise DoNotRetryError(
         f"L1 header of raster step {step}: cannot tell the slit axis from the raster axis "
         f"(HPLN axis {lon} length {lengths[lon]}, HPLT axis {lat} length {lengths[lat]})",
         step=STEP, details={"raster_step": step})
 
 
-def _alternates(h: fits.Header, axes: _SpatialAxes) -> list[str]:
-    return [alt for alt in ("", "A") if f"CTYPE{axes.slit}{alt}" in h and f"CTYPE{axes.raster}{alt}" in h]
+def check_binning(h: Mapping, axes: SpatialAxes, n_slit: int, binning: int, step: int) -> None:
+    """The L1 slit must hold ``n_slit`` bins of ``binning`` pixels (a partial last bin is dropped)."""
+    if axes.slit_length is None:
+        return
+    if not n_slit * binning <= axes.slit_length < (n_slit + 1) * binning:
+        raise DoNotRetryError(
+            f"the inversion has {n_slit} slit positions binned by {binning} (DESR-BIN), but the fiducial arm's L1 "
+            f"frames have {axes.slit_length} slit pixels (expected {n_slit * binning}"
+            + (f" to {(n_slit + 1) * binning - 1}" if binning > 1 else "") + ")",
+            step=STEP, details={"raster_step": step, "l1_slit": axes.slit_length, "n_slit": n_slit,
+                                "binning": binning})
 
 
 @dataclass(frozen=True)
-class _LinearAxis:
+class LinearAxis:
     ctype: str
     cunit: str
     crpix: float
@@ -272,195 +310,225 @@ class _LinearAxis:
     cdelt: float
 
 
-def _wcs_cards(
-    h: fits.Header, axes: _SpatialAxes, n_slit: int, others: Sequence[_LinearAxis], *, alternates: Sequence[str]
-) -> list[tuple]:
-    """WCS cards for an image whose FITS axes are (slit, *others, raster)."""
+STOKES_AXIS = LinearAxis("STOKES", "", 1.0, 1.0, 1.0)
+
+
+def _alternates(h: Mapping, axes: SpatialAxes) -> list[str]:
+    return [alt for alt in ("", "A") if f"CTYPE{axes.slit}{alt}" in h and f"CTYPE{axes.raster}{alt}" in h]
+
+
+def wcs_cards(h: Mapping, axes: SpatialAxes, binning: int, others: Sequence[LinearAxis]) -> list[tuple]:
+    """WCS cards of an image whose FITS axes are (*others, slit, raster)."""
     n_axes = len(others) + 2
-    new_slit, new_raster = 1, n_axes
-    binning = (axes.slit_length / n_slit) if axes.slit_length else 1.0
+    new_slit, new_raster = len(others) + 1, len(others) + 2
+    spatial = ((new_slit, axes.slit), (new_raster, axes.raster))
     cards: list[tuple] = []
-    for alt in alternates:
+    for alt in _alternates(h, axes):
         cards.append((f"WCSAXES{alt}", n_axes, "Number of WCS axes"))
         if f"WCSNAME{alt}" in h:
-            cards.append((f"WCSNAME{alt}", h[f"WCSNAME{alt}"]))
-        spatial = ((new_slit, axes.slit), (new_raster, axes.raster))
+            cards.append((f"WCSNAME{alt}", h[f"WCSNAME{alt}"], ""))
+        for k, axis in enumerate(others, start=1):
+            cards += [(f"CTYPE{k}{alt}", axis.ctype, ""), (f"CUNIT{k}{alt}", axis.cunit, ""),
+                      (f"CRPIX{k}{alt}", axis.crpix, ""), (f"CRVAL{k}{alt}", axis.crval, ""),
+                      (f"CDELT{k}{alt}", axis.cdelt, "")]
         for new, old in spatial:
-            cards.append((f"CTYPE{new}{alt}", h[f"CTYPE{old}{alt}"]))
-            cards.append((f"CUNIT{new}{alt}", h.get(f"CUNIT{old}{alt}", "deg")))
             crpix = float(h.get(f"CRPIX{old}{alt}", 1.0))
             if old == axes.slit:
                 crpix = (crpix - 1.0) / binning + 1.0
-            cards.append((f"CRPIX{new}{alt}", crpix))
-            cards.append((f"CRVAL{new}{alt}", float(h.get(f"CRVAL{old}{alt}", 0.0))))
-            cards.append((f"CDELT{new}{alt}", float(h.get(f"CDELT{old}{alt}", 1.0))))
-        for k, axis in enumerate(others, start=2):
-            cards += [
-                (f"CTYPE{k}{alt}", axis.ctype),
-                (f"CUNIT{k}{alt}", axis.cunit),
-                (f"CRPIX{k}{alt}", axis.crpix),
-                (f"CRVAL{k}{alt}", axis.crval),
-                (f"CDELT{k}{alt}", axis.cdelt),
-            ]
-        for i_new, i_old in spatial:
-            for j_new, j_old in spatial:
-                pc = float(h.get(f"PC{i_old}_{j_old}{alt}", 1.0 if i_old == j_old else 0.0))
-                if j_old == axes.slit:
-                    pc *= binning
-                cards.append((f"PC{i_new}_{j_new}{alt}", pc))
+            cards += [(f"CTYPE{new}{alt}", h[f"CTYPE{old}{alt}"], ""),
+                      (f"CUNIT{new}{alt}", h.get(f"CUNIT{old}{alt}", "deg"), ""),
+                      (f"CRPIX{new}{alt}", crpix, ""),
+                      (f"CRVAL{new}{alt}", float(h.get(f"CRVAL{old}{alt}", 0.0)), ""),
+                      (f"CDELT{new}{alt}", float(h.get(f"CDELT{old}{alt}", 1.0)), "")]
+        old_of = dict(spatial)
+        for i in range(1, n_axes + 1):
+            for j in range(1, n_axes + 1):
+                if i in old_of and j in old_of:
+                    pc = float(h.get(f"PC{old_of[i]}_{old_of[j]}{alt}", 1.0 if i == j else 0.0))
+                    if old_of[j] == axes.slit:
+                        pc *= binning
+                else:
+                    pc = 1.0 if i == j else 0.0
+                cards.append((f"PC{i}_{j}{alt}", pc, ""))
         for key in (f"LONPOLE{alt}", f"LATPOLE{alt}"):
             if key in h:
-                cards.append((key, h[key]))
-    cards += [(key, h[key]) for key in _WCS_CONTEXT_KEYS if key in h]
+                cards.append((key, h[key], ""))
+    cards += [(key, h[key], "") for key in _WCS_CONTEXT_KEYS if key in h]
     return cards
 
 
-def _depth_axis(log_tau: np.ndarray) -> _LinearAxis:
-    """Log tau axis when the grid is the same for every slit position and evenly spaced."""
+def depth_axis(log_tau: np.ndarray) -> LinearAxis:
+    """Log tau axis when the grid (``[depth, slit]``) is the same along the slit and evenly spaced."""
     grid = np.asarray(log_tau[:, 0], dtype=np.float64)
     if grid.size > 1 and np.all(np.isfinite(grid)):
         step = np.diff(grid)
         if (np.allclose(log_tau, grid[:, None], rtol=0, atol=1e-4)
                 and np.allclose(step, step.mean(), rtol=1e-3, atol=1e-6) and step.mean() != 0):
-            return _LinearAxis("LOGTAU", "", 1.0, float(grid[0]), float(step.mean()))
-    return _LinearAxis("DEPTH", "", 1.0, 0.0, 1.0)  # depth index
+            return LinearAxis("LOGTAU", "", 1.0, float(grid[0]), float(step.mean()))
+    return LinearAxis("DEPTH", "", 1.0, 0.0, 1.0)  # depth index
 
 
-_MA_TO_NM = float(WAVELENGTH_UNIT.to(u.nm))
+def wavelength_axis(line: ProfileLine) -> LinearAxis:
+    """AWAV in nm from BLANCA's offsets (the mean spacing when they are not evenly spaced)."""
+    nm = line.wavelengths_nm
+    delta = float(np.mean(np.diff(nm))) if nm.size > 1 else 1.0
+    return LinearAxis("AWAV", "nm", 1.0, float(nm[0]), delta)
 
 
-def _wavelength_axis(results: ResultSet, line: int, l1_header: fits.Header) -> _LinearAxis:
-    start, stop = results.line_slices[line]
-    name = results.spectral_lines[line]
-    centre = line_centre_nm(name)
-    if centre is None and len(results.spectral_lines) == 1 and "LINEWAV" in l1_header:
-        centre = float(l1_header["LINEWAV"])
-    ctype = "AWAV" if centre is not None else "WAVEOFF"  # offset from an unknown centre
-    if results.wavelength_offsets is not None:
-        nm = np.asarray(results.wavelength_offsets[start:stop]) * _MA_TO_NM
-        delta = float(np.mean(np.diff(nm))) if nm.size > 1 else 1.0
-        return _LinearAxis(ctype, "nm", 1.0, float((centre or 0.0) + nm[0]), delta)
-    delta = 1.0
-    for i in range(1, 4):
-        if str(l1_header.get(f"CTYPE{i}", "")).upper() in ("AWAV", "WAVE"):
-            delta = float(l1_header.get(f"CDELT{i}", 1.0))
-    return _LinearAxis(ctype, "nm", (stop - start + 1) / 2, float(centre or 0.0), delta)
+@dataclass(frozen=True)
+class HduLayout:
+    """One image HDU of a frame: what goes in it and its cards (without the data-dependent ones)."""
+
+    extname: str
+    shape: tuple[int, ...]  # numpy
+    cards: tuple[tuple, ...]  # BTYPE … WCS
 
 
-_STOKES_AXIS = _LinearAxis("STOKES", "", 1.0, 1.0, 1.0)
+def hdu_layouts(results: ResultSet, l1: Mapping, step: int, log_tau: np.ndarray) -> list[HduLayout]:
+    """The image HDUs of the frame of ``step``; ``log_tau`` is its ``[depth, slit]`` grid."""
+    axes = spatial_axes(l1, step)
+    quantity_wcs = wcs_cards(l1, axes, results.binning, [depth_axis(log_tau)])
+    out = []
+    for q in QUANTITIES:
+        cards = (("BTYPE", q.btype, "IVOA UCD1+"), ("BUNIT", q.bunit, "Unit of the data values"), *quantity_wcs)
+        out.append(HduLayout(q.extname, (1, results.n_slit, results.n_depth), cards))
+    for line in results.lines:
+        wcs = wcs_cards(l1, axes, results.binning, [STOKES_AXIS, wavelength_axis(line)])
+        for _, kind in PROFILE_KINDS:
+            cards = (("BTYPE", PROFILE_BTYPE, "IVOA UCD1+"), ("BUNIT", "", "Normalised intensity"),
+                     ("SPECPFIN", line.line.label, "Spectral line of the profile"),
+                     ("SPECPFTP", kind, "Original (observed) or Fit"), *wcs)
+            out.append(HduLayout(profile_extname(line, kind), (1, results.n_slit, line.stop - line.start,
+                                                               results.n_stokes), cards))
+    return out
+
+
+def hdu_cards(layout: HduLayout, stats: tuple[float | None, float | None], date: str) -> list[tuple]:
+    """Every non-structural card of an image HDU, in file order."""
+    cards = [("EXTNAME", layout.extname, "Name of the HDU"), *layout.cards[:2],
+             ("BZERO", 0, "Data are physical values"), ("BSCALE", 1, "")]
+    lo, hi = stats
+    if lo is not None:
+        cards.append(("DATAMIN", lo, "Minimum data value"))
+    if hi is not None:
+        cards.append(("DATAMAX", hi, "Maximum data value"))
+    cards += [("DATE", date, "File creation time (UTC)"), ("WCSVALID", True, "WCS keys are valid"),
+              *layout.cards[2:]]
+    return cards
+
+
+def _header_block(structural: Sequence[tuple], cards: Iterable[tuple], datasum: str) -> bytearray:
+    """Header bytes with CHECKSUM = zeros (to be replaced) and DATASUM, padded to whole blocks."""
+    images = [_card_image(*c) for c in structural]
+    images += [_card_image(k, v, c) for k, v, c in cards]
+    images.append(_card_image("CHECKSUM", "0" * 16, "HDU checksum"))
+    images.append(_card_image("DATASUM", datasum, "data unit checksum"))
+    images.append("END".ljust(CARD))
+    text = "".join(images)
+    text += " " * (-len(text) % BLOCK)
+    return bytearray(text.encode("ascii"))
+
+
+def _set_checksum(header: bytearray, datasum: int) -> None:
+    """Replace the zero CHECKSUM card by the HDU's checksum."""
+    where = header.find(b"CHECKSUM= ")
+    value = fits_checksum.checksum_value(fits_checksum.sum32(header), datasum)
+    header[where:where + CARD] = _card_image("CHECKSUM", value, "HDU checksum").encode("ascii")
+
+
+def _header_blocks(n_cards: int) -> int:
+    return -(-((n_cards + 3) * CARD) // BLOCK) * BLOCK  # + CHECKSUM, DATASUM, END
 
 
 # ----------------------------------------------------------------------------- data
 
 
 _cache_lock = threading.Lock()
-_open_results: dict[str, tuple[tuple, fits.HDUList, np.ndarray]] = {}
+_open_results: dict[str, tuple[tuple, np.memmap]] = {}
 
 
-def _primary_data(path: str) -> np.ndarray:
-    """Memory-mapped primary array of a result file, kept open per process."""
+def _primary_data(path: str) -> np.memmap:
+    """Memory-mapped primary array of a result file, kept open per process (read-only)."""
     st = os.stat(path)
     key = (st.st_mtime_ns, st.st_size, st.st_ino)
     with _cache_lock:
         hit = _open_results.get(path)
         if hit and hit[0] == key:
-            return hit[2]
-        if hit:
-            hit[1].close()
-        hdul = fits.open(path, memmap=True)
-        data = hdul[0].data
-        _open_results[path] = (key, hdul, data)
+            return hit[1]
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            header = hdul[0].header
+            offset = hdul.fileinfo(0)["datLoc"]
+            shape = tuple(int(header[f"NAXIS{i}"]) for i in range(int(header["NAXIS"]), 0, -1))
+            dtype = {-32: ">f4", -64: ">f8"}[int(header["BITPIX"])]
+        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        _open_results[path] = (key, data)
         return data
+
+
+def release_result_pages() -> None:
+    """Drop the result files' pages from this process's resident memory (they stay in the page cache)."""
+    with _cache_lock:
+        for _, data in _open_results.values():
+            raw = getattr(data, "_mmap", None)
+            if raw is not None and hasattr(mmap, "MADV_DONTNEED"):
+                raw.madvise(mmap.MADV_DONTNEED)
+
+
+_FAULT_AROUND = 1 << 16  # the kernel maps up to 64 KiB around each page a read faults in
+
+
+def _read_released(view: np.ndarray) -> np.ndarray:
+    """A copy of ``view`` (of a result file's memory map), its pages dropped from resident memory.
+
+    One raster step is a few rows of every (quantity, depth) or (stokes, wavelength) plane, far
+    apart in the file; each row read through the map brings in the pages around it too. Without
+    this a 490-step result file would cost ~1 GB of resident memory per frame.
+    """
+    out = np.array(view)
+    base = view
+    while isinstance(base, np.ndarray) and getattr(base, "_mmap", None) is None:
+        base = base.base
+    raw = getattr(base, "_mmap", None) if isinstance(base, np.ndarray) else None
+    if raw is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return out
+    start_address = np.frombuffer(raw, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    low = view.__array_interface__["data"][0] - start_address
+    high = low + view.itemsize + sum((n - 1) * stride for n, stride in zip(view.shape, view.strides) if n > 0)
+    page = mmap.PAGESIZE
+    first = max(0, (low - _FAULT_AROUND) // page * page)
+    last = min(len(raw), -(-(high + _FAULT_AROUND) // page) * page)
+    if last > first:
+        raw.madvise(mmap.MADV_DONTNEED, first, last - first)
+    return out
 
 
 def close_result_files() -> None:
     """Close the result files this process keeps open."""
     with _cache_lock:
-        for _, hdul, _ in _open_results.values():
-            hdul.close()
         _open_results.clear()
 
 
-def _min_max(data: np.ndarray) -> list[tuple]:
+def _min_max(data: np.ndarray) -> tuple[float | None, float | None]:
     lo = float(np.fmin.reduce(data, axis=None))
     hi = float(np.fmax.reduce(data, axis=None))
-    cards = []
-    if math.isfinite(lo):
-        cards.append(("DATAMIN", lo, "Minimum data value"))
-    if math.isfinite(hi):
-        cards.append(("DATAMAX", hi, "Maximum data value"))
-    return cards
+    return (lo if math.isfinite(lo) else None), (hi if math.isfinite(hi) else None)
 
 
 def _convert(plane: np.ndarray, quantity: Quantity) -> np.ndarray:
+    """``[depth, slit]`` in the inversion code's unit -> ``(1, slit, depth)`` native float32 in L2 units."""
+    out = np.empty((1, plane.shape[1], plane.shape[0]), dtype=np.float32)
     if quantity.factor == 1.0:
-        out = np.array(plane, dtype=np.float32)  # contiguous copy, byte order as stored
+        out[0] = plane.T
     else:
-        out = np.multiply(plane, quantity.factor, dtype=np.float32)
+        np.multiply(plane.T, quantity.factor, out=out[0], casting="unsafe")
     if quantity.wrap_degrees:
-        out = np.mod(out, np.float32(360.0), dtype=np.float32)
+        np.mod(out, np.float32(360.0), out=out)
         out[out >= 360.0] = 0.0  # -1e-9 % 360 rounds to 360 in float32
     return out
 
 
-@functools.lru_cache(maxsize=8192)
-def _card(*card) -> fits.Card:
-    """A card with its 80-character image formatted once; most cards repeat frame after frame."""
-    out = fits.Card(*card)
-    _ = out.image
-    return out
-
-
-def _cards(cards: Sequence[tuple]) -> list[fits.Card]:
-    return [_card(*card) for card in cards]
-
-
-def _describe(btype: str, bunit: str) -> list[fits.Card]:
-    return _cards([("BTYPE", btype, "IVOA UCD1+"), ("BUNIT", bunit, "Unit of the data values")])
-
-
-#: constant cards of the quantity HDUs (copied into each HDU)
-_QUANTITY_CARDS = [_describe(q.btype, q.bunit) for q in QUANTITIES]
-
-
-def _image_hdu(data: np.ndarray, extname: str, describe: Sequence[fits.Card],
-               wcs: Sequence[fits.Card]) -> fits.ImageHDU:
-    """Image HDU from prepared, already formatted cards.
-
-    The cards are shared between HDUs (astropy only adds its own cards when writing and
-    never changes these); the HDUs live only inside ``generate_frame``.
-    """
-    hdu = fits.ImageHDU(data)  # not name=: astropy would upper-case the EXTNAME
-    header = hdu.header
-    for card in (fits.Card("EXTNAME", extname, "Name of the HDU"), *describe,
-                 *(fits.Card(*card) for card in _min_max(data)), *wcs):
-        header.append(card, end=True)
-    return hdu
-
-
-def generate_frame(
-    step_index: int,
-    results: ResultSet,
-    l1_header: fits.Header,
-    ids: Mapping,
-    out_path: str | os.PathLike,
-    *,
-    software_versions: Mapping[str, str],
-) -> FrameInfo:
-    """Write the L2 frame of one raster step (atomically) and describe it.
-
-    ``ids``: ``inversion_id`` (required; becomes ``DSETID``), and when known
-    ``proposal_id`` (``PROP_ID``), ``experiment_id`` (``EXPER_ID``), ``program_id`` =
-    instrumentProgramExecutionId (``IP_ID``), ``observing_program_id`` (``OBSPR_ID``),
-    ``dataset_ids`` (``L1DSETS``). ``software_versions``: name -> version, written as
-    ``SWNAMEn`` / ``SWVERSn``. Bad L1 headers raise ``DoNotRetryError``, I/O errors ``RetryError``.
-    """
-    if not 0 <= step_index < results.n_steps:
-        raise DoNotRetryError(f"raster step {step_index} is outside 0..{results.n_steps - 1}", step=STEP)
-    out_path = Path(out_path)
-    axes = _spatial_axes(l1_header, step_index)
-    alternates = _alternates(l1_header, axes)
-
+def open_results(results: ResultSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The memory-mapped primary arrays of the three result files, checked against ``results``."""
     mod = _primary_data(results.paths["mod"])
     pre = _primary_data(results.paths["pre"])
     ori = _primary_data(results.paths["ori"])
@@ -468,41 +536,98 @@ def generate_frame(
         raise DoNotRetryError("result files changed since they were checked: shapes "
                               f"{mod.shape}, {pre.shape}, {ori.shape} instead of {results.mod_shape}, "
                               f"{results.profile_shape}", step=STEP)
-    frame = np.asarray(np.take(mod, step_index, axis=STEP_AXIS))  # [quantity, depth, slit], in memory
+    return mod, pre, ori
 
-    hdus: list[fits.hdu.base.ExtensionHDU] = []
-    log_tau = np.asarray(frame[0], dtype=np.float64)
-    quantity_wcs = _cards(_wcs_cards(l1_header, axes, results.n_slit, [_depth_axis(log_tau)],
-                                     alternates=alternates))
-    for i, quantity in enumerate(QUANTITIES):
-        data = _convert(frame[i], quantity)[np.newaxis]
-        hdus.append(_image_hdu(data, quantity.extname, _QUANTITY_CARDS[i], quantity_wcs))
 
-    for line, (start, stop) in enumerate(results.line_slices):
-        name = results.spectral_lines[line]
-        wcs = _cards(_wcs_cards(l1_header, axes, results.n_slit,
-                                [_wavelength_axis(results, line, l1_header), _STOKES_AXIS], alternates=alternates))
-        for kind, cube in (("Original", ori), ("Fit", pre)):
-            index: list = [slice(None)] * 4
-            index[STEP_AXIS] = step_index
-            index[WAVELENGTH_AXIS] = slice(start, stop)
-            data = np.ascontiguousarray(cube[tuple(index)])[np.newaxis]  # (1, stokes, wave, slit)
-            describe = _describe(PROFILE_BTYPE, "") + _cards(
-                [("LINENAME", name, "Spectral line"), ("PROFTYPE", kind, "Original (observed) or Fit")])
-            hdus.append(_image_hdu(data, f"{line_label(name)} {kind}", describe, wcs))
+def _frame_arrays(results: ResultSet, step: int) -> list[np.ndarray]:
+    """The image arrays of the frame of ``step``, in HDU order, C-ordered float32 (profiles big-endian)."""
+    mod, pre, ori = open_results(results)
 
-    header = primary_header(step_index, l1_header, ids, software_versions=software_versions,
-                            spectral_lines=results.spectral_lines, filename=out_path.name)
-    primary = fits.PrimaryHDU(header=header)
-    try:  # the lifted L1 cards: fix what is fixable, refuse the rest; image HDUs hold only our own cards
-        primary.verify("silentfix+exception")
-    except fits.verify.VerifyError as exc:
-        raise DoNotRetryError(f"L1 header of raster step {step_index} has cards that are not FITS standard: {exc}",
-                              step=STEP, details={"raster_step": step_index}) from exc
-    hdul = fits.HDUList([primary, *hdus])
+    def at(cube: np.ndarray, first: int, second: slice) -> np.ndarray:
+        index: list = [first, second, slice(None), slice(None)]
+        index[STEP_AXIS] = step
+        return _read_released(cube[tuple(index)])  # [second axis, slit]
+
+    arrays = [_convert(at(mod, i, slice(None)), q) for i, q in enumerate(QUANTITIES)]
+    for line in results.lines:
+        for cube in (ori, pre):  # Original, then Fit
+            out = np.empty((1, results.n_slit, line.stop - line.start, results.n_stokes), dtype=cube.dtype)
+            for stokes in range(results.n_stokes):
+                out[0, :, :, stokes] = at(cube, stokes, slice(line.start, line.stop)).T
+            arrays.append(out)
+    return arrays
+
+
+def generate_frame(
+    step_index: int,
+    results: ResultSet,
+    l1_header: Mapping,
+    ids: Mapping,
+    out_path: str | os.PathLike,
+    *,
+    software_versions: Mapping[str, str],
+) -> FrameInfo:
+    """Write the L2 frame of one raster step (atomically) and describe it.
+
+    ``l1_header``: the L1 frame of the step in the fiducial arm (a header, or the dict of
+    :func:`l1_frame_keys`). ``ids``: ``inversion_id`` (required; ``DSETID``), and when known
+    ``proposal_id`` (``PROP_ID``), ``experiment_id`` (``EXPER_ID``), ``program_id`` =
+    instrumentProgramExecutionId (``IP_ID``), ``observing_program_id`` (``OBSPR_ID``).
+    ``software_versions``: name -> version, written as ``SWNAMEn`` / ``SWVERSn``. Bad L1
+    headers raise ``DoNotRetryError``, I/O errors ``RetryError``.
+    """
+    if not 0 <= step_index < results.n_steps:
+        raise DoNotRetryError(f"raster step {step_index} is outside 0..{results.n_steps - 1}", step=STEP)
+    out_path = Path(out_path)
+    l1 = l1_frame_keys(l1_header)
+    check_binning(l1, spatial_axes(l1, step_index), results.n_slit, results.binning, step_index)
+    arrays = _frame_arrays(results, step_index)
+    layouts = hdu_layouts(results, l1, step_index, np.asarray(arrays[0][0].T, dtype=np.float64))
+    date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
+
+    hdus: list[tuple[bytearray, np.ndarray]] = []
+    stats = []
+    size = 0
+    for layout, data in zip(layouts, arrays):
+        st = _min_max(data)
+        stats.append(st)
+        if data.dtype != np.dtype(">f4"):
+            data = data.astype(">f4")
+        nbytes = data.nbytes
+        pad = -nbytes % BLOCK
+        datasum = fits_checksum.sum32(memoryview(data).cast("B"))  # padding zeros add nothing
+        structural = [("XTENSION", "IMAGE", "Image extension"), ("BITPIX", -32, ""), ("NAXIS", data.ndim, "")]
+        structural += [(f"NAXIS{i}", n, "") for i, n in enumerate(reversed(data.shape), 1)]
+        structural += [("PCOUNT", 0, ""), ("GCOUNT", 1, "")]
+        header = _header_block(structural, hdu_cards(layout, st, date), str(datasum))
+        _set_checksum(header, datasum)
+        hdus.append((header, data))
+        size += len(header) + nbytes + pad
+
+    inversion_id = str(ids["inversion_id"])
+    structural = [("SIMPLE", True, "conforms to FITS standard"), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
+                  ("EXTEND", True, "")]
+    n_primary = len(structural) + len(primary_cards(step_index, l1, ids, filename=out_path.name, framevol=0.0,
+                                                    software_versions=software_versions))
+    total = size + _header_blocks(n_primary)
+    cards = primary_cards(step_index, l1, ids, filename=out_path.name, framevol=total / 1e6,
+                          software_versions=software_versions)
+    primary = _header_block(structural, cards, "0")
+    _set_checksum(primary, 0)
+    if len(primary) + size != total:  # a card formatted over two: the size is off, so is FRAMEVOL
+        raise DoNotRetryError(f"L1 header of raster step {step_index} has cards that do not fit one FITS card",
+                              step=STEP, details={"raster_step": step_index})
+
     tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
-        hdul.writeto(tmp, checksum=True, output_verify="ignore")
+        with open(tmp, "wb") as fh:
+            fh.write(primary)
+            for header, data in hdus:
+                fh.write(header)
+                fh.write(memoryview(data).cast("B"))
+                pad = -data.nbytes % BLOCK
+                if pad:
+                    fh.write(bytes(pad))
         os.replace(tmp, out_path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -511,70 +636,61 @@ def generate_frame(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return FrameInfo(step_index, str(out_path), out_path.name, out_path.stat().st_size,
-                     str(header["FILE_ID"]), _header_dict(hdul[0].header), True)
-
-
-def _header_dict(header: fits.Header) -> dict:
-    out = {}
-    for card in header.cards:
-        key = card.keyword
-        if not key or key in ("COMMENT", "HISTORY") or key in out:
-            continue
-        value = card.value
-        out[key] = value if isinstance(value, (bool, int, float, str)) else None
-    return out
+    return FrameInfo(step_index, str(out_path), out_path.name, total, frame_file_id(inversion_id, step_index),
+                     date, tuple(stats), True)
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def _inspect_frame(path: str | os.PathLike, expected: Sequence[str] | None) -> fits.Header | None:
-    """The primary header of a complete, checksum-valid L2 frame; None otherwise."""
+def inspect_frame(path: str | os.PathLike, results: ResultSet | None = None, *, step: int = -1) -> FrameInfo | None:
+    """The description of a complete, checksum-valid L2 frame (of ``results``' layout) of ``step``; None otherwise."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with fits.open(path, memmap=True) as hdul:
                 primary = hdul[0].header
-                if primary.get("LEVEL") != 2 or primary.get("PROCTYPE") != "L2":
+                if primary.get("LEVEL") != 2 or primary.get("PROCTYPE") != "L2" or primary.get("HEADVERS") != HEADVERS:
                     return None
                 names = [hdu.header.get("EXTNAME") for hdu in hdul[1:]]
-                if expected is not None:
-                    if names != list(expected):
+                if results is not None:
+                    if names != expected_extnames(results):
                         return None
-                elif (names[: len(QUANTITIES)] != [q.extname for q in QUANTITIES]
-                      or len(names) < len(QUANTITIES) + 2 or (len(names) - len(QUANTITIES)) % 2):
+                    if [tuple(hdu.shape) for hdu in hdul[1:]] != expected_shapes(results):
+                        return None
+                elif names[: len(QUANTITIES)] != [q.extname for q in QUANTITIES]:
                     return None
                 for hdu in hdul:
                     if hdu.verify_checksum() != 1:
                         return None
                     if hdu is not hdul[0] and (hdu.data is None or hdu.data.size == 0):
                         return None
-                header = primary.copy()
+                stats = tuple((h.header.get("DATAMIN"), h.header.get("DATAMAX")) for h in hdul[1:])
+                date = str(hdul[1].header.get("DATE", ""))
+                file_id = str(primary.get("FILE_ID", ""))
         if any(issubclass(w.category, (fits.verify.VerifyWarning, UserWarning)) for w in caught):
             return None
-        return header
+        path = Path(path)
+        return FrameInfo(step, str(path), path.name, path.stat().st_size, file_id, date, stats, False)
     except Exception:
         return None
 
 
-def frame_is_valid(path: str | os.PathLike, expected_extnames: Sequence[str] | None = None) -> bool:
-    """True when ``path`` is a complete L2 frame: opens, every HDU checksum verifies, HDUs as expected."""
-    return _inspect_frame(path, expected_extnames) is not None
+def frame_is_valid(path: str | os.PathLike, results: ResultSet | None = None) -> bool:
+    """True when ``path`` is a complete L2 frame: opens, every HDU checksum verifies, layout as expected."""
+    return inspect_frame(path, results) is not None
 
 
 # ----------------------------------------------------------------------------- all frames
 
 
-def _frame_task(step: int, results: ResultSet, header_text: str, ids: Mapping, path: str,
-                software_versions: Mapping[str, str], expected: Sequence[str]) -> FrameInfo:
+def _frame_task(step: int, results: ResultSet, l1: dict, ids: Mapping, path: str,
+                software_versions: Mapping[str, str]) -> FrameInfo:
     """Keep a valid existing frame, otherwise generate it (runs in a pool worker)."""
-    existing = _inspect_frame(path, expected)
-    if existing is not None:
-        return FrameInfo(step, path, Path(path).name, os.path.getsize(path), str(existing.get("FILE_ID", "")),
-                         _header_dict(existing), False)
-    l1_header = fits.Header.fromstring(header_text)
-    return generate_frame(step, results, l1_header, ids, path, software_versions=software_versions)
+    existing = inspect_frame(path, results, step=step)
+    if existing is not None and existing.file_id == frame_file_id(str(ids["inversion_id"]), step):
+        return existing
+    return generate_frame(step, results, l1, ids, path, software_versions=software_versions)
 
 
 def _can_start_processes() -> bool:
@@ -582,9 +698,30 @@ def _can_start_processes() -> bool:
     return not multiprocessing.current_process().daemon
 
 
+def frame_paths(results: ResultSet, l1_headers_by_step: Mapping[int, Mapping], ids: Mapping,
+                out_dir: str | os.PathLike) -> dict[int, Path]:
+    """Where each step's frame goes; refuses missing L1 headers and steps that would share a name."""
+    missing = [s for s in range(results.n_steps) if s not in l1_headers_by_step]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+        raise DoNotRetryError(f"no L1 header for raster step(s) {shown} of {results.n_steps}", step=STEP,
+                              details={"missing_steps": missing})
+    out = Path(out_dir)
+    paths: dict[int, Path] = {}
+    seen: dict[str, int] = {}
+    for step in range(results.n_steps):
+        name = frame_filename(l1_headers_by_step[step], ids)
+        if name in seen:
+            raise DoNotRetryError(f"raster steps {seen[name]} and {step} have the same DATE-BEG: their L2 files "
+                                  f"would both be {name}", step=STEP, details={"steps": [seen[name], step]})
+        seen[name] = step
+        paths[step] = out / name
+    return paths
+
+
 def generate_all(
     results: ResultSet,
-    l1_headers_by_step: Mapping[int, fits.Header],
+    l1_headers_by_step: Mapping[int, Mapping],
     ids: Mapping,
     out_dir: str | os.PathLike,
     *,
@@ -594,28 +731,20 @@ def generate_all(
 ) -> list[FrameInfo]:
     """Generate every frame of ``results`` into ``out_dir``; frames already valid are kept.
 
-    Runs over frames in a process pool of ``workers`` (default ``os.cpu_count()``); in a
-    daemonic process, where a process pool cannot start, a thread pool is used instead.
-    ``progress_cb(done, total)`` is called in the calling process as frames finish.
-    Returns one :class:`FrameInfo` per step, in step order.
+    ``l1_headers_by_step``: step -> the fiducial arm's L1 frame (header or
+    :func:`l1_frame_keys` dict). Runs over frames in a process pool of ``workers`` (default
+    ``os.cpu_count()``); in a daemonic process, where a process pool cannot start, a thread
+    pool is used instead. ``progress_cb(done, total)`` is called in the calling process as
+    frames finish. Returns one :class:`FrameInfo` per step, in step order.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    missing = [s for s in range(results.n_steps) if s not in l1_headers_by_step]
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
-        raise DoNotRetryError(f"no L1 header for raster step(s) {shown} of {results.n_steps}", step=STEP,
-                              details={"missing_steps": missing})
+    paths = frame_paths(results, l1_headers_by_step, ids, out)
     for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by a killed writer
         stale.unlink(missing_ok=True)
 
-    expected = expected_extnames(results)
-    jobs = []
-    for step in range(results.n_steps):
-        header = l1_headers_by_step[step]
-        path = str(out / frame_filename(step, header, ids))
-        jobs.append((step, results, header.tostring(), dict(ids), path, dict(software_versions), expected))
-
+    jobs = [(step, results, l1_frame_keys(l1_headers_by_step[step]), dict(ids), str(paths[step]),
+             dict(software_versions)) for step in range(results.n_steps)]
     total = len(jobs)
     done = 0
     infos: dict[int, FrameInfo] = {}
@@ -649,54 +778,3 @@ def generate_all(
         if isinstance(executor, ThreadPoolExecutor):
             close_result_files()
     return [infos[s] for s in sorted(infos)]
-
-
-# ----------------------------------------------------------------------------- dataset file
-
-INVENTORY_KEYS = ("inversionId", "primaryProposalId", "instrumentProgramExecutionId", "datasetIds", "spectralLines")
-
-
-def write_dataset_metadata(frames: Sequence[FrameInfo], inventory: Mapping, out_path: str | os.PathLike) -> Path:
-    """Write the dataset-level ASDF file: inventory, files and the table of primary headers.
-
-    ``inventory`` uses the metadata store's names (``inversionId``, ``primaryProposalId``,
-    ``instrumentProgramExecutionId``, ``datasetIds``, ``spectralLines`` …); ``frameCount``
-    is set from ``frames``. The header table is stored as columns: one list per key, one
-    entry per file (``None`` where a file lacks the key).
-    """
-    missing = [k for k in INVENTORY_KEYS if k not in inventory]
-    if missing:
-        raise ValueError(f"inventory lacks {', '.join(missing)}")
-    if "frameCount" in inventory and int(inventory["frameCount"]) != len(frames):
-        raise DoNotRetryError(f"inventory says {inventory['frameCount']} frames, {len(frames)} were generated",
-                              step="publish.metadata")
-    frames = sorted(frames, key=lambda f: f.step)
-    keys: dict[str, None] = {}
-    for frame in frames:
-        keys.update(dict.fromkeys(frame.header))
-    tree = {
-        "inventory": {**{k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in inventory.items()},
-                      "frameCount": len(frames)},
-        "files": {
-            "filenames": [f.filename for f in frames],
-            "steps": [f.step for f in frames],
-            "sizes": [f.size for f in frames],
-            "file_ids": [f.file_id for f in frames],
-        },
-        "quantities": [{"extname": q.extname, "btype": q.btype, "bunit": q.bunit} for q in QUANTITIES],
-        "headers": {"keys": list(keys), "columns": {k: [f.header.get(k) for f in frames] for k in keys}},
-    }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-    try:
-        asdf.AsdfFile(tree).write_to(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out_path
-
-
-def dataset_metadata_filename(inversion_id: str) -> str:
-    """Name of the dataset-level ASDF file of an inversion."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", f"{inversion_id}_L2_metadata").upper() + ".asdf"

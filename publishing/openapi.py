@@ -52,6 +52,56 @@ PROGRAM_SUMMARY = {
         "datasetCount": {"type": "integer"},
         "startTime": {"type": ["string", "null"], "format": "date-time"},
         "updatedAt": {"type": "string", "format": "date-time"},
+        "wavelengthRanges": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                             "description": "[wavelengthMin, wavelengthMax] in nm of every current dataset"},
+        "isEmbargoed": {"type": ["boolean", "null"], "description": "any current dataset embargoed (null: none says)"},
+        "embargoEndDate": {"type": ["string", "null"], "format": "date-time", "description": "the latest embargo end of the current datasets"},
+    },
+}
+_NUMBER = {"type": ["number", "null"]}
+_TEXT = {"type": ["string", "null"]}
+_DISTRIBUTION = {"type": ["object", "null"], "properties": {k: _NUMBER for k in ("min", "p25", "med", "p75", "max")}}
+DATASET = {
+    "type": "object",
+    "description": "A dataset (one metadata-store record) as stored: the store's field names; units in the program's datasetUnits",
+    "properties": {
+        "datasetId": {"type": "string"}, "productId": _TEXT, "superseded": {"type": "boolean"},
+        "wavelengthMin": {**_NUMBER, "description": "nm"}, "wavelengthMax": {**_NUMBER, "description": "nm"},
+        "stokesParameters": {"type": "string"}, "spectralLines": {"type": ["array", "null"], "items": {"type": "string"}},
+        "frameCount": {"type": ["integer", "null"]}, "createDate": {"type": "string", "format": "date-time"},
+        "updateDate": {"type": "string", "format": "date-time"},
+        "startTime": {**_TEXT, "format": "date-time"}, "endTime": {**_TEXT, "format": "date-time"},
+        "instrumentName": _TEXT, "boundingBox": {"type": ["array", "null"], "description": "[[x1, y1], [x2, y2]] in arcsec"},
+        "exposureTime": {**_NUMBER, "description": "ms"},
+        "health": {"type": ["object", "null"], "description": "frame counts per HEALTH value"},
+        "gosStatus": {"type": ["object", "null"], "description": "frame counts per GOS_STATUS value"},
+        "aoLocked": {"type": ["integer", "null"], "description": "frames with AO locked"},
+        "lightLevel": {**_DISTRIBUTION, "description": "LIGHTLVL distribution (shown, never a rule)"},
+        "friedParameter": {**_DISTRIBUTION, "description": "ATMOS_R0 distribution, m"},
+        "polarimetricAccuracy": {**_DISTRIBUTION, "description": "POL_SENS distribution (shown, never a rule)"},
+        "qualityAverageFriedParameter": {**_NUMBER, "description": "m"},
+        "qualityAveragePolarimetricAccuracy": _NUMBER,
+        "qualityReportObjectKey": _TEXT, "browseMovieUrl": _TEXT, "browseMovieObjectKey": _TEXT,
+        "asdfObjectKey": {**_TEXT, "description": "the L1 ASDF file (its gwcs) in bucket"}, "bucket": _TEXT,
+        "datasetSize": {**_NUMBER, "description": "GB"}, "hasAllStokes": {"type": ["boolean", "null"]},
+        "targetTypes": {"type": ["array", "null"], "items": {"type": "string"}}, "status": _TEXT,
+        "isEmbargoed": {"type": ["boolean", "null"]}, "embargoEndDate": {**_TEXT, "format": "date-time"},
+        "noData": {"type": "array", "description": "values the store sent that could not be used (the field has no data)",
+                   "items": {"type": "object", "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}}},
+    },
+}
+SCAN = {
+    "type": "object",
+    "description": "A scan of the metadata store: bad records (refused) and warnings (stored datasets with unusable values) apart",
+    "properties": {
+        "id": {"type": "integer"}, "status": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+        "full": {"type": "boolean"}, "startedAt": {"type": "string", "format": "date-time"},
+        "finishedAt": {"type": ["string", "null"], "format": "date-time"}, "triggeredBy": {"type": "string"},
+        **{name: {"type": "integer"} for name in ("pages", "records", "new", "updated", "unchanged", "programsNew",
+                                                   "programsQualified")},
+        "errors": {"type": "integer", "description": "bad records: not stored"},
+        "warnings": {"type": "integer", "description": "values of stored datasets that could not be used"},
+        "newestUpdateDate": {"type": ["string", "null"], "format": "date-time"}, "error": {"type": ["string", "null"]},
     },
 }
 TRANSITION = {
@@ -145,7 +195,9 @@ PROGRAM = {
                 "claimedAt": {"type": ["string", "null"], "format": "date-time"},
                 "qualification": {"type": ["object", "null"], "description": "rules with pass/fail and measured values, warnings"},
                 "intake": {"oneOf": [{"$ref": "#/components/schemas/Intake"}, {"type": "null"}], "description": "the newest report of results and how its check went"},
-                "datasets": {"type": "array", "items": {"type": "object"}},
+                "datasets": {"type": "array", "items": {"$ref": "#/components/schemas/Dataset"}},
+                "datasetUnits": {"type": "object", "additionalProperties": {"type": "string"},
+                                 "description": "unit of each dataset number (\"\": a ratio)"},
                 "history": {"type": "array", "items": {"$ref": "#/components/schemas/Transition"}},
             },
         },
@@ -170,7 +222,7 @@ def spec() -> dict:
             },
             "schemas": {"ProgramSummary": PROGRAM_SUMMARY, "Program": PROGRAM, "Transition": TRANSITION, "Error": ERROR,
                         "InversionSummary": INVERSION_SUMMARY, "Inversion": INVERSION, "L2File": L2_FILE,
-                        "Intake": INTAKE},
+                        "Intake": INTAKE, "Dataset": DATASET, "Scan": SCAN},
         },
         "paths": {
             "/programs": {
@@ -229,6 +281,31 @@ def spec() -> dict:
                         },
                         **errors(401, 403, 404),
                         "405": {"description": "only POST"},
+                    },
+                }
+            },
+            "/scans": {
+                "get": {
+                    "summary": "Scans of the metadata store, newest first, with their counts",
+                    "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["running", "succeeded", "failed"]}},
+                                   *PAGE_PARAMS[:2]],
+                    "responses": {
+                        "200": {"description": "a page", "content": {"application/json": {"schema": page_of("#/components/schemas/Scan")}}},
+                        **errors(400, 401),
+                    },
+                }
+            },
+            "/scans/{id}": {
+                "get": {
+                    "summary": "One scan with its bad records and warnings (500 of each at most; the counts are all)",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "responses": {
+                        "200": {"description": "the scan", "content": {"application/json": {"schema": {"allOf": [
+                            {"$ref": "#/components/schemas/Scan"},
+                            {"type": "object", "properties": {
+                                "badRecords": {"type": "array", "items": {"type": "object"}},
+                                "recordWarnings": {"type": "array", "items": {"type": "object"}}}}]}}}},
+                        **errors(401, 404),
                     },
                 }
             },

@@ -44,8 +44,9 @@ from inversions.errors import BackoffRetryError, DoNotRetryError, L2Error, Retry
 from inversions.models import Dataset, ObservingProgram, WorkOrder
 from inversions.states import State
 from publishing.intake import scratch_folder
-from publishing.l1headers import l1_files, l1_headers_by_step
-from publishing.l2files import dataset_metadata_filename, generate_all, write_dataset_metadata
+from publishing.l1headers import l1_arm, l1_files, l1_headers_by_step
+from publishing.l2asdf import build_inversion, inventory_record, write_inversion_asdf
+from publishing.l2files import dataset_metadata_filename, generate_all, l1_frame_keys
 from publishing.models import Inversion, L2File
 from publishing.selectors import current_inversion  # noqa: F401  (part of this module's interface)
 from publishing.results import RESULT_FILES, validate_results
@@ -130,13 +131,14 @@ def _l1_source(dataset: Dataset, program: ObservingProgram) -> tuple[str, str]:
     return settings.L2_L1_COLLECTION, path if path.endswith("/") else path + "/"
 
 
-def _reference_dataset(inversion: Inversion) -> Dataset:
+def _inversion_datasets(inversion: Inversion) -> list[Dataset]:
+    """The datasets the inversion used, in the order of its ``dataset_ids`` (wavelength order)."""
     datasets = {d.dataset_id: d for d in Dataset.objects.filter(dataset_id__in=inversion.dataset_ids).defer("raw")}
-    for dataset_id in inversion.dataset_ids:  # in wavelength order (intake)
-        if dataset_id in datasets:
-            return datasets[dataset_id]
-    raise DoNotRetryError(f"none of the datasets used ({', '.join(inversion.dataset_ids)}) is known any more",
-                          step="generate")
+    known = [datasets[d] for d in inversion.dataset_ids if d in datasets]
+    if not known:
+        raise DoNotRetryError(f"none of the datasets used ({', '.join(inversion.dataset_ids)}) is known any more",
+                              step="generate")
+    return known
 
 
 def _staged_by_preprocessing(program: ObservingProgram, dataset_id: str) -> Path | None:
@@ -152,16 +154,15 @@ def _staged_by_preprocessing(program: ObservingProgram, dataset_id: str) -> Path
     return None
 
 
-def _l1_folder(order: WorkOrder, inversion: Inversion, backend) -> Path | None:
-    """Where the reference dataset's L1 frames can be read; None while they are being staged.
+def _l1_folder(order: WorkOrder, inversion: Inversion, dataset: Dataset, backend) -> Path | None:
+    """Where a dataset's L1 frames can be read; None while they are being staged.
 
     In order: the copy the program's preprocessing staged on scratch (still there after it
     completed); the L1 collection itself when it is visible on this machine
-    (``L2_COLLECTIONS``); else a copy staged to scratch now under the L1 path (submitted once;
-    the submission id is kept on the order before submitting, so a redelivered task finds the
-    same transfer).
+    (``L2_COLLECTIONS``); else a copy staged to scratch now under the L1 path (submitted once
+    per dataset; the submission id is kept on the order before submitting, so a redelivered
+    task finds the same transfer).
     """
-    dataset = _reference_dataset(inversion)
     staged = _staged_by_preprocessing(inversion.program, dataset.dataset_id)
     if staged is not None:
         return staged
@@ -170,22 +171,40 @@ def _l1_folder(order: WorkOrder, inversion: Inversion, backend) -> Path | None:
         folder = transfers.local_folder(collection, path)
         if folder.is_dir():
             return folder
-    staged = order.details.get("l1_stage") or {}
+    stages = dict(order.details.get("l1_stage") or {})
+    staged = stages.get(dataset.dataset_id) or {}
     if not staged:
-        staged = {"submission_id": backend.new_submission_id(), "path": path}
-        work_orders.merge_details(order.pk, l1_stage=staged)
+        staged = stages[dataset.dataset_id] = {"submission_id": backend.new_submission_id(), "path": path}
+        work_orders.merge_details(order.pk, l1_stage=stages)
     if not staged.get("task_id"):
         task_id = backend.submit(collection, settings.L2_SCRATCH_COLLECTION, [transfers.TransferItem(path, path)],
                                  label=f"L1 headers {dataset.dataset_id}", submission_id=staged["submission_id"])
-        staged = {**staged, "task_id": task_id}
-        work_orders.merge_details(order.pk, l1_stage=staged)
-    order.details["l1_stage"] = staged
+        staged = stages[dataset.dataset_id] = {**staged, "task_id": task_id}
+        work_orders.merge_details(order.pk, l1_stage=stages)
+    order.details["l1_stage"] = stages
     status = backend.status(staged["task_id"])
     if not status.done:
         return None
     if not status.ok:
         raise DoNotRetryError(f"staging the L1 frames of {dataset.dataset_id} failed: {status.error}", step="generate")
     return transfers.local_folder(settings.L2_SCRATCH_COLLECTION, path)
+
+
+def _fiducial_arm(order: WorkOrder, inversion: Inversion, fiducial: str, backend) -> tuple[Dataset, Path] | None:
+    """The dataset whose L1 ``VSPARMID`` is the results' ``DESR-FID``, and its L1 folder (None: staging)."""
+    arms = {}
+    for dataset in _inversion_datasets(inversion):
+        folder = _l1_folder(order, inversion, dataset, backend)
+        if folder is None:
+            return None
+        arm = l1_arm(l1_files(folder))
+        if arm is not None and str(arm).strip() == str(fiducial).strip():
+            return dataset, folder
+        arms[dataset.dataset_id] = arm
+    found = ", ".join(f"{d}: {'none' if a is None else a}" for d, a in arms.items())
+    raise DoNotRetryError(f"no dataset of the inversion is the fiducial arm DESR-FID = {fiducial} of "
+                          f"inv_res_pre.fits (VSPARMID of the L1 datasets: {found})", step="generate",
+                          details={"fiducial_arm": fiducial, "arms": arms})
 
 
 def _checked_results(inversion: Inversion):
@@ -234,14 +253,17 @@ def run_generate(order_id: int, *, backend=None, poll: bool = False, workers: in
     try:
         results = _checked_results(inversion)
         backend = backend or transfers.get_backend()
-        folder = _l1_folder(order, inversion, backend)
-        if folder is None:
+        found = _fiducial_arm(order, inversion, results.fiducial_arm, backend)
+        if found is None:
             return Result(Outcome.WAITING, poll_delay(backend))
-        dataset = _reference_dataset(inversion)
-        headers = l1_headers_by_step(l1_files(folder), dataset.frame_count or 0)
-        if len(headers) != inversion.raster_steps:
-            raise DoNotRetryError(f"the L1 dataset {dataset.dataset_id} has {len(headers)} raster steps, the "
-                                  f"inversion {inversion.raster_steps}", step="generate")
+        dataset, folder = found
+        headers = {step: l1_frame_keys(h)
+                   for step, h in l1_headers_by_step(l1_files(folder), dataset.frame_count or 0).items()}
+        if len(headers) not in (results.n_steps, results.n_steps + 1):
+            raise DoNotRetryError(f"the fiducial arm's L1 dataset {dataset.dataset_id} has {len(headers)} raster "
+                                  f"steps, the inversion {results.n_steps} (accepted: the same, or one more)",
+                                  step="generate")
+        headers = {step: headers[step] for step in range(results.n_steps)}  # the inversion may drop the last
         work_orders.advance(order.pk, "headers", "frames")
         stage = "frames"
         out_path = l2_folder(inversion)
@@ -262,19 +284,21 @@ def run_generate(order_id: int, *, backend=None, poll: bool = False, workers: in
         seconds = time.monotonic() - started
         work_orders.advance(order.pk, "frames", "metadata")
         stage = "metadata"
-        inventory = {
-            "inversionId": inversion.inversion_id,
-            "primaryProposalId": program.primary_proposal_id,
+        path = publish_path(inversion)
+        asdf_name = dataset_metadata_filename(inversion.inversion_id)
+        record = {**store_record(inversion, path), "asdfObjectKey": object_key(inversion, path, asdf_name)}
+        inventory = inventory_record({
+            **record,
             "primaryExperimentId": program.primary_experiment_id,
-            "instrumentProgramExecutionId": program.instrument_program_execution_id,
             "observingProgramExecutionId": program.observing_program_execution_id,
-            "datasetIds": list(inversion.dataset_ids),
-            "spectralLines": list(results.spectral_lines),
-            "bucket": inversion.bucket,
             "softwareCommit": inversion.software_commit,
-            "frameCount": inversion.raster_steps,
-        }
-        asdf_path = write_dataset_metadata(frames, inventory, out_dir / dataset_metadata_filename(inversion.inversion_id))
+            "softwareVersions": versions,
+            "fiducialArm": results.fiducial_arm,
+            "slitBinning": results.binning,
+        }, results, canonical_dataset=dataset.dataset_id)
+        l2_inversion = build_inversion(frames, results, headers, ids, inventory, software_versions=versions,
+                                       basepath=out_dir)
+        asdf_path = write_inversion_asdf(l2_inversion, out_dir / asdf_name)
     except (RetryError, BackoffRetryError):
         raise
     except L2Error as exc:

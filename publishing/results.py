@@ -17,10 +17,19 @@ position **along the slit**. This is the layout the DKIST/NSO Level 2 code reads
 (``DataCube [Quantity, Depth, FrameY, SlitX]``, frames split on the third axis).
 It is fixed in :data:`STEP_AXIS` / :data:`SLIT_AXIS`; nothing else hard-codes it.
 
-The wavelength axis of the profile files holds all spectral lines one after the other.
-The inversion code writes two extensions that say where each line is: the wavelength
-offsets from the line centre in mÅ and an integer line id per wavelength point. Files
-without them are split evenly among the program's spectral lines.
+The wavelength axis of the profile files holds the spectral lines one after the other, one
+run per ViSP arm, in any order. BLANCA writes two extensions that say where each line is:
+extension 1, the wavelength offsets from the line centre in mÅ, and extension 2, one
+integer line id per wavelength point. The ids name the line by value (:data:`BLANCA_LINES`:
+23 = Fe I 630.15, 9 = Na I D2 589.0, 4 = Ca II 854.21), not by position; an id we do not
+know is refused, naming it. An arm whose dataset lists two lines (a ViSP Fe arm lists
+"Fe I (630.15 nm)" and "Fe I (630.25 nm)") is still one profile, named after its id.
+
+``inv_res_pre.fits``' primary header also names the *fiducial arm* (``DESR-FID``: the
+``VSPARMID`` of the L1 dataset whose headers give the spatial WCS) and the slit binning
+(``DESR-BIN``: L2 slit position ``j`` is L1 slit pixel ``j * binning``). Both are read as
+written, never inferred from array lengths. The inversion may drop an incomplete last raster
+step: results with one raster step fewer than the L1 datasets are accepted.
 
 The order and input units of the physical quantities are in :data:`INVERSION_QUANTITIES`.
 """
@@ -69,8 +78,9 @@ class InputQuantity:
 
 
 #: Planes of ``inv_res_mod.fits`` along the quantity axis, in file order, with the units the
-#: inversion code writes (cgs). Geometric height in cm is assumed (the code's other lengths
-#: are cgs too); inclination and azimuth are in degrees, azimuth may be negative.
+#: inversion code writes (cgs, except geometric height: km, as the data center's L2 product
+#: takes it and writes it unconverted); inclination and azimuth are in degrees, azimuth may be
+#: negative.
 INVERSION_QUANTITIES: tuple[InputQuantity, ...] = (
     InputQuantity("log_tau", "Log of optical depth at 500 nm", u.dimensionless_unscaled),
     InputQuantity("temperature", "Temperature", u.K),
@@ -80,13 +90,51 @@ INVERSION_QUANTITIES: tuple[InputQuantity, ...] = (
     InputQuantity("los_velocity", "Line-of-sight velocity", u.cm / u.s),
     InputQuantity("inclination", "Magnetic field inclination w.r.t. line of sight", u.deg),
     InputQuantity("azimuth", "Magnetic field azimuth w.r.t. line of sight", u.deg),
-    InputQuantity("geometric_height", "Geometric height", u.cm),
+    InputQuantity("geometric_height", "Geometric height", u.km),
     InputQuantity("gas_pressure", "Gas pressure", u.dyn / u.cm**2),
     InputQuantity("density", "Density", u.g / u.cm**3),
 )
 N_QUANTITIES = len(INVERSION_QUANTITIES)
 
 WAVELENGTH_UNIT = u.mAngstrom  # unit of the wavelength-offset extension
+FIDUCIAL_KEY = "DESR-FID"  # inv_res_pre.fits: VSPARMID of the fiducial arm
+BINNING_KEY = "DESR-BIN"  # inv_res_pre.fits: slit binning of the inversion
+
+
+@dataclass(frozen=True)
+class SpectralLine:
+    """A spectral line BLANCA inverts, and how the data center's L2 product names it."""
+
+    line_id: int  # BLANCA's id in extension 2 of the profile files
+    key: str  # profile key of the dkist reader ("FeI630" -> FeI630_orig / FeI630_fit)
+    name: str  # the metadata store's name
+    label: str  # EXTNAME prefix: "<label> Profile Original"
+    centre_nm: float  # air wavelength of the line centre
+
+
+#: BLANCA line id -> line. The ids are BLANCA's; the keys and labels the reference product's.
+BLANCA_LINES: dict[int, SpectralLine] = {
+    23: SpectralLine(23, "FeI630", "Fe I (630.15 nm)", "Fe I", 630.15012),
+    9: SpectralLine(9, "NaID", "Na I D2 (589.0 nm)", "Na I", 588.995),
+    4: SpectralLine(4, "CaII854", "Ca II (854.21 nm)", "Ca II", 854.2091),
+}
+
+
+@dataclass(frozen=True)
+class ProfileLine:
+    """One spectral line of the profile files: which line, and where on the wavelength axis."""
+
+    line: SpectralLine
+    start: int  # [start, stop) on the wavelength axis of the profile files
+    stop: int
+    offsets_ma: tuple[float, ...]  # wavelength offsets from the line centre, mÅ
+
+    @property
+    def wavelengths_nm(self) -> np.ndarray:
+        return self.line.centre_nm + np.asarray(self.offsets_ma, dtype=np.float64) * _MA_TO_NM
+
+
+_MA_TO_NM = float(WAVELENGTH_UNIT.to(u.nm))
 
 
 @dataclass(frozen=True)
@@ -101,11 +149,20 @@ class ResultSet:
     n_stokes: int
     mod_shape: tuple[int, ...]
     profile_shape: tuple[int, ...]
-    spectral_lines: tuple[str, ...]
-    line_slices: tuple[tuple[int, int], ...]  # [start, stop) on the wavelength axis per line
-    wavelength_offsets: tuple[float, ...] | None  # mÅ from line centre, one per wavelength
+    lines: tuple[ProfileLine, ...]  # in wavelength order
+    fiducial_arm: str  # DESR-FID: VSPARMID of the L1 dataset that gives the spatial WCS
+    binning: int  # DESR-BIN: L2 slit position j = L1 slit pixel j * binning
     sha256: dict[str, str] = field(default_factory=dict)  # role -> hex digest
     sizes: dict[str, int] = field(default_factory=dict)  # role -> bytes
+
+    @property
+    def spectral_lines(self) -> tuple[str, ...]:
+        """The lines' metadata-store names, in wavelength order."""
+        return tuple(p.line.name for p in self.lines)
+
+    @property
+    def line_slices(self) -> tuple[tuple[int, int], ...]:
+        return tuple((p.start, p.stop) for p in self.lines)
 
     def to_dict(self) -> dict:
         """JSON-ready summary (for manifests and history details)."""
@@ -119,7 +176,10 @@ class ResultSet:
             "mod_shape": list(self.mod_shape),
             "profile_shape": list(self.profile_shape),
             "spectral_lines": list(self.spectral_lines),
+            "line_ids": [p.line.line_id for p in self.lines],
             "line_slices": [list(s) for s in self.line_slices],
+            "fiducial_arm": self.fiducial_arm,
+            "binning": self.binning,
         }
 
 
@@ -162,8 +222,16 @@ def _runs(ids: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, stops)]
 
 
-def _read_structure(role: str, path: Path) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
-    """Shape of the primary array (+ wavelength offsets and line ids for profile files)."""
+@dataclass(frozen=True)
+class _Structure:
+    shape: tuple[int, ...]
+    offsets: np.ndarray | None = None  # extension 1 of a profile file
+    ids: np.ndarray | None = None  # extension 2 of a profile file
+    header: fits.Header | None = None  # primary header
+
+
+def _read_structure(role: str, path: Path) -> _Structure:
+    """Shape of the primary array (+ wavelength offsets, line ids and header for profile files)."""
     name = RESULT_FILES[role]
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -183,11 +251,14 @@ def _read_structure(role: str, path: Path) -> tuple[tuple[int, ...], np.ndarray 
                               "(BITPIX -32 or -64)", file=name, bitpix=bitpix)
             # touch the last element: a truncated file fails here, not later in a worker
             _ = primary.data[(-1,) * len(shape)] if all(shape) else None
-            offsets = ids = None
-            if role != "mod" and len(hdul) >= 3:
-                offsets = np.asarray(hdul[1].data, dtype=np.float64).ravel()
-                ids = np.asarray(hdul[2].data).ravel()
-            return shape, offsets, ids
+            if role == "mod":
+                return _Structure(shape)
+            if len(hdul) < 3:
+                raise _refuse(f"{name} has {len(hdul) - 1} extension(s); the inversion code writes two: "
+                              "1 = wavelength offsets (mÅ), 2 = line id per wavelength", file=name)
+            offsets = np.asarray(hdul[1].data, dtype=np.float64).ravel()
+            ids = np.asarray(hdul[2].data).ravel()
+            return _Structure(shape, offsets, ids, primary.header.copy())
     except DoNotRetryError:
         raise
     except Exception as exc:  # astropy raises OSError, ValueError, TypeError … for bad files
@@ -198,6 +269,56 @@ def _fits_axis(ndim: int, numpy_axis: int) -> str:
     return f"NAXIS{ndim - numpy_axis}"
 
 
+def _profile_lines(offsets: np.ndarray, ids: np.ndarray, n_wave: int, problems: list[str]) -> list[ProfileLine]:
+    """The lines of the profile files from BLANCA's two extensions, in wavelength order."""
+    if ids.size != n_wave or offsets.size != n_wave:
+        problems.append(f"{PRE_FILE} wavelength extensions have {offsets.size} offsets and {ids.size} line ids "
+                        f"for {n_wave} wavelengths")
+        return []
+    if not np.all(np.isfinite(offsets)):
+        problems.append(f"{PRE_FILE} wavelength offsets (extension 1) are not all finite numbers")
+        return []
+    if not np.all(np.isfinite(ids.astype(np.float64))) or not np.array_equal(ids, np.round(ids)):
+        problems.append(f"{PRE_FILE} line ids (extension 2) are not whole numbers")
+        return []
+    runs = _runs(ids)
+    values = [int(ids[a]) for a, _ in runs]
+    if len(set(values)) != len(values):
+        problems.append(f"{PRE_FILE} line ids are not contiguous per line: {_runs_text(ids)}")
+        return []
+    unknown = [v for v in values if v not in BLANCA_LINES]
+    if unknown:
+        known = ", ".join(f"{i} = {line.name}" for i, line in sorted(BLANCA_LINES.items()))
+        problems.append(f"{PRE_FILE} has unknown spectral line id(s) {', '.join(map(str, unknown))} "
+                        f"(extension 2); known ids: {known}")
+        return []
+    lines = []
+    for (start, stop), value in zip(runs, values):
+        part = offsets[start:stop]
+        if part.size > 1 and not np.all(np.diff(part) > 0):
+            problems.append(f"{PRE_FILE} wavelength offsets of {BLANCA_LINES[value].name} (id {value}) do not "
+                            "increase")
+        lines.append(ProfileLine(BLANCA_LINES[value], start, stop, tuple(float(x) for x in part)))
+    return sorted(lines, key=lambda p: p.line.centre_nm)
+
+
+def _header_int(header: fits.Header, key: str, problems: list[str], *, minimum: int) -> int | None:
+    value = header.get(key)
+    if value is None:
+        problems.append(f"{PRE_FILE} has no {key} key in its primary header"
+                        + (" (the fiducial arm: the VSPARMID of the L1 dataset giving the WCS)"
+                           if key == FIDUCIAL_KEY else " (the slit binning)"))
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number == int(number) and number >= minimum):
+        problems.append(f"{PRE_FILE} {key} = {value!r} is not a whole number >= {minimum}")
+        return None
+    return int(number)
+
+
 def validate_results(
     folder_or_paths: str | os.PathLike | Mapping[str, str | os.PathLike],
     *,
@@ -205,11 +326,14 @@ def validate_results(
     expected_slit: int | None = None,
     spectral_lines: Sequence[str] | None = None,
 ) -> ResultSet:
-    """Check a set of result files; return its shapes, sizes and sha256 checksums.
+    """Check a set of BLANCA result files; return its shapes, lines, sizes and sha256 checksums.
 
-    ``expected_steps`` is the program's frame count (raster steps). ``spectral_lines``
-    (names, in wavelength order) when known. A bad set raises ``DoNotRetryError``
-    (``step="results"``) whose message names the file(s) and every mismatch found.
+    ``expected_steps`` is the program's number of raster steps (L1 frames per Stokes
+    parameter); the inversion may have that many or one fewer (it drops an incomplete last
+    step). ``spectral_lines`` (the program's line names) is accepted for the caller's
+    convenience: the lines of the files come from their line ids, never from it. A bad set
+    raises ``DoNotRetryError`` (``step="results"``) whose message names the file(s), the id
+    or the count, and every mismatch found.
     """
     paths = _resolve_paths(folder_or_paths)
     missing = [RESULT_FILES[r] for r, p in paths.items() if not p.is_file()]
@@ -222,17 +346,17 @@ def validate_results(
         raise _refuse(f"empty result file(s): {', '.join(empty)}", empty=empty)
 
     structure = {role: _read_structure(role, path) for role, path in paths.items()}
-    mod_shape = structure["mod"][0]
-    pre_shape, pre_off, pre_ids = structure["pre"]
-    ori_shape, ori_off, ori_ids = structure["ori"]
+    mod_shape = structure["mod"].shape
+    pre, ori = structure["pre"], structure["ori"]
+    pre_shape, ori_shape = pre.shape, ori.shape
 
     problems: list[str] = []
     if len(mod_shape) != 4:
         problems.append(f"{MOD_FILE} has {len(mod_shape)} axes {mod_shape}, expected 4 "
-                        "[quantity, depth, step, slit]")
+                        "[quantity, depth, raster step, slit]")
     for name, shape in ((PRE_FILE, pre_shape), (ORI_FILE, ori_shape)):
         if len(shape) != 4:
-            problems.append(f"{name} has {len(shape)} axes {shape}, expected 4 [stokes, wavelength, step, slit]")
+            problems.append(f"{name} has {len(shape)} axes {shape}, expected 4 [stokes, wavelength, raster step, slit]")
     if problems:
         raise _refuse("; ".join(problems), mod_shape=mod_shape, pre_shape=pre_shape, ori_shape=ori_shape)
 
@@ -250,45 +374,29 @@ def validate_results(
                 problems.append(f"{MOD_FILE} has {mod_shape[axis]} {what} ({_fits_axis(4, axis)}) but {name} "
                                 f"has {shape[axis]}")
     n_steps = mod_shape[STEP_AXIS]
-    if n_steps != expected_steps:
-        problems.append(f"{MOD_FILE} has {n_steps} raster steps ({_fits_axis(4, STEP_AXIS)}), "
-                        f"the program has {expected_steps} frames")
+    if n_steps not in (expected_steps, expected_steps - 1):
+        problems.append(f"{MOD_FILE} has {n_steps} raster steps ({_fits_axis(4, STEP_AXIS)}), the program's L1 "
+                        f"datasets have {expected_steps} (accepted: {expected_steps}, or {expected_steps - 1} when "
+                        "the inversion dropped an incomplete last step)")
     n_slit = mod_shape[SLIT_AXIS]
     if expected_slit is not None and n_slit != expected_slit:
         problems.append(f"{MOD_FILE} has {n_slit} slit positions ({_fits_axis(4, SLIT_AXIS)}), "
                         f"expected {expected_slit}")
 
     n_wave = pre_shape[WAVELENGTH_AXIS]
-    line_slices: list[tuple[int, int]] = []
-    offsets = None
-    if pre_ids is not None:
-        if pre_ids.size != n_wave or pre_off is None or pre_off.size != n_wave:
-            problems.append(f"{PRE_FILE} wavelength extensions have {pre_off.size if pre_off is not None else 0} "
-                            f"offsets and {pre_ids.size} line ids for {n_wave} wavelengths")
-        else:
-            line_slices = _runs(pre_ids)
-            if len({int(pre_ids[a]) for a, _ in line_slices}) != len(line_slices):
-                problems.append(f"{PRE_FILE} line ids are not contiguous per line: {_runs_text(pre_ids)}")
-            offsets = pre_off
-            if ori_ids is not None and (ori_ids.shape != pre_ids.shape or not np.array_equal(ori_ids, pre_ids)):
-                problems.append(f"{ORI_FILE} splits the wavelengths into lines differently from {PRE_FILE}")
-        if spectral_lines is not None and line_slices and len(line_slices) != len(spectral_lines):
-            problems.append(f"{PRE_FILE} holds {len(line_slices)} spectral line(s), the program has "
-                            f"{len(spectral_lines)}: {', '.join(spectral_lines)}")
-    else:
-        n_lines = len(spectral_lines) if spectral_lines else 1
-        if n_wave % n_lines:
-            problems.append(f"{PRE_FILE} has {n_wave} wavelengths and no line-id extension: cannot split them "
-                            f"evenly among {n_lines} spectral lines")
-        else:
-            per = n_wave // n_lines
-            line_slices = [(i * per, (i + 1) * per) for i in range(n_lines)]
+    lines = _profile_lines(pre.offsets, pre.ids, n_wave, problems)
+    if ori.ids is not None and lines and (ori.ids.shape != pre.ids.shape or not np.array_equal(ori.ids, pre.ids)):
+        problems.append(f"{ORI_FILE} splits the wavelengths into lines differently from {PRE_FILE} (extension 2)")
+    if ori.offsets is not None and lines and (ori.offsets.shape != pre.offsets.shape
+                                              or not np.allclose(ori.offsets, pre.offsets, rtol=0, atol=1e-3)):
+        problems.append(f"{ORI_FILE} wavelength offsets differ from {PRE_FILE}'s (extension 1)")
+    fiducial = _header_int(pre.header, FIDUCIAL_KEY, problems, minimum=0)
+    binning = _header_int(pre.header, BINNING_KEY, problems, minimum=1)
 
     if problems:
         raise _refuse("; ".join(problems), mod_shape=mod_shape, pre_shape=pre_shape, ori_shape=ori_shape,
                       expected_steps=expected_steps)
 
-    names = tuple(spectral_lines) if spectral_lines else tuple(f"Line {i + 1}" for i in range(len(line_slices)))
     return ResultSet(
         paths={role: str(path.resolve()) for role, path in paths.items()},
         n_steps=n_steps,
@@ -298,9 +406,9 @@ def validate_results(
         n_stokes=pre_shape[STOKES_AXIS],
         mod_shape=mod_shape,
         profile_shape=pre_shape,
-        spectral_lines=names,
-        line_slices=tuple(line_slices),
-        wavelength_offsets=tuple(float(x) for x in offsets) if offsets is not None else None,
+        lines=tuple(lines),
+        fiducial_arm=str(fiducial),
+        binning=int(binning),
         sha256={role: _sha256(path) for role, path in paths.items()},
         sizes={role: path.stat().st_size for role, path in paths.items()},
     )
@@ -340,10 +448,20 @@ def _reserve_primary(path: Path, shape: tuple[int, ...], cards: Sequence[tuple] 
 
 
 def _append_wavelength_extensions(path: Path, offsets: np.ndarray, line_ids: np.ndarray) -> None:
+    """BLANCA's two extensions: 1 = wavelength offsets (mÅ), 2 = line id per wavelength."""
     fits.append(path, np.asarray(offsets, dtype=np.float32),
                 fits.Header([("EXTNAME", "WAVELENGTH"), ("BUNIT", "mAngstrom", "offset from line centre")]))
     fits.append(path, np.asarray(line_ids, dtype=np.int32),
                 fits.Header([("EXTNAME", "LINE_ID", "spectral line of each wavelength point")]))
+
+
+def _desr_cards(fiducial_arm: int | str | None, binning: int | None) -> list[tuple]:
+    cards = []
+    if fiducial_arm is not None:
+        cards.append((FIDUCIAL_KEY, fiducial_arm, "VSPARMID of the fiducial arm"))
+    if binning is not None:
+        cards.append((BINNING_KEY, binning, "slit binning"))
+    return cards
 
 
 def write_results(
@@ -354,30 +472,51 @@ def write_results(
     ori: np.ndarray,
     wavelength_offsets: np.ndarray | None = None,
     line_ids: np.ndarray | None = None,
+    fiducial_arm: int | str | None = 1,
+    binning: int | None = 1,
 ) -> dict[str, Path]:
-    """Write in-memory arrays as the three result files (layout in the module doc)."""
+    """Write in-memory arrays as the three result files, laid out as BLANCA writes them.
+
+    ``line_ids`` None writes profile files without the two wavelength extensions (which the
+    intake refuses); ``fiducial_arm`` / ``binning`` None leave out ``DESR-FID`` / ``DESR-BIN``.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {role: folder / name for role, name in RESULT_FILES.items()}
     fits.PrimaryHDU(np.asarray(mod, dtype=np.float32)).writeto(out["mod"], overwrite=True)
     for role, arr in (("pre", pre), ("ori", ori)):
-        fits.PrimaryHDU(np.asarray(arr, dtype=np.float32)).writeto(out[role], overwrite=True)
+        hdu = fits.PrimaryHDU(np.asarray(arr, dtype=np.float32))
+        for card in _desr_cards(fiducial_arm, binning):
+            hdu.header.append(card)
+        hdu.writeto(out[role], overwrite=True)
         if line_ids is not None:
             offs = wavelength_offsets if wavelength_offsets is not None else np.zeros(len(line_ids))
             _append_wavelength_extensions(out[role], offs, line_ids)
     return out
 
 
-def _demo_wavelength_grid(n_wave: int, n_lines: int) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (mÅ, centred on each line, spanning at least ±300 mÅ) and line ids, lines one after another."""
-    delta = max(600.0 / max(n_wave - 1, 1), 5.0)
-    one = (np.arange(n_wave) - (n_wave - 1) / 2) * delta
-    return np.tile(one, n_lines), np.repeat(np.arange(n_lines, dtype=np.int32) + 1, n_wave)
+#: ids of the demo's arms, in file order: not in wavelength order (BLANCA writes arms in any order)
+DEMO_LINE_IDS = (4, 23, 9)
+
+
+def demo_wavelength_grid(line_ids: Sequence[int], n_wave: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (mÅ from each line's centre, evenly spaced, spanning about ±400 mÅ) and line ids.
+
+    One run per line, in the order of ``line_ids``; ``n_wave`` points per line (one number for
+    all, or one per line).
+    """
+    counts = [int(n_wave)] * len(line_ids) if np.isscalar(n_wave) else [int(n) for n in n_wave]
+    offsets, ids = [], []
+    for line_id, n in zip(line_ids, counts):
+        delta = max(800.0 / max(n - 1, 1), 5.0)
+        offsets.append((np.arange(n) - (n - 1) // 2) * delta)  # index (n-1)//2 is the line centre
+        ids.append(np.full(n, line_id, dtype=np.int32))
+    return np.concatenate(offsets), np.concatenate(ids)
 
 
 def _demo_step(step: int, n_steps: int, n_slit: int, n_depth: int, offsets: np.ndarray, line_ids: np.ndarray,
-               centres_nm: Sequence[float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Model atmosphere [quantity, depth, slit] and profiles [stokes, wave, slit] of one step (cgs)."""
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model atmosphere [quantity, depth, slit] and profiles [stokes, wave, slit] of one step (cgs; height km)."""
     rng = np.random.default_rng([seed, step])
     s = np.linspace(0.0, 1.0, n_slit)
     r = (step / max(n_steps - 1, 1) - 0.5) ** 2 + (s - 0.5) ** 2
@@ -393,13 +532,13 @@ def _demo_step(step: int, n_steps: int, n_slit: int, n_depth: int, offsets: np.n
     v_cms = (2.0e5 * np.sin(2 * np.pi * (s * 3 + step / 7)) * (1 - spot)) * np.ones((n_depth, 1))
     inclination = (20.0 + 140.0 * s) * np.ones((n_depth, 1))
     azimuth = (-90.0 + 180.0 * s + step) * np.ones((n_depth, 1))  # negative values: wrapped on output
-    height_cm = -1.2e7 * log_tau
+    height_km = -120.0 * log_tau
     mod = np.stack([log_tau, temperature, electron_pressure, micro, np.abs(field_g), v_cms, inclination,
-                    azimuth, height_cm, gas_pressure, density]).astype(np.float32)
+                    azimuth, height_km, gas_pressure, density]).astype(np.float32)
 
     # profiles: a Zeeman-ish line per spectral line, shifted by the velocity at log tau = 0
     i0 = int(np.argmin(np.abs(log_tau[:, 0])))
-    centre = np.asarray(centres_nm, dtype=np.float64)[line_ids - 1][:, None]  # nm, per wavelength
+    centre = np.array([BLANCA_LINES[int(i)].centre_nm for i in line_ids])[:, None]  # nm, per wavelength
     shift_ma = centre * (v_cms[i0] / 2.99792458e10) * 1e4  # Doppler shift in mÅ
     x = (offsets[:, None] - shift_ma) / 80.0
     g = np.exp(-(x**2))
@@ -427,42 +566,54 @@ def line_centre_nm(name: str, default: float | None = None) -> float | None:
     return float(m.group(1)) if m else default
 
 
+def blanca_line_in(wavelength_min: float | None, wavelength_max: float | None) -> SpectralLine | None:
+    """The BLANCA line whose centre lies in an arm's wavelength range (the line that arm is inverted in)."""
+    if wavelength_min is None or wavelength_max is None:
+        return None
+    inside = [line for line in BLANCA_LINES.values() if wavelength_min <= line.centre_nm <= wavelength_max]
+    return min(inside, key=lambda line: abs(line.centre_nm - (wavelength_min + wavelength_max) / 2), default=None)
+
+
 def write_demo_results(
     folder: str | os.PathLike,
     *,
     n_steps: int,
     n_slit: int,
     n_depth: int,
-    n_wave: int,
-    spectral_lines: Sequence[str] = ("Fe I (630.15 nm)", "Fe I (630.25 nm)"),
+    n_wave: int | Sequence[int],
+    line_ids: Sequence[int] = DEMO_LINE_IDS,
+    fiducial_arm: int = 1,
+    binning: int = 1,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Write a fake inversion (plausible cgs values) for demos and tests; return role -> path.
+    """Write a fake inversion shaped as BLANCA writes one (plausible values); return role -> path.
 
-    ``n_wave`` is the number of wavelength points **per spectral line**; the profile files
-    hold ``n_wave * len(spectral_lines)`` wavelengths. Written step by step through memory
-    maps, so large sets do not need their size in memory.
+    One run of ``n_wave`` wavelength points per entry of ``line_ids`` (BLANCA ids, in file
+    order: the demo's are not in wavelength order), the offset and id extensions, ``DESR-FID``
+    and ``DESR-BIN``. Written step by step through memory maps, so large sets do not need their
+    size in memory.
     """
+    unknown = [i for i in line_ids if i not in BLANCA_LINES]
+    if unknown or not line_ids:
+        raise ValueError(f"line_ids must be BLANCA ids ({sorted(BLANCA_LINES)}), not {list(line_ids)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    n_lines = max(len(spectral_lines), 1)
-    offsets, line_ids = _demo_wavelength_grid(n_wave, n_lines)
-    centres = [line_centre_nm(name, 500.0 + 10 * i) for i, name in enumerate(spectral_lines or ["demo"])]
+    offsets, ids = demo_wavelength_grid(line_ids, n_wave)
     mod_shape = _layout((N_QUANTITIES, n_depth), n_steps, n_slit)
-    pro_shape = _layout((N_STOKES, n_wave * n_lines), n_steps, n_slit)
+    pro_shape = _layout((N_STOKES, offsets.size), n_steps, n_slit)
     paths = {role: folder / name for role, name in RESULT_FILES.items()}
     info = [("ORIGIN", "L2 demo (fake inversion)"), ("DEMOSEED", seed)]
     off_mod = _reserve_primary(paths["mod"], mod_shape, info)
-    off_pre = _reserve_primary(paths["pre"], pro_shape, info)
-    off_ori = _reserve_primary(paths["ori"], pro_shape, info)
+    off_pre = _reserve_primary(paths["pre"], pro_shape, info + _desr_cards(fiducial_arm, binning))
+    off_ori = _reserve_primary(paths["ori"], pro_shape, info + _desr_cards(fiducial_arm, binning))
     for role in ("pre", "ori"):
-        _append_wavelength_extensions(paths[role], offsets, line_ids)
+        _append_wavelength_extensions(paths[role], offsets, ids)
     mm_mod = np.memmap(paths["mod"], dtype=">f4", mode="r+", offset=off_mod, shape=mod_shape)
     mm_pre = np.memmap(paths["pre"], dtype=">f4", mode="r+", offset=off_pre, shape=pro_shape)
     mm_ori = np.memmap(paths["ori"], dtype=">f4", mode="r+", offset=off_ori, shape=pro_shape)
     try:
         for step in range(n_steps):
-            mod, fit, ori = _demo_step(step, n_steps, n_slit, n_depth, offsets, line_ids, centres, seed)
+            mod, fit, ori = _demo_step(step, n_steps, n_slit, n_depth, offsets, ids, seed)
             at = tuple(step if axis == STEP_AXIS else slice(None) for axis in range(4))
             mm_mod[at] = mod
             mm_pre[at] = fit
@@ -482,6 +633,7 @@ def demo_l1_header(
     n_wave: int = 960,
     ids: Mapping[str, str] | None = None,
     rotation_deg: float = 12.0,
+    arm_id: int = 1,
 ) -> fits.Header:
     """A SPEC-214-like ViSP L1 frame header for raster ``step`` (for demos, tests, benchmarks).
 
@@ -534,7 +686,13 @@ def demo_l1_header(
         ("DNAXIS3", n_steps), ("DTYPE3", "SPATIAL"), ("DNAXIS4", 1), ("DTYPE4", "TEMPORAL"),
         ("DNAXIS5", 4), ("DTYPE5", "STOKES"), ("DAAXES", 3), ("DEAXES", 2),
         ("DINDEX3", step + 1), ("DINDEX4", 1), ("DINDEX5", 1),
-        ("ATMOS_R0", 0.08), ("AO_LOCK", True), ("LIGHTLVL", 390.2),
+        ("ATMOS_R0", 0.08), ("AO_LOCK", True), ("LIGHTLVL", 390.2), ("VSPARMID", arm_id),
+        ("SOLARNET", 1.0), ("HEADVERS", "4.30.0"), ("HEAD_URL", "https://docs.dkist.nso.edu/projects/data-products"),
+        ("INFO_URL", "https://docs.dkist.nso.edu"), ("DKISTVER", "Data Model (SPEC-0122) Revision I"),
+        ("HLSVERS", "Pono_6.1.5"), ("DSHEALTH", "GOOD"), ("FIDO_CFG", "OUT_C-BS950_C-BS555_C-BS680_C-W1_C-W3"),
+        ("OCS_CTRL", "Auto"), ("OBS_VR", 612.4), ("ELEV_ANG", 52.1), ("TAZIMUTH", 143.2),
+        ("TELTRACK", "Standard Differential Rotation Tracking"), ("TTBLANGL", 21.5),
+        ("TTBLTRCK", "fixed coude table angle"),
         ("CHECKSUM", "0000000000000000"), ("DATASUM", "0"),
     ]
     header = fits.Header(cards)

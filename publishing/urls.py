@@ -1,6 +1,7 @@
 from django.urls import path
 
 from publishing import api, openapi, views
+from scanning import api as scanning_api
 
 #: /api/v1/…
 urlpatterns = [
@@ -9,6 +10,8 @@ urlpatterns = [
     path("programs/<str:ipeid>", api.program, name="api-program"),
     path("inversions", api.inversions, name="api-inversions"),
     path("inversions/<str:inversion_id>", api.inversion, name="api-inversion"),
+    path("scans", scanning_api.scans, name="api-scans"),
+    path("scans/<int:pk>", scanning_api.scan, name="api-scan"),
 ]
 
 #: /programs/<ipeid>/… on the dashboard

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from inversions.admin import ReadOnlyAdminMixin, pretty_json
-from scanning.models import Scan, ScanRecordError
+from scanning.models import Scan, ScanRecordError, ScanRecordWarning
 
 
 class ScanRecordErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -12,11 +12,18 @@ class ScanRecordErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
     show_change_link = True
 
 
+class ScanRecordWarningInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = ScanRecordWarning
+    fields = ("dataset_id", "field", "reason")
+    readonly_fields = fields
+    extra = 0
+
+
 @admin.register(Scan)
 class ScanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "started_at", "finished_at", "status", "full", "records", "new", "updated", "unchanged", "errors", "triggered_by")
+    list_display = ("id", "started_at", "finished_at", "status", "full", "records", "new", "updated", "unchanged", "errors", "warnings", "triggered_by")
     list_filter = ("status", "full")
-    inlines = [ScanRecordErrorInline]
+    inlines = [ScanRecordErrorInline, ScanRecordWarningInline]
 
 
 @admin.register(ScanRecordError)

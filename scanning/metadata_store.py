@@ -49,6 +49,10 @@ DATASET_FIELDS: tuple[str, ...] = (
     "stokesParameters", "spectralLines", "boundingBox", "frameCount", "health", "gosStatus",
     "aoLocked", "lightLevel", "friedParameter", "exposureTime", "bucket", "browseMovieUrl",
     "isEmbargoed", "embargoEndDate", "experimentDescription",
+    # quality and product fields (issue 12)
+    "polarimetricAccuracy", "qualityAverageFriedParameter", "qualityAveragePolarimetricAccuracy",
+    "qualityReportObjectKey", "browseMovieObjectKey", "datasetSize", "hasAllStokes", "targetTypes", "status",
+    "asdfObjectKey",
 )
 
 #: Fields of ``L2InversionInventoryResponse``.

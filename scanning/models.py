@@ -1,4 +1,4 @@
-"""A scan of the metadata store, and the records it could not take."""
+"""A scan of the metadata store, the records it could not take, and the values it could not use."""
 from __future__ import annotations
 
 from django.db import models
@@ -28,6 +28,7 @@ class Scan(models.Model):
     updated = models.PositiveIntegerField(default=0)
     unchanged = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
+    warnings = models.PositiveIntegerField(default=0, help_text="values stored datasets sent that could not be used")
     programs_new = models.PositiveIntegerField(default=0)
     programs_qualified = models.PositiveIntegerField(default=0)
     newest_update_date = models.DateTimeField(null=True, blank=True, help_text="newest updateDate seen")
@@ -62,3 +63,18 @@ class ScanRecordError(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset_id or '?'}: {self.reason}"
+
+
+class ScanRecordWarning(models.Model):
+    """A value of a stored dataset that could not be used: the dataset has no data for that field."""
+
+    scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="record_warnings")
+    dataset_id = models.CharField(max_length=64)
+    field = models.CharField(max_length=100)
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["scan_id", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id} {self.field}: {self.reason}"

@@ -12,9 +12,11 @@ single reason ``"<instrument> not supported"``. For ViSP every rule must pass:
 ==========  ==========================================================================
 On disk     every corner of every dataset's bounding box lies strictly inside the Sun's
             apparent radius on that dataset's start date (:func:`apparent_solar_radius_arcsec`)
-Fe I 630    at least one dataset covers ``Thresholds.required_line`` ("Fe I 630.15"),
-            by :func:`scanning.records.lines_of`
-Stokes      every dataset has Stokes I, Q, U and V
+Fe I 630    at least one dataset lists ``Thresholds.required_line`` ("Fe I 630.15") in
+            ``spectralLines``, or its wavelength range covers the line's wavelength
+            (630.15012 nm) within ``line_tolerance_nm``: so a "Fe I (630.25 nm)" arm whose
+            range reaches 630.15 passes. The measured value names the line and the range
+Stokes      every dataset has exactly the four Stokes parameters I, Q, U and V
 Health      per dataset ``health.good / frameCount >= health_min``
 GOS         per dataset ``gosStatus.open == frameCount``
 AO          per dataset ``aoLocked / frameCount >= ao_min``
@@ -22,19 +24,26 @@ AO          per dataset ``aoLocked / frameCount >= ao_min``
 
 Per-dataset rules report the worst dataset (its value and ``dataset_id``). A dataset
 without the data a rule needs fails that rule with the reason ``"no <field> data"``
-(``dataset_id`` names it). In ``health`` / ``gosStatus`` a null member counts as 0; an
-object whose members are all null counts as no data.
+(``dataset_id`` names it); a dataset without ``frameCount`` fails Health, GOS and AO with
+"no frameCount data", one without ``instrumentName`` is Not Invertible with "no
+instrumentName data". In ``health`` / ``gosStatus`` a null member counts as 0; an object
+whose members are all null counts as no data.
+
+The report also shows the optional lines (``Thresholds.optional_lines``: Ca II 854.21,
+Ca II 849.80, Na I D2 589.00) as present or missing, present when a dataset lists the line
+or its range covers it as for Fe I. Light level and polarimetric accuracy are never rules.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from scanning.records import DatasetRecord, has_line_data, lines_of
+from scanning.records import KNOWN_LINES, OPTIONAL_LINES, DatasetRecord, KnownLine, covers, has_line_data, lines_of
 
 __all__ = [
     "DEFAULT_LINE_WINDOWS",
@@ -114,6 +123,11 @@ class Thresholds:
     chromospheric_line: str = "Ca II 854.21"
     supported_instruments: tuple[str, ...] = ("VISP",)
     line_windows: tuple[LineWindow, ...] = DEFAULT_LINE_WINDOWS
+    optional_lines: tuple[KnownLine, ...] = OPTIONAL_LINES
+
+    def line(self, name: str) -> KnownLine | None:
+        """The known line of this canonical name (its wavelength), if it is one."""
+        return next((line for line in (*KNOWN_LINES, *self.optional_lines) if line.name == name), None)
 
 
 @dataclass
@@ -165,6 +179,7 @@ class QualificationReport:
     rules: list[RuleResult]
     warnings: list[QualificationWarning] = field(default_factory=list)
     dataset_ids: list[str] = field(default_factory=list)
+    optional_lines: list[dict[str, Any]] = field(default_factory=list)  # {line, present, dataset_id}
 
     @property
     def failed_rules(self) -> list[str]:
@@ -189,6 +204,7 @@ class QualificationReport:
             "rules": [rule.to_dict() for rule in self.rules],
             "warnings": [warning.to_dict() for warning in self.warnings],
             "dataset_ids": list(self.dataset_ids),
+            "optional_lines": list(self.optional_lines),
         }
 
 
@@ -296,19 +312,51 @@ def _on_disk_rule(records: list[DatasetRecord]) -> RuleResult:
     )
 
 
+def _range_text(rec: DatasetRecord) -> str:
+    if rec.wavelength_min is None or rec.wavelength_max is None:
+        return "no wavelength range"
+    return f"{rec.wavelength_min:.2f}–{rec.wavelength_max:.2f} nm"
+
+
+def _line_found(rec: DatasetRecord, name: str, wavelength: float | None, t: Thresholds) -> str | None:
+    """How the dataset has the line: ``"listed"``, ``"in range"``, or None."""
+    if rec.spectral_lines and name in rec.spectral_lines:
+        return "listed"
+    if wavelength is not None and covers(rec, wavelength, t.line_tolerance_nm):
+        return "in range"
+    if not rec.spectral_lines and name in lines_of(rec, t.line_tolerance_nm):
+        return "in range"
+    return None
+
+
 def _fe_rule(records: list[DatasetRecord], t: Thresholds) -> RuleResult:
     line = t.required_line
-    covering = [r.dataset_id for r in records if line in lines_of(r, t.line_tolerance_nm)]
-    if covering:
-        return RuleResult(
-            RULE_FE_I_630, True, covering, f"{line} covered by {', '.join(covering)}", line, covering[0]
-        )
+    known = t.line(line)
+    wavelength = known.wavelength_nm if known is not None else None
+    found = [(rec, how) for rec in records if (how := _line_found(rec, line, wavelength, t))]
+    if found:
+        rec, how = next(((r, h) for r, h in found if h == "listed"), found[0])
+        value = f"{line} {how}, {_range_text(rec)}"
+        where = "" if wavelength is None else f" ({wavelength:g} nm ± {t.line_tolerance_nm:g})"
+        others = "" if len(found) == 1 else f" ({len(found)} datasets have it)"
+        reason = (f"{rec.dataset_id} lists {line} ({_range_text(rec)})" if how == "listed"
+                  else f"{rec.dataset_id} covers {line}{where} with {_range_text(rec)}") + others
+        return RuleResult(RULE_FE_I_630, True, value, reason, line, rec.dataset_id)
     lacking = [r.dataset_id for r in records if not has_line_data(r)]
     if lacking:
-        return RuleResult(RULE_FE_I_630, False, [], "no spectralLines data", line, lacking[0])
-    found = sorted({name for r in records for name in lines_of(r, t.line_tolerance_nm)})
-    reason = f"no dataset covers {line} (lines found: {', '.join(found) or 'none'})"
-    return RuleResult(RULE_FE_I_630, False, [], reason, line)
+        return RuleResult(RULE_FE_I_630, False, None, "no spectralLines data", line, lacking[0])
+    seen = sorted({name for r in records for name in lines_of(r, t.line_tolerance_nm)})
+    ranges = ", ".join(f"{r.dataset_id} {_range_text(r)}" for r in records)
+    reason = f"no dataset lists or covers {line} (lines: {', '.join(seen) or 'none'}; ranges: {ranges})"
+    return RuleResult(RULE_FE_I_630, False, ", ".join(seen) or None, reason, line)
+
+
+_STOKES_SEPARATORS = re.compile(r"[\s,;/|\[\]()'\"]+")
+
+
+def _stokes_letters(text: str) -> str:
+    """The Stokes letters of ``stokesParameters``, upper case, separators dropped (``"i,q,u,v"`` → ``"IQUV"``)."""
+    return _STOKES_SEPARATORS.sub("", text).upper()
 
 
 def _stokes_rule(records: list[DatasetRecord]) -> RuleResult:
@@ -318,12 +366,12 @@ def _stokes_rule(records: list[DatasetRecord]) -> RuleResult:
             return RuleResult(
                 RULE_STOKES, False, None, "no stokesParameters data", "IQUV", rec.dataset_id
             )
-        if not set("IQUV") <= set(rec.stokes_parameters.upper()):
+        if "".join(sorted(_stokes_letters(rec.stokes_parameters))) != "IQUV":  # exactly I, Q, U and V, once each
             lacking.append(rec)
     if lacking:
         first = lacking[0]
         reason = (
-            f"{first.dataset_id} has Stokes {first.stokes_parameters}, not IQUV "
+            f"{first.dataset_id} has Stokes {first.stokes_parameters}, not exactly IQUV "
             f"({len(lacking)} of {len(records)} datasets lack full Stokes)"
         )
         return RuleResult(
@@ -353,6 +401,9 @@ def _frame_rule(
 ) -> RuleResult:
     """A per-dataset rule on ``count / frameCount``; reports the worst dataset."""
     for rec in records:
+        if rec.frame_count is None:
+            return RuleResult(name, False, None, "no frameCount data", limit, rec.dataset_id)
+    for rec in records:
         if count_of(rec) is None:
             return RuleResult(name, False, None, f"no {field_name} data", limit, rec.dataset_id)
     for rec in records:
@@ -362,6 +413,7 @@ def _frame_rule(
     for rec in records:
         count = count_of(rec)
         assert count is not None
+        assert rec.frame_count is not None
         fraction = count / rec.frame_count
         measured.append(
             (passes(count, rec.frame_count), fraction, rec.dataset_id, count, rec.frame_count)
@@ -419,7 +471,9 @@ def _warnings(records: list[DatasetRecord], t: Thresholds) -> list[Qualification
     found: list[QualificationWarning] = []
     lines = {r.dataset_id: lines_of(r, t.line_tolerance_nm) for r in records}
 
-    if not any(t.chromospheric_line in names for names in lines.values()):
+    chromospheric = t.line(t.chromospheric_line)
+    if not any(_line_found(r, t.chromospheric_line, chromospheric.wavelength_nm if chromospheric else None, t)
+               for r in records):
         found.append(QualificationWarning(
             WARN_CA_II_ABSENT, "amber", f"no dataset covers {t.chromospheric_line}",
         ))
@@ -480,7 +534,11 @@ def qualify(records: Sequence[DatasetRecord], thresholds: Thresholds) -> Qualifi
         return QualificationReport(
             False, None, [RuleResult("Datasets", False, 0, "no datasets")], [], ids
         )
-    instruments = sorted({r.instrument_name.strip() for r in ordered})
+    unnamed = [r.dataset_id for r in ordered if not r.instrument_name]
+    if unnamed:
+        rule = RuleResult(RULE_INSTRUMENT, False, None, "no instrumentName data", dataset_id=unnamed[0])
+        return QualificationReport(False, None, [rule], [], ids)
+    instruments = sorted({r.instrument_name.strip() for r in ordered if r.instrument_name})
     if len({name.upper() for name in instruments}) > 1:
         reason = f"mixed instruments: {', '.join(instruments)}"
         return QualificationReport(
@@ -501,5 +559,16 @@ def qualify(records: Sequence[DatasetRecord], thresholds: Thresholds) -> Qualifi
         _ao_rule(ordered, thresholds),
     ]
     return QualificationReport(
-        all(rule.passed for rule in rules), instrument, rules, _warnings(ordered, thresholds), ids
+        all(rule.passed for rule in rules), instrument, rules, _warnings(ordered, thresholds), ids,
+        _optional_lines(ordered, thresholds),
     )
+
+
+def _optional_lines(records: list[DatasetRecord], t: Thresholds) -> list[dict[str, Any]]:
+    """Each optional line, present (the first dataset that lists or covers it) or missing."""
+    shown = []
+    for line in t.optional_lines:
+        having = next((r for r in records if _line_found(r, line.name, line.wavelength_nm, t)), None)
+        shown.append({"line": line.name, "present": having is not None,
+                      "dataset_id": having.dataset_id if having is not None else None})
+    return shown

@@ -8,7 +8,11 @@ lock nobody holds lost its worker and is marked failed ("worker lost") by
 scan starts its counts again, so each record is counted once. Each
 page is upserted in one transaction with a bounded number of statements (cost grows with
 pages, not with records), so a scan that fails half-way keeps what it stored. A record that
-cannot be parsed is stored on the scan as a ScanRecordError with its raw JSON and skipped.
+cannot be identified is stored on the scan as a ScanRecordError with its raw JSON and skipped;
+a stored dataset's values that could not be used (``DatasetRecord.warnings``: no data for
+that field) are listed on the scan as ScanRecordWarnings. Every value is checked against its
+column by the parser, and the raw JSON is kept as ``jsonb`` holds it (:func:`canonical_json`):
+no value of a record can abort the write of its page.
 
 An unchanged store costs no writes but the scan row's: records are compared by the SHA-1 of
 their canonical JSON (an unchanged record is not even parsed), and only programs whose
@@ -39,6 +43,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 from psycopg.types.datetime import TimestamptzLoader
@@ -50,8 +55,10 @@ from inversions.models import Dataset, ObservingProgram
 from inversions.states import State
 from scanning import qualification, settling
 from scanning.metadata_store import MetadataStoreClient
-from scanning.models import Scan, ScanRecordError
-from scanning.records import DatasetRecord, RecordError, _spectral_lines, lines_of, parse_record
+from scanning.models import Scan, ScanRecordError, ScanRecordWarning
+from scanning.records import (
+    MAX_LENGTH, DatasetRecord, RecordError, lines_of, parse_record, storable_json, storable_text, text_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +84,38 @@ def canonical_json(raw: Any, *, finite: bool = False) -> tuple[str, str]:
 
     The canonical form is orjson's with sorted keys (several times faster than the standard
     library's, which takes over for what orjson cannot write, such as integers beyond 64
-    bits). Raises ValueError for a record holding NaN or ±Infinity (PostgreSQL's JSON has
-    no such numbers; orjson would write null): ``finite`` says the caller knows it holds
-    none (a :class:`~scanning.metadata_store.RecordPage` parsed without such literals),
-    otherwise it is checked.
+    bits). PostgreSQL's ``jsonb`` holds no NaN / ±Infinity, no ``\\u0000`` and no lone
+    surrogate: a record holding one is written as :func:`scanning.records.storable_json`
+    makes it (those values as text), so it is kept, escaped, and compares equal next time.
+    ``finite`` says the caller knows it holds no NaN / Infinity (a
+    :class:`~scanning.metadata_store.RecordPage` parsed without such literals), otherwise it
+    is checked.
     """
+    return _canonical(raw, finite)[:2]
+
+
+def _canonical(raw: Any, finite: bool) -> tuple[str, str, bool]:
+    """:func:`canonical_json` and whether the record had to be made storable (escaped)."""
     try:
         data = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # orjson.JSONEncodeError: not orjson's types or ranges
-        data = _canonical_text(raw).encode()  # ValueError for NaN
-    else:
-        if not finite:
-            _check_finite(raw)
-    return data.decode(), hashlib.sha1(data).hexdigest()
+    except TypeError:  # orjson.JSONEncodeError: beyond orjson (large integers, lone surrogates)
+        data = None
+    escaped = data is None or b"\\u0000" in data or not (finite or _is_finite(raw))
+    if escaped:
+        kept, _ = storable_json(raw)
+        try:
+            data = orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            data = _canonical_text(kept).encode()
+    return data.decode(), hashlib.sha1(data).hexdigest(), escaped
+
+
+def _is_finite(raw: Any) -> bool:
+    try:
+        _check_finite(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def _json_encoders() -> tuple[Callable[[Any], str], Callable[[Any], str], Callable[[Any], None]]:
@@ -148,16 +174,16 @@ def client() -> MetadataStoreClient:
 
 
 def dataset_fields(rec: DatasetRecord, digest: str) -> dict:
-    """The Dataset columns of a parsed record."""
+    """The Dataset columns of a parsed record (optional strings the store did not give: "")."""
     box = rec.bounding_box
     return dict(
         dataset_id=rec.dataset_id,
         product_id=rec.product_id,
-        primary_proposal_id=rec.primary_proposal_id,
+        primary_proposal_id=rec.primary_proposal_id or "",
         primary_experiment_id=rec.primary_experiment_id or "",
         observing_program_execution_id=rec.observing_program_execution_id or "",
         instrument_program_execution_id=rec.instrument_program_execution_id,
-        instrument_name=rec.instrument_name,
+        instrument_name=rec.instrument_name or "",
         create_date=rec.create_date,
         update_date=rec.update_date,
         start_time=rec.start_time,
@@ -166,6 +192,7 @@ def dataset_fields(rec: DatasetRecord, digest: str) -> dict:
         wavelength_max=rec.wavelength_max,
         stokes_parameters=rec.stokes_parameters or "",
         spectral_lines=list(lines_of(rec)),
+        lines_listed=bool(rec.spectral_lines),
         bounding_box=[list(box[0]), list(box[1])] if box else None,
         frame_count=rec.frame_count,
         health=rec.health,
@@ -178,6 +205,17 @@ def dataset_fields(rec: DatasetRecord, digest: str) -> dict:
         browse_movie_url=rec.browse_movie_url or "",
         is_embargoed=rec.is_embargoed,
         embargo_end_date=rec.embargo_end_date,
+        polarimetric_accuracy=rec.polarimetric_accuracy,
+        quality_average_fried_parameter=rec.quality_average_fried_parameter,
+        quality_average_polarimetric_accuracy=rec.quality_average_polarimetric_accuracy,
+        quality_report_object_key=rec.quality_report_object_key or "",
+        browse_movie_object_key=rec.browse_movie_object_key or "",
+        asdf_object_key=rec.asdf_object_key or "",
+        dataset_size=rec.dataset_size,
+        has_all_stokes=rec.has_all_stokes,
+        target_types=list(rec.target_types) if rec.target_types is not None else None,
+        status=rec.status or "",
+        field_warnings=[list(pair) for pair in rec.warnings] or None,
         raw=rec.raw,
         raw_hash=digest,
     )
@@ -188,7 +226,10 @@ DATASET_UPDATE_FIELDS = [
     "instrument_program_execution_id", "instrument_name", "create_date", "update_date", "start_time", "end_time",
     "wavelength_min", "wavelength_max", "stokes_parameters", "spectral_lines", "bounding_box", "frame_count",
     "health", "gos_status", "ao_locked", "light_level", "fried_parameter", "exposure_time", "bucket",
-    "browse_movie_url", "is_embargoed", "embargo_end_date", "raw", "raw_hash", "program", "changed_at",
+    "browse_movie_url", "is_embargoed", "embargo_end_date", "lines_listed", "polarimetric_accuracy",
+    "quality_average_fried_parameter", "quality_average_polarimetric_accuracy", "quality_report_object_key",
+    "browse_movie_object_key", "asdf_object_key", "dataset_size", "has_all_stokes", "target_types", "status",
+    "field_warnings", "raw", "raw_hash", "program", "changed_at",
 ]
 
 
@@ -198,6 +239,7 @@ class PageResult:
     updated: int = 0
     unchanged: int = 0
     errors: int = 0
+    warnings: int = 0
     programs_new: int = 0
     changed_programs: set[int] = field(default_factory=set)  # existing programs whose datasets changed
     touched_programs: set[int] = field(default_factory=set)  # every program with a new/updated dataset
@@ -272,9 +314,13 @@ def run_scan(scan: Scan | None = None, *, full: bool = False, triggered_by: str 
 
 def _take(scan: Scan) -> bool:
     """This worker has the scan: its counts start again (a redelivered scan counts each record
-    once) and the bad records of an earlier attempt go. False if it is no longer Running."""
+    once) and the bad records of an earlier attempt go (they are met again). The warnings of
+    the datasets an earlier attempt stored stay (those records are unchanged now, so they are
+    not warned about again). False if it is no longer Running."""
     zero = dict(pages=0, records=0, new=0, updated=0, unchanged=0, errors=0, programs_new=0, programs_qualified=0)
-    taken = Scan.objects.filter(pk=scan.pk, status=Scan.Status.RUNNING).update(locked_at=timezone.now(), **zero)
+    kept = ScanRecordWarning.objects.filter(scan_id=scan.pk).count()
+    taken = Scan.objects.filter(pk=scan.pk, status=Scan.Status.RUNNING).update(
+        locked_at=timezone.now(), warnings=kept, **zero)
     if not taken:
         return False
     ScanRecordError.objects.filter(scan_id=scan.pk).delete()
@@ -378,7 +424,7 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     previous = _last_watermark(scan)  # no other scan runs meanwhile (advisory lock)
     scan.update_date_min = _since(scan, previous)
     scan.save(update_fields=["update_date_min"])
-    descriptions = store.experiment_descriptions()
+    descriptions = _storable_descriptions(store.experiment_descriptions())
     changed: set[int] = set()
     touched: set[int] = set()
     newest = None
@@ -410,6 +456,12 @@ def _scan(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     scan.programs_qualified = qualify_settled(now=now, reports=memory.reports)
 
 
+def _storable_descriptions(descriptions: dict) -> dict[str, str]:
+    """The experiment descriptions a program can carry (text the database holds); the others are left out."""
+    return {key: value for key, value in descriptions.items()
+            if isinstance(value, str) and text_problem(value) is None and text_problem(key) is None}
+
+
 def _count_page(scan: Scan, page: list, result: PageResult) -> None:
     scan.pages += 1
     scan.records += len(page)
@@ -417,11 +469,12 @@ def _count_page(scan: Scan, page: list, result: PageResult) -> None:
     scan.updated += result.updated
     scan.unchanged += result.unchanged
     scan.errors += result.errors
+    scan.warnings += result.warnings
     scan.programs_new += result.programs_new
     # progress for the scans page: the scan row is the only row an unchanged store writes
     Scan.objects.filter(pk=scan.pk).update(
         pages=scan.pages, records=scan.records, new=scan.new, updated=scan.updated,
-        unchanged=scan.unchanged, errors=scan.errors, programs_new=scan.programs_new,
+        unchanged=scan.unchanged, errors=scan.errors, warnings=scan.warnings, programs_new=scan.programs_new,
     )
 
 
@@ -517,9 +570,12 @@ def _by_key(sql: str, keys: list) -> dict[Any, tuple]:
 
 
 def _clean_id(raw: Any) -> str | None:
-    """The record's datasetId when it is a string the parser keeps as is, else None."""
+    """The record's datasetId when it is a string the parser keeps as is (and the column holds), else None."""
     key = raw.get("datasetId") if isinstance(raw, dict) else None
-    return key if isinstance(key, str) and key and key == key.strip() else None
+    if (isinstance(key, str) and key and key == key.strip() and len(key) <= MAX_LENGTH["datasetId"]
+            and text_problem(key) is None):
+        return key
+    return None
 
 
 def _existing(dataset_ids: list[str]) -> dict[str, tuple]:
@@ -543,8 +599,9 @@ class PreparedPage:
 
     page: list
     keys: list[str | None]  # per record its clean datasetId (:func:`_clean_id`), else None
-    canonical: list[tuple[str, str] | None]  # per record :func:`canonical_json` (None without an id, or for NaN)
+    canonical: list[tuple[str, str] | None]  # per record :func:`canonical_json` (None without an id)
     ahead: _Ahead | None = None
+    escaped: set[int] = field(default_factory=set)  # records whose raw JSON had to be made storable
 
 
 @dataclass
@@ -560,12 +617,16 @@ def prepare_page(page: list, descriptions: dict[str, str] | None = None) -> Prep
     keys = [_clean_id(raw) for raw in page]
     finite = getattr(page, "finite", False)  # a RecordPage parsed without NaN / Infinity
     canonical: list[tuple[str, str] | None] = []
-    for raw, key in zip(page, keys):
-        try:
-            canonical.append(canonical_json(raw, finite=finite) if key is not None else None)
-        except ValueError:
-            canonical.append(None)  # reported by the full path of upsert_page
-    prepared = PreparedPage(page, keys, canonical)
+    escaped: set[int] = set()
+    for i, (raw, key) in enumerate(zip(page, keys)):
+        if key is None:
+            canonical.append(None)
+            continue
+        text, digest, made_storable = _canonical(raw, finite)
+        canonical.append((text, digest))
+        if made_storable:
+            escaped.add(i)
+    prepared = PreparedPage(page, keys, canonical, escaped=escaped)
     if descriptions is not None:
         prepared.ahead = _make_ahead(page, canonical, descriptions)
     return prepared
@@ -631,9 +692,9 @@ def _new_row(values: dict, names: list[str], json_names: frozenset[str], raw_tex
         value = row[i]
         if value is not None and value.tzinfo is not None:
             row[i] = value.isoformat()
-    lines = _position(key, "spectral_lines")
-    if row[lines] is not None:
-        row[lines] = _array_literal(row[lines])
+    for i in _array_positions(key):
+        if row[i] is not None:
+            row[i] = _array_literal(row[i])
     for name in _ROW_LATER:
         row[_position(key, name)] = None
     return row
@@ -644,6 +705,13 @@ def _datetime_positions(names: tuple[str, ...]) -> tuple[int, ...]:
     kinds = {f.attname: f for f in Dataset._meta.concrete_fields}
     return tuple(i for i, name in enumerate(names) if isinstance(kinds.get(name), models.DateTimeField)
                  and name not in _ROW_LATER)
+
+
+@functools.cache
+def _array_positions(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of the text-array columns (the lines, the target types)."""
+    kinds = {f.attname: f for f in Dataset._meta.concrete_fields}
+    return tuple(i for i, name in enumerate(names) if isinstance(kinds.get(name), ArrayField))
 
 
 def _array_literal(items: Sequence[str]) -> str:
@@ -668,6 +736,7 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
     existing = _existing([key for key in keys if key is not None])
     parsed: dict[str, tuple[DatasetRecord, str, str, int]] = {}  # dataset id -> (record, canonical JSON, digest, index)
     errors: list[ScanRecordError] = []
+    escaped = set(prepared.escaped)
     for i, (raw, key, known) in enumerate(zip(page, keys, canonical)):
         if known is not None and key not in repeated and key in existing and existing[key][1] == known[1]:
             result.unchanged += 1
@@ -679,10 +748,12 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
             rec = parse_record(raw) if ahead is None else ahead.records[i]
             if isinstance(rec, RecordError):
                 raise rec
-            try:
-                text, digest = known or canonical_json(raw)
-            except ValueError:
-                raise RecordError("the record holds a non-finite number (NaN or Infinity), which JSON cannot store") from None
+            if known is not None:
+                text, digest = known
+            else:
+                text, digest, made_storable = _canonical(raw, False)
+                if made_storable:
+                    escaped.add(i)
         except RecordError as exc:
             errors.append(_record_error(scan, raw, exc.reason, exc.field))
             continue
@@ -707,6 +778,10 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
         result.unchanged += len(parsed) - len(incoming)
         if not incoming:
             return result
+        warnings = _record_warnings(scan, incoming, escaped)
+        if warnings:
+            ScanRecordWarning.objects.bulk_create(warnings)
+            result.warnings = len(warnings)
         now = timezone.now()
         prepared = []
         for rec, text, digest, i in incoming:
@@ -779,16 +854,30 @@ def _prime_solar_radii(programs: Iterable[list[DatasetRecord]]) -> None:
 
 
 def _record_error(scan: Scan, raw: Any, reason: str, field_name: str | None) -> ScanRecordError:
+    """A bad record as the database holds it: its raw JSON (and id) with what jsonb cannot hold written out."""
     dataset_id = raw.get("datasetId") if isinstance(raw, dict) else None
-    try:
-        json.dumps(raw, allow_nan=False)
-        stored = raw
-    except (TypeError, ValueError):
-        stored = {"unserialisable": repr(raw)[:2000]}
     return ScanRecordError(
-        scan=scan, dataset_id=str(dataset_id)[:200] if dataset_id is not None else "", field=(field_name or "")[:100],
-        reason=reason, raw=stored,
+        scan=scan, dataset_id=storable_text(str(dataset_id))[:200] if dataset_id is not None else "",
+        field=storable_text(field_name or "")[:100], reason=storable_text(reason), raw=storable_json(raw)[0],
     )
+
+
+def _record_warnings(scan: Scan, incoming: list, escaped: set[int]) -> list[ScanRecordWarning]:
+    """The warnings of the records stored now: their unusable values, and a raw JSON kept escaped."""
+    rows = []
+    for rec, _, _, i in incoming:
+        for name, reason in rec.warnings:
+            rows.append(ScanRecordWarning(scan=scan, dataset_id=rec.dataset_id, field=name, reason=reason))
+        if i in escaped:
+            warned = {name.split(".")[0] for name, _ in rec.warnings}
+            paths = [path for path in storable_json(rec.raw)[1] if path.split(".")[0].split("[")[0] not in warned]
+            if paths:
+                shown = ", ".join(storable_text(path)[:60] for path in paths[:5]) + (" …" if len(paths) > 5 else "")
+                rows.append(ScanRecordWarning(
+                    scan=scan, dataset_id=rec.dataset_id, field="raw",
+                    reason=f"the record holds values PostgreSQL's JSON cannot (NaN, Infinity, NUL, lone surrogates) at "
+                           f"{shown}: its raw JSON is kept with them written out as text."))
+    return rows
 
 
 @dataclass
@@ -864,14 +953,15 @@ def _first_is_certain(current: list[tuple[DatasetRecord, dict]]) -> bool:
 SUMMARY_FIELDS = [
     "spectral_lines", "start_time", "end_time", "newest_create_date", "settles_at", "dataset_count",
     "instrument_name", "observing_program_execution_id", "primary_proposal_id", "primary_experiment_id",
-    "experiment_description", "updated_at",
+    "experiment_description", "wavelength_ranges", "is_embargoed", "embargo_end_date", "updated_at",
 ]
 
 
 SUMMARY_COLUMNS = (
     "id", "dataset_id", "product_id", "program_id", "create_date", "update_date", "start_time", "end_time",
     "spectral_lines", "superseded", "instrument_name", "observing_program_execution_id", "primary_proposal_id",
-    "primary_experiment_id", "experiment_description",
+    "primary_experiment_id", "experiment_description", "wavelength_min", "wavelength_max", "is_embargoed",
+    "embargo_end_date",
 )
 #: SQL of the values that are not Dataset columns: the record's own description is in its raw JSON.
 _COLUMN_SQL = {"experiment_description": "raw->>'experimentDescription'"}
@@ -933,10 +1023,17 @@ def _superseded(datasets: list[dict]) -> set[str]:
 
 
 def _summary(pid: int, current: list[dict], descriptions: dict[str, str], now: datetime) -> tuple:
-    """``(program id, *SUMMARY_FIELDS values)`` of a program from its current datasets."""
+    """``(program id, *SUMMARY_FIELDS values)`` of a program from its current datasets.
+
+    Lines, wavelength ranges, dates and embargo come from all of them; the ids, instrument
+    and description from the first (by wavelength: they are the same for all arms).
+    """
     newest = max((d["create_date"] for d in current), default=None)
     first = current[0] if current else {}
     experiment = first.get("primary_experiment_id") or ""
+    ranges = sorted({(d["wavelength_min"], d["wavelength_max"]) for d in current
+                     if d["wavelength_min"] is not None and d["wavelength_max"] is not None})
+    embargoed = [d["is_embargoed"] for d in current if d["is_embargoed"] is not None]
     return (
         pid,
         sorted({line for d in current for line in (d["spectral_lines"] or [])}),
@@ -950,6 +1047,9 @@ def _summary(pid: int, current: list[dict], descriptions: dict[str, str], now: d
         first.get("primary_proposal_id", ""),
         experiment,
         first.get("experiment_description") or descriptions.get(experiment, ""),
+        [list(pair) for pair in ranges],
+        any(embargoed) if embargoed else None,
+        max((d["embargo_end_date"] for d in current if d["embargo_end_date"]), default=None),
         now,
     )
 
@@ -961,14 +1061,20 @@ RECORD_COLUMNS = (
     "instrument_program_execution_id", "instrument_name", "create_date", "update_date", "start_time", "end_time",
     "wavelength_min", "wavelength_max", "stokes_parameters", "bounding_box", "frame_count", "health", "gos_status",
     "ao_locked", "light_level", "fried_parameter", "exposure_time", "bucket", "browse_movie_url", "is_embargoed",
-    "embargo_end_date", "experiment_description",
+    "embargo_end_date", "experiment_description", "spectral_lines", "lines_listed", "polarimetric_accuracy",
+    "quality_average_fried_parameter", "quality_average_polarimetric_accuracy", "quality_report_object_key",
+    "browse_movie_object_key", "dataset_size", "has_all_stokes", "target_types", "status", "asdf_object_key",
+    "field_warnings",
 )
 _STORED_AS_EMPTY = frozenset({  # optional strings dataset_fields() stores as "" for null
     "primary_experiment_id", "observing_program_execution_id", "stokes_parameters", "bucket", "browse_movie_url",
+    "primary_proposal_id", "instrument_name", "quality_report_object_key", "browse_movie_object_key", "status",
+    "asdf_object_key",
 })
-#: The SELECT list of RECORD_COLUMNS (the description from the raw JSON), then the record's spectralLines.
-RECORD_SELECT = f"{_select(RECORD_COLUMNS)}, raw->'spectralLines'"
-_JSON_COLUMNS = frozenset({"bounding_box", "health", "gos_status", "light_level", "fried_parameter"})
+#: The SELECT list of RECORD_COLUMNS (the description from the raw JSON).
+RECORD_SELECT = _select(RECORD_COLUMNS)
+_JSON_COLUMNS = frozenset({"bounding_box", "health", "gos_status", "light_level", "fried_parameter",
+                           "polarimetric_accuracy", "field_warnings"})
 
 
 def stored_record(row: Sequence[Any]) -> DatasetRecord:
@@ -976,7 +1082,8 @@ def stored_record(row: Sequence[Any]) -> DatasetRecord:
 
     The columns hold what :func:`scanning.records.parse_record` made of the raw record, so
     this is that record without parsing the raw JSON again; ``raw`` is left empty. Optional
-    strings the store sent as null come back as None (an empty string from the store too).
+    strings the store sent as null come back as None (an empty string from the store too);
+    the lines the record listed come from ``spectral_lines`` where ``lines_listed`` says so.
     """
     values: dict[str, Any] = {}
     for name, value in zip(RECORD_COLUMNS, row):
@@ -989,8 +1096,11 @@ def stored_record(row: Sequence[Any]) -> DatasetRecord:
         values[name] = value
     box = values["bounding_box"]
     values["bounding_box"] = ((box[0][0], box[0][1]), (box[1][0], box[1][1])) if box else None
-    lines = row[len(RECORD_COLUMNS)]
-    values["spectral_lines"] = _spectral_lines({"spectralLines": json.loads(lines) if isinstance(lines, str) else lines})
+    listed = values.pop("lines_listed")
+    values["spectral_lines"] = tuple(values["spectral_lines"]) if listed and values["spectral_lines"] else None
+    types = values["target_types"]
+    values["target_types"] = tuple(types) if types is not None else None
+    values["warnings"] = tuple(tuple(pair) for pair in values.pop("field_warnings") or ())
     return DatasetRecord(raw={}, **values)
 
 

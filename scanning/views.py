@@ -96,7 +96,7 @@ def _progress_response(request, scan: Scan):
 @require_GET
 def scan_list(request):
     fail_lost_scans()
-    scans = Scan.objects.order_by("-started_at", "-id").annotate(bad_records=Count("record_errors"))
+    scans = Scan.objects.order_by("-started_at", "-id").annotate(bad_records=Count("record_errors", distinct=True))
     page = paginate(request, scans, settings.L2_PAGE_SIZE)
     partial = wants_partial(request)
     context = {
@@ -122,7 +122,9 @@ def scan_detail(request, pk: int):
     errors = list(page.object_list)
     for e in errors:
         e.raw_text = json.dumps(e.raw, indent=2, sort_keys=True, default=str) if e.raw is not None else ""
-    context = {"nav": "scans", "scan": scan, "page": page, "errors": errors, **roles(request.user)}
+    warnings_page = paginate(request, scan.record_warnings.order_by("id"), ERRORS_PER_PAGE, param="wpage")
+    context = {"nav": "scans", "scan": scan, "page": page, "errors": errors, "warnings_page": warnings_page,
+               "warnings": list(warnings_page.object_list), **roles(request.user)}
     return render(request, "scanning/scan_detail.html", context)
 
 

@@ -75,3 +75,21 @@ def test_openapi_describes_the_endpoints(client):
     spec = client.get("/api/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
     assert {"/programs", "/programs/{instrumentProgramExecutionId}", "/programs/{instrumentProgramExecutionId}/inverted"} <= spec["paths"].keys()
+
+
+@pytest.mark.django_db
+def test_scans_show_bad_records_and_warnings_apart(api):
+    from scanning.models import Scan, ScanRecordError, ScanRecordWarning
+
+    older = Scan.objects.create(status=Scan.Status.SUCCEEDED, records=5, new=5)
+    scan = Scan.objects.create(status=Scan.Status.SUCCEEDED, records=10, new=8, errors=1, warnings=2)
+    ScanRecordError.objects.create(scan=scan, dataset_id="D" * 65, field="datasetId", reason="too long", raw={"datasetId": "D" * 65})
+    for field in ("boundingBox", "frameCount"):
+        ScanRecordWarning.objects.create(scan=scan, dataset_id="BKRKL", field=field, reason=f"no {field}")
+    body = api("scans").json()
+    assert [s["id"] for s in body["results"]] == [scan.pk, older.pk]
+    assert (body["results"][0]["errors"], body["results"][0]["warnings"]) == (1, 2)
+    one = api(f"scans/{scan.pk}").json()
+    assert [w["field"] for w in one["recordWarnings"]] == ["boundingBox", "frameCount"]
+    assert one["badRecords"][0]["reason"] == "too long" and one["badRecords"][0]["raw"]["datasetId"] == "D" * 65
+    assert api("scans", status="nonsense").status_code == 400 and api("scans/999999").status_code == 404

@@ -18,13 +18,16 @@ Every other root field answers a GraphQL error "not implemented by the emulator"
 query is parsed and validated against the schema by graphql-core, its arguments coerced
 the graphql-core way, but the answer items are built by picking the selected field names
 out of the stored dicts, without output coercion. So a record with a wrong-typed or
-missing value (``frameCount: "many"``, no ``productId`` although the schema says
+missing value (``frameCount: "many"``, ``productId: null`` although the schema says
 ``String!``) reaches the client exactly as a misbehaving store would send it, instead of
 graphql-core nulling the whole list. A selected field missing from a record is sent as
 ``null`` (``omit_missing_fields=True`` leaves the key out). A stored item that is not an
 object at all is sent as is. ``experimentDescription`` missing from a record is filled
-from the loaded experiment descriptions (the store's dataset view joins them). All other
-root fields run through ordinary graphql-core execution.
+from the loaded experiment descriptions (the store's dataset view joins them); ``productId``
+and ``bucket`` (non-null in the schema, so a real store always sends them) missing from a
+record are derived: ``L1-<datasetId>`` and ``data`` (:data:`DERIVED_FIELDS`). A record that
+holds them, even as null, is served as it is. All other root fields run through ordinary
+graphql-core execution.
 
 **Paging** follows the schema: ``pageNumber`` is 1-based ("1 is the first page",
 default 1), ``pageSize`` null means all records on one page; ``pageSize < 1`` or
@@ -190,7 +193,10 @@ def parse_store_datetime(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # beyond year 1..9999 in UTC: not a date the emulator can compare
+            return None
     return parsed
 
 
@@ -718,9 +724,24 @@ class GraphQLEngine:
                 out[key] = type_name
             elif field == "experimentDescription" and type_name == "DatasetInventoryViewResponse":
                 out[key] = self.store.experiment_text(item.get("primaryExperimentId"))
+            elif field in DERIVED_FIELDS and type_name == "DatasetInventoryViewResponse":
+                out[key] = DERIVED_FIELDS[field](item)
             elif not omit:
                 out[key] = None
         return out
+
+
+def _derived_product_id(item: Mapping) -> Any:
+    dataset_id = item.get("datasetId")
+    return f"L1-{dataset_id}" if isinstance(dataset_id, str) else None
+
+
+#: Non-null fields of DatasetInventoryViewResponse a real store always sends and the fixtures lack:
+#: served derived from the record (``productId`` ``L1-<datasetId>``, ``bucket`` ``data``), not null.
+DERIVED_FIELDS: dict[str, Callable[[Mapping], Any]] = {
+    "productId": _derived_product_id,
+    "bucket": lambda item: "data",
+}
 
 
 # --------------------------------------------------------------------------- faults

@@ -119,7 +119,11 @@ def synthesize_store(base: list[dict], count: int, *, seed: int = 0, experiment_
     aoLocked, lightLevel, friedParameter, exposureTime) of another real program of the same
     instrument, arm by arm. createDate is 20–200 days after the observation (arms a few
     seconds apart), updateDate up to a year later, all well in the past (settled).
-    Proposals group ~100 programs; experiment ids come from ``experiment_ids``.
+    Proposals group ~100 programs; experiment ids come from ``experiment_ids``. Every record
+    also carries the quality and product fields the fixtures lack and a real store sends
+    (``productId``, ``polarimetricAccuracy``, ``qualityAverage…``, the object keys,
+    ``datasetSize``, ``hasAllStokes``, ``targetTypes``, ``status``), so that the scan fetches,
+    parses and stores them as it would in production.
     """
     rng = random.Random(seed)
     now = now or datetime(2025, 9, 1)
@@ -174,6 +178,22 @@ def synthesize_store(base: list[dict], count: int, *, seed: int = 0, experiment_
                 updateDate=_iso(updated + timedelta(seconds=arm * rng.uniform(0, 5))),
                 boundingBox=_box(real.get("boundingBox"), dx, dy),
                 browseMovieUrl=f"https://vimeo.com/{1000000000 + number}",
+            )
+            dataset_id, full_stokes = record["datasetId"], record.get("stokesParameters") == "IQUV"
+            accuracy = rng.uniform(0.001, 0.01)
+            record.update(
+                productId=f"L1-{dataset_id}",
+                polarimetricAccuracy={"min": accuracy * 0.6, "p25": accuracy * 0.8, "med": accuracy,
+                                      "p75": accuracy * 1.2, "max": accuracy * 1.7} if full_stokes else None,
+                qualityAverageFriedParameter=rng.uniform(0.02, 0.15),
+                qualityAveragePolarimetricAccuracy=accuracy if full_stokes else None,
+                qualityReportObjectKey=f"{proposal}/{dataset_id}/{dataset_id}_quality_report.pdf",
+                browseMovieObjectKey=f"{dataset_id}/{dataset_id}_browse_movie.mp4",
+                asdfObjectKey=f"{proposal}/{dataset_id}/{record['instrumentName']}_L1_{dataset_id}.asdf",
+                datasetSize=round(rng.uniform(0.5, 120.0), 3),
+                hasAllStokes=full_stokes,
+                targetTypes=["sunspot"] if rng.random() < 0.5 else ["quietsun", "plage"],
+                status="ACTIVE",
             )
             record.pop("experimentDescription", None)  # the store joins it in
             out.append(record)

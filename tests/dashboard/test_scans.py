@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from scanning import views as scan_views
-from scanning.models import Scan, ScanRecordError
+from scanning.models import Scan, ScanRecordError, ScanRecordWarning
 
 pytestmark = pytest.mark.django_db
 
@@ -45,6 +45,26 @@ def test_history_lists_counts_and_links_bad_records(client, scientist):
     assert "frameCount must be a count, not &#x27;lots&#x27;" in detail
     assert "&quot;frameCount&quot;: &quot;lots&quot;" in detail  # the raw record, as JSON
     assert "not a JSON object" in detail
+
+
+def test_the_scan_pages_show_warnings_apart_from_bad_records(client, scientist):
+    now = timezone.now()
+    scan = Scan.objects.create(status=Scan.Status.SUCCEEDED, finished_at=now, records=10, new=9, errors=1, warnings=2)
+    ScanRecordError.objects.create(scan=scan, dataset_id="D" * 65, field="datasetId", reason="datasetId is longer than 64 characters")
+    ScanRecordWarning.objects.create(scan=scan, dataset_id="BKRKL", field="boundingBox",
+                                     reason="boundingBox must look like '(x1,y1),(x2,y2)' in arcsec, got '(NaN,NaN),(NaN,NaN)'.")
+    ScanRecordWarning.objects.create(scan=scan, dataset_id="BLZLV", field="frameCount", reason="frameCount is beyond what the database holds")
+    client.force_login(scientist)
+    html = client.get(reverse("scan-list")).content.decode()
+    assert f'href="{reverse("scan-detail", args=[scan.pk])}#bad-records" class="bad">1</a>' in html
+    assert f'href="{reverse("scan-detail", args=[scan.pk])}#warnings" class="warn">2</a>' in html
+    detail = client.get(reverse("scan-detail", args=[scan.pk])).content.decode()
+    bad, warnings = detail.split('id="bad-records"')[1].split('id="warnings"')
+    assert "longer than 64 characters" in bad and "BKRKL" not in bad
+    assert "BKRKL" in warnings and "(NaN,NaN),(NaN,NaN)" in warnings and "beyond what the database holds" in warnings
+    assert "(2; each dataset was stored" in warnings
+    progress = client.get(reverse("scan-progress", args=[scan.pk])).content.decode()
+    assert "1 bad" in progress and "2 with warnings" in progress
 
 
 def test_operator_starts_a_scan_and_watches_it(client, operator, started):

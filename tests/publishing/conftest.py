@@ -46,6 +46,10 @@ class Case:
     root: Path  # the collections' parent folder
     results_path: str  # in the science-cluster collection
     steps: int
+    ca_arm: Dataset | None = None  # a second arm (Ca II 854, VSPARMID 2), when asked for
+
+    def l1_folder_of(self, dataset: Dataset) -> Path:
+        return self.root / "dkist-l1" / BUCKET / self.program.primary_proposal_id / dataset.dataset_id
 
     @property
     def l1_folder(self) -> Path:
@@ -60,7 +64,7 @@ class Case:
             "collection": "science-cluster",
             "path": self.results_path,
             "software_commit": COMMIT,
-            "dataset_ids": [self.dataset.dataset_id],
+            "dataset_ids": [self.dataset.dataset_id] + ([self.ca_arm.dataset_id] if self.ca_arm else []),
             "notes": "SIR, 3 cycles",
         } | changes
 
@@ -84,7 +88,9 @@ def collections(tmp_path, settings):
 
 def make_case(root: Path, claimant, *, steps: int = STEPS, slit: int = SLIT, l1_wave: int = 16,
               depth: int = DEPTH, wave: int = WAVE, result_steps: int | None = None, l1: bool = True,
-              stokes: str = "IQUV") -> Case:
+              stokes: str = "IQUV", fiducial_arm: int = 1, ca_arm: bool = False) -> Case:
+    """A Working program: its Fe I arm (VSPARMID 1; with ``ca_arm`` also a Ca II arm, VSPARMID 2,
+    elsewhere on the Sun), their L1 frames, and BLANCA result files naming ``fiducial_arm``."""
     n = next(_n)
     ipeid = f"id.pub.{n}"
     dataset_id = f"BPUB{n}"
@@ -92,21 +98,34 @@ def make_case(root: Path, claimant, *, steps: int = STEPS, slit: int = SLIT, l1_
     [program] = lifecycle.create_programs([ObservingProgram(
         instrument_program_execution_id=ipeid, primary_proposal_id="pid_1_118", primary_experiment_id="eid_1_118",
         observing_program_execution_id="eid_1_118_opA", instrument_name="VISP", spectral_lines=LINES_CANONICAL,
-        dataset_count=1)], actor="test")
+        dataset_count=2 if ca_arm else 1)], actor="test")
     dataset = Dataset.objects.create(
         dataset_id=dataset_id, program=program, primary_proposal_id="pid_1_118", primary_experiment_id="eid_1_118",
         instrument_program_execution_id=ipeid, instrument_name="VISP", create_date=now, update_date=now,
         wavelength_min=630.05, wavelength_max=630.35, stokes_parameters=stokes, spectral_lines=LINES_CANONICAL,
         frame_count=len(stokes) * steps, bucket=BUCKET, raw={"datasetId": dataset_id}, raw_hash="0" * 40)
+    ca = None
+    if ca_arm:
+        ca = Dataset.objects.create(
+            dataset_id=f"BCA{n}", program=program, primary_proposal_id="pid_1_118", primary_experiment_id="eid_1_118",
+            instrument_program_execution_id=ipeid, instrument_name="VISP", create_date=now, update_date=now,
+            wavelength_min=853.9, wavelength_max=854.5, stokes_parameters=stokes, spectral_lines=["Ca II 854.21"],
+            frame_count=len(stokes) * steps, bucket=BUCKET, raw={"datasetId": f"BCA{n}"}, raw_hash="1" * 40)
     for step in PATHS[State.WORKING]:
         lifecycle.transition(program, step, actor="test", user=claimant, reason=f"to {step}")
     program.refresh_from_db()
-    case = Case(program, dataset, root, f"/inversions/run-{n}", steps)
+    case = Case(program, dataset, root, f"/inversions/run-{n}", steps, ca)
     if l1:  # the intake does not need them
         write_demo_dataset(case.l1_folder, dataset_id, n_steps=steps, n_wave=l1_wave, n_slit=slit, compress=False, stokes=stokes,
-                           fast=True, proposal_id="pid_1_118", instrument_program_id=ipeid)
+                           fast=True, proposal_id="pid_1_118", instrument_program_id=ipeid, arm_id=1)
+        if ca is not None:
+            write_demo_dataset(case.l1_folder_of(ca), ca.dataset_id, n_steps=steps, n_wave=l1_wave, n_slit=slit,
+                               compress=False, stokes=stokes, fast=True, proposal_id="pid_1_118",
+                               instrument_program_id=ipeid, arm_id=2, wavelength_range=(853.9, 854.5),
+                               bbox="(200.0,100.0),(230.0,140.0)")
     write_demo_results(case.results_folder, n_steps=result_steps or steps, n_slit=slit, n_depth=depth, n_wave=wave,
-                       spectral_lines=LINES_STORE, seed=n)
+                       line_ids=(4, 23) if ca_arm else (23,), fiducial_arm=fiducial_arm, seed=n)
+    # the Fe arm (two Fe I lines listed) is one profile
     return case
 
 

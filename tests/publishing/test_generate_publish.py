@@ -5,7 +5,7 @@ import os
 import random
 import warnings
 
-import asdf
+import dkist
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -19,6 +19,8 @@ from publishing.l2files import QUANTITIES, frame_is_valid
 from publishing.models import L2File
 from publishing.pipeline import Outcome, Refused
 from publishing.tasks import generate_l2, publish_l2
+
+from .conftest import DEPTH, SLIT, STEPS
 
 pytestmark = pytest.mark.django_db
 
@@ -76,13 +78,13 @@ def test_generation_writes_valid_frames_and_the_dataset_file(make_case_for, scie
             primary = hdul[0].header
             assert (primary["LEVEL"], primary["DSETID"], primary["IP_ID"]) == (2, case.inversion.inversion_id,
                                                                                str(case.program))
-            assert primary["L1DSETID"] == case.dataset.dataset_id and primary["STEPIDX"] == 2
-            assert [hdul[i].header["EXTNAME"] for i in (12, 13)] == ["Fe I 630.15 Original", "Fe I 630.15 Fit"]
-            assert hdul[12].header["CTYPE2"] == "AWAV"  # the store's line names carry the wavelength
+            assert primary["DATE-BEG"] == fits.getheader(l1_frame(case, 3), 1)["DATE-BEG"]
+            assert [hdul[i].header["EXTNAME"] for i in (12, 13)] == ["Fe I Profile Original", "Fe I Profile Fit"]
+            assert len(hdul) == 14  # the two-line Fe arm is one profile
+            assert hdul[12].header["CTYPE2"] == "AWAV"
             l2_header = hdul[2].header
     # WCS pixel (0, 0) of the L2 temperature map = pixel (0, 0) of the L1 frame of the same raster step
-    l1 = next(fits.getheader(p, 1) for p in sorted(case.l1_folder.glob("*.fits"))
-              if fits.getheader(p, 1)["DINDEX3"] == 3 and fits.getheader(p, 1)["DINDEX4"] == 1)
+    l1 = fits.getheader(l1_frame(case, 3), 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)  # MJD-* filled in from DATE-*
         w1, w2 = WCS(l1), WCS(l2_header)
@@ -94,10 +96,75 @@ def test_generation_writes_valid_frames_and_the_dataset_file(make_case_for, scie
     lat2 = [i for i, c in enumerate(w2.wcs.ctype) if c.startswith("HPLT")][0]
     assert np.allclose([l2_world[lon2], l2_world[lat2]], [l1_world[lon], l1_world[lat]], atol=1e-9)
 
-    tree = asdf.open(folder / meta.filename)
-    with tree:
-        assert tree["inventory"]["inversionId"] == case.inversion.inversion_id
-        assert tree["files"]["filenames"] == [f.filename for f in frames]
+    assert meta.filename == f"INV_{case.inversion.inversion_id}_L2_metadata.asdf"
+    inversion = dkist.load_dataset(folder / meta.filename)
+    assert inversion.meta["inventory"]["inversionId"] == case.inversion.inversion_id
+    assert inversion.meta["inventory"]["canonicalDataset"] == case.dataset.dataset_id
+    assert list(inversion["temperature"].files.filenames) == [f.filename for f in frames]
+    assert np.asarray(inversion["temperature"].data[2]).shape == (SLIT, DEPTH)
+
+
+def l1_frame(case, dindex3: int):
+    """The L1 file of raster step ``dindex3`` (1-based), Stokes I."""
+    return next(p for p in sorted(case.l1_folder.glob("*.fits"))
+                if fits.getheader(p, 1)["DINDEX3"] == dindex3 and fits.getheader(p, 1)["DINDEX4"] == 1)
+
+
+def l2_sky_of_pixel_zero(case, step: int = 0) -> tuple[float, float]:
+    frames = sorted(L2File.objects.filter(inversion=case.inversion, kind="frame"), key=lambda r: r.step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        world = WCS(fits.getheader(files_folder(case) / frames[step].filename, "Temperature")).pixel_to_world_values(
+            0, 0, 0)
+    return float(world[2]), float(world[1])  # HPLN, HPLT (axes: depth, slit = HPLT, raster = HPLN)
+
+
+def l1_sky_of_pixel_zero(folder, step: int = 0) -> tuple[float, float]:
+    header = next(fits.getheader(p, 1) for p in sorted(folder.glob("*.fits"))
+                  if fits.getheader(p, 1)["DINDEX3"] == step + 1 and fits.getheader(p, 1)["DINDEX4"] == 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        world = WCS(header).pixel_to_world_values(0, 0, 0)
+    lon = [i for i, c in enumerate(header["CTYPE*"].values()) if str(c).startswith("HPLN")][0]
+    lat = [i for i, c in enumerate(header["CTYPE*"].values()) if str(c).startswith("HPLT")][0]
+    return float(world[lon]), float(world[lat])
+
+
+@pytest.mark.parametrize("fiducial", [1, 2])
+def test_the_fiducial_arm_gives_the_wcs(make_case_for, scientist, fiducial):
+    """DESR-FID names the arm by its L1 VSPARMID: that arm's frames give the spatial WCS."""
+    case = inverted(make_case_for, scientist, ca_arm=True, fiducial_arm=fiducial)
+    assert len(case.inversion.dataset_ids) == 2 and case.inversion.spectral_lines == ["Fe I (630.15 nm)",
+                                                                                      "Ca II (854.21 nm)"]
+    generated(case)
+    arm = case.dataset if fiducial == 1 else case.ca_arm
+    other = case.ca_arm if fiducial == 1 else case.dataset
+    for step in (0, 3):
+        l2 = l2_sky_of_pixel_zero(case, step)
+        assert np.allclose(l2, l1_sky_of_pixel_zero(case.l1_folder_of(arm), step), rtol=0, atol=0.01 / 3600)
+        assert not np.allclose(l2, l1_sky_of_pixel_zero(case.l1_folder_of(other), step), rtol=0, atol=1.0 / 3600)
+    meta = L2File.objects.get(inversion=case.inversion, kind="metadata")
+    inversion = dkist.load_dataset(files_folder(case) / meta.filename)
+    assert inversion.meta["inventory"]["canonicalDataset"] == arm.dataset_id
+    assert sorted(inversion.profiles.keys()) == ["CaII854_fit", "CaII854_orig", "FeI630_fit", "FeI630_orig"]
+
+
+def test_no_arm_with_the_fiducial_vsparmid_puts_the_program_in_error(make_case_for, scientist):
+    case = inverted(make_case_for, scientist, fiducial_arm=3)
+    order = pipeline.request_generate(case.program, actor="olga", enqueue=False).order
+    assert pipeline.run_generate(order.pk).outcome == Outcome.FAILED
+    case.program.refresh_from_db()
+    assert case.program.state == State.ERROR
+    reason = last_transition(case.program).reason
+    assert "fiducial arm DESR-FID = 3" in reason and f"{case.dataset.dataset_id}: 1" in reason
+
+
+def test_l1_with_one_raster_step_more_than_the_inversion(make_case_for, scientist):
+    case = inverted(make_case_for, scientist, result_steps=STEPS - 1)
+    order = generated(case)
+    assert order.details["frames"] == STEPS - 1 == case.inversion.raster_steps
+    assert np.allclose(l2_sky_of_pixel_zero(case, STEPS - 2), l1_sky_of_pixel_zero(case.l1_folder, STEPS - 2),
+                       rtol=0, atol=0.01 / 3600)
 
 
 def test_generation_is_restartable_and_skips_unchanged_inputs(make_case_for, scientist):
@@ -157,7 +224,7 @@ def test_publish_transfers_the_files_and_records_the_inversion_in_the_store(make
     plan = pipeline.publish_plan(case.program)
     inv_id = case.inversion.inversion_id
     assert plan.ok and plan.path == f"/data/pid_1_118/{inv_id}/" and len(plan.files) == 6
-    assert plan.record["asdfObjectKey"] == f"pid_1_118/{inv_id}/{inv_id}_L2_METADATA.asdf"
+    assert plan.record["asdfObjectKey"] == f"pid_1_118/{inv_id}/INV_{inv_id}_L2_metadata.asdf"
 
     order = pipeline.request_publish(case.program, actor="olga", enqueue=False).order
     assert publish_l2.apply(args=[order.pk]).get() == "done"

@@ -2,8 +2,8 @@
 
 Source: scanning/emulator/data/dataset_inventories_pid_1_118.json and
 dataset_inventories_pid_2_114.json, rules of DESIGN §6 with the default thresholds
-(health ≥ 0.75, AO ≥ 0.75, GOS open == frameCount, Stokes IQUV, Fe I 630.15 covered, on
-disk). Each ``why`` is written from the records, not from running ``qualify``.
+(health ≥ 0.75, AO ≥ 0.75, GOS open == frameCount, Stokes exactly IQUV, Fe I 630.15 listed
+or within a dataset's wavelength range ± 0.5 nm, on disk). Each ``why`` is written from the records, not from running ``qualify``.
 
 Facts shared by all programs below, read off the records:
 - GOS: ``gosStatus.open == frameCount`` in every ViSP record → GOS never fails.
@@ -11,9 +11,10 @@ Facts shared by all programs below, read off the records:
   (830.37, -190.34), 2024-04-22) while the solar radius is ≥ 943.4″ all year (954.2″ on
   2024-04-22) → never fails.
 - pid_1_118 (2022-06): 2 arms per program, 630.24–634.39 nm and 854.25–856.79 nm, all IQUV,
-  health good == frameCount == 1960. Fe I 630.15 is covered by inference (630.15 lies within
-  630.24 − 0.5) where spectralLines is null; where spectralLines is ['Fe I (630.25 nm)'] the
-  list is used as given and Fe I 630.15 is NOT covered.
+  health good == frameCount == 1960. The Fe arm's range starts at 630.2392 nm, so 630.15012
+  lies inside it widened by 0.5 nm (630.2392 − 0.5 = 629.7392 ≤ 630.15012): Fe I 630 passes
+  on the range, whether spectralLines is null (BVJVO …) or lists only 'Fe I (630.25 nm)'
+  (AMDKO, AODMM, BRWJV: the arm observes both Fe I lines; the store named only one).
 - pid_2_114 2023-10 programs: 3 arms (Fe 629.42–631.01 listing Fe I 630.15 + 630.25,
   Ca II 853.70–854.64, Na I D1 589.08–590.13). Stokes I programs have low health.
 - pid_2_114 2024-04 programs: 3 arms (Fe 629.56–630.73 listing Fe I 630.15 + 630.25,
@@ -64,11 +65,11 @@ EXPECTED: dict[str, Expected] = {
     "id.85415.255722": _ok(PID_1, "IQUV, good 1960/1960, AO 1940/1960=0.990, Fe I 630.15 inferred (BDWQK)"),
     "id.85415.352627": _ok(PID_1, "IQUV, good 1960/1960, AO 1916/1960=0.978, Fe I 630.15 inferred (AGNWO)"),
     "id.85415.449342": _ok(PID_1, "IQUV, good 1960/1960, AO 1956/1960=0.998, Fe I 630.15 inferred (AKNGW)"),
-    "id.85415.543493": _fails(PID_1, {FE}, "AMDKO lists only 'Fe I (630.25 nm)', ANKLM (854 nm arm) infers Ca II only → no Fe I 630.15"),
-    "id.85415.640020": _fails(PID_1, {FE}, "AODMM lists only 'Fe I (630.25 nm)', APJND is the 854 nm arm → no Fe I 630.15; AO 1784/1960=0.910 ok"),
+    "id.85415.543493": _ok(PID_1, "AMDKO lists only 'Fe I (630.25 nm)' but its range 630.24–634.39 nm covers 630.15 within 0.5 nm; IQUV, good 1960/1960, AO 1944/1960=0.992"),
+    "id.85415.640020": _ok(PID_1, "AODMM lists only 'Fe I (630.25 nm)', range 630.24–634.39 nm covers 630.15 within 0.5 nm; IQUV, good 1960/1960, AO 1784/1960=0.910"),
     "id.85415.734171": _ok(PID_1, "IQUV, good 1960/1960, AO 1644/1960=0.839, Fe I 630.15 inferred (AQNGZ)"),
     "id.85572.153697": _ok(PID_1, "IQUV, good 1960/1960, AO 1952/1960=0.996, Fe I 630.15 inferred (AWOWP)"),
-    "id.85572.248037": _fails(PID_1, {FE}, "BRWJV lists only 'Fe I (630.25 nm)', AVORO is the 854 nm arm → no Fe I 630.15; all else perfect (AO 1960/1960)"),
+    "id.85572.248037": _ok(PID_1, "BRWJV lists only 'Fe I (630.25 nm)', range 630.24–634.39 nm covers 630.15 within 0.5 nm; IQUV, good 1960/1960, AO 1960/1960"),
     "id.85572.341432": _ok(PID_1, "IQUV, good 1960/1960, AO 1956/1960=0.998, Fe I 630.15 inferred (BPJDD)"),
     "id.85572.434881": _ok(PID_1, "IQUV, good 1960/1960, AO 1944/1960=0.992, Fe I 630.15 inferred (BNKVM)"),
     "id.85572.528411": _ok(PID_1, "IQUV, good 1960/1960, AO 1960/1960, Fe I 630.15 inferred (BLGOX)"),
@@ -138,7 +139,7 @@ EXPECTED: dict[str, Expected] = {
 }
 
 INVERTIBLE: frozenset[str] = frozenset(k for k, e in EXPECTED.items() if e.invertible)
-"""The 44 ViSP programs of the fixtures that qualify (14 in pid_1_118, 30 in pid_2_114)."""
+"""The 47 ViSP programs of the fixtures that qualify (17 in pid_1_118: all of them, 30 in pid_2_114)."""
 
 NOT_SUPPORTED_REASON = {"VBI": "VBI not supported"}
 """Every VBI program of the fixtures is Not Invertible with this single reason."""

@@ -35,7 +35,7 @@ def test_dataset_pages_have_the_design_fields_and_match_the_files(metadata_store
     for record in page:
         stored = by_id[record["datasetId"]]
         assert {k: record[k] for k in stored} == stored  # every stored field arrives unchanged
-        assert record["productId"] is None
+        assert record["productId"] == f"L1-{record['datasetId']}"  # the emulator derives what the fixtures lack
     pid = metadata_store_client.dataset_inventories(500, 1, proposal_ids=["pid_1_118"])
     assert len(pid) == 136 and {r["primaryProposalId"] for r in pid} == {"pid_1_118"}
     visp = metadata_store_client.dataset_inventories(500, 1, instrument_names=["VISP"], proposal_ids=["pid_2_114"])
@@ -84,7 +84,7 @@ def test_garbage_records_reach_the_caller_as_sent():
     try:
         with client_for(server) as client:
             page = client.dataset_inventories(10, 1)
-        assert page[0]["frameCount"] == "many" and page[0]["health"] == "bad" and page[0]["bucket"] is None
+        assert page[0]["frameCount"] == "many" and page[0]["health"] == "bad" and page[0]["bucket"] == "data"
         assert 12345 in page
     finally:
         server.stop()
@@ -243,3 +243,20 @@ def test_session_can_be_supplied(metadata_store):
     assert session.post(metadata_store.url, json={"query": "{ l2Inversions { inversionId } }"},
                         headers={"Authorization": TOKEN}, timeout=5).status_code == 200
     session.close()
+
+
+def test_every_field_the_scan_asks_for_is_a_field_of_the_store_s_dataset_view():
+    from graphql import GraphQLList, GraphQLNonNull, get_named_type
+
+    from scanning.emulator.server import load_schema
+
+    view = load_schema().type_map["DatasetInventoryViewResponse"].fields
+    assert set(DATASET_FIELDS) <= set(view)
+    # how the schema types the new quality and product fields (the parser reads them so)
+    kinds = {name: view[name].type for name in DATASET_FIELDS}
+    assert str(get_named_type(kinds["polarimetricAccuracy"])) == "DistributionString"
+    assert {str(get_named_type(kinds[n])) for n in ("qualityAverageFriedParameter", "qualityAveragePolarimetricAccuracy",
+                                                   "datasetSize")} == {"Float"}
+    assert str(kinds["hasAllStokes"]) == "Boolean" and str(kinds["targetTypes"]) == "[String!]!"
+    assert isinstance(kinds["status"], GraphQLNonNull) and isinstance(kinds["targetTypes"].of_type, GraphQLList)
+    assert str(kinds["productId"]) == "String!" and str(kinds["bucket"]) == "String!"  # so the emulator derives them

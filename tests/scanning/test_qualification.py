@@ -72,7 +72,7 @@ def edit(records: list[DatasetRecord], dataset_id: str, **changes) -> list[Datas
 def test_expected_table_covers_every_visp_program_of_the_fixtures():
     visp = {k for k, recs in PROGRAMS.items() if recs[0].instrument_name.upper() == "VISP"}
     assert set(EXPECTED) == visp
-    assert len(visp) == 73 and len(INVERTIBLE) == 44
+    assert len(visp) == 73 and len(INVERTIBLE) == 47
 
 
 @pytest.mark.parametrize("ipe_id", sorted(EXPECTED))
@@ -118,22 +118,49 @@ def test_981348_stokes_i_only_and_poor_health():
     assert "766 of 1345" in health.reason
     ao = rule(report, RULE_AO)
     assert ao.passed and ao.value == pytest.approx(1186 / 1345, abs=1e-4)
-    assert rule(report, RULE_FE_I_630).value == ["AKPKJ"]
+    fe = rule(report, RULE_FE_I_630)
+    assert (fe.dataset_id, fe.value) == ("AKPKJ", "Fe I 630.15 listed, 629.42–631.01 nm")  # the line and the range
     fried = [w for w in report.warnings if w.code == "fried_low"]
     assert [(w.level, w.dataset_id) for w in fried] == [("red", "AJQJL")]
     assert "0.019" in fried[0].message
 
 
-def test_85415_543493_lists_only_fe_630_25():
-    # id.85415.543493: AMDKO (630.24–634.39 nm) lists only "Fe I (630.25 nm)"; ANKLM
-    # (854.25–856.79 nm) has no spectralLines and infers Ca II only → Fe I 630.15 nowhere.
-    # Everything else is perfect: IQUV, 1960/1960 good, GOS open, AO 1944/1960.
-    report = qualify(program("id.85415.543493"), T)
-    assert report.failed_rules == [RULE_FE_I_630]
+@pytest.mark.parametrize(("ipe_id", "fe_arm"), [
+    ("id.85415.543493", "AMDKO"), ("id.85415.640020", "AODMM"), ("id.85572.248037", "BRWJV"),
+])
+def test_an_arm_listing_only_fe_630_25_passes_on_its_range(ipe_id, fe_arm):
+    # The three pid_1_118 programs whose Fe arm lists only "Fe I (630.25 nm)": the arm spans
+    # 630.2392–634.3898 nm; widened by 0.5 nm it starts at 629.7392 ≤ 630.15012, so it
+    # observes Fe I 630.15 too (the store named one of the two lines). The other arm
+    # (854.25–856.79 nm, no spectralLines) is the Ca II arm. IQUV, 1960/1960 good, GOS open,
+    # AO ≥ 1784/1960 → Invertible.
+    report = qualify(program(ipe_id), T)
+    assert report.invertible and report.failed_rules == []
     fe = rule(report, RULE_FE_I_630)
-    assert fe.value == [] and fe.reason == (
-        "no dataset covers Fe I 630.15 (lines found: Ca II 854.21, Fe I 630.25)"
-    )
+    assert fe.dataset_id == fe_arm and fe.value == "Fe I 630.15 in range, 630.24–634.39 nm"
+    assert fe.reason == f"{fe_arm} covers Fe I 630.15 (630.15 nm ± 0.5) with 630.24–634.39 nm"
+    # with no tolerance the range misses 630.15: the rule fails and says what it saw
+    strict = rule(qualify(program(ipe_id), replace(T, line_tolerance_nm=0.0)), RULE_FE_I_630)
+    assert not strict.passed and strict.value == "Fe I 630.25"
+    assert f"{fe_arm} 630.24–634.39 nm" in strict.reason and "lists or covers Fe I 630.15" in strict.reason
+
+
+def test_a_listed_fe_i_630_15_passes_whatever_the_range():
+    records = edit(program("id.136838.981348"), "AKPKJ", wavelength_min=None, wavelength_max=None)
+    fe = rule(qualify(records, T), RULE_FE_I_630)
+    assert fe.passed and fe.value == "Fe I 630.15 listed, no wavelength range"
+
+
+def test_optional_lines_are_shown_present_or_missing():
+    # id.157345.999393 (2024-04): Ca II 853.26–855.02 covers 854.21, not 849.80; Na 588.90–590.16
+    # lists Na I D1 and D2.
+    report = qualify(program("id.157345.999393"), T)
+    shown = {o["line"]: o["present"] for o in report.optional_lines}
+    assert shown == {"Ca II 854.21": True, "Ca II 849.80": False, "Na I D2 589.00": True}
+    assert report.to_dict()["optional_lines"] == report.optional_lines
+    # pid_1_118: Fe and Ca arms only
+    shown = {o["line"]: o["present"] for o in qualify(program("id.85415.162408"), T).optional_lines}
+    assert shown == {"Ca II 854.21": True, "Ca II 849.80": False, "Na I D2 589.00": False}
 
 
 def test_85415_162408_infers_fe_630_15_from_the_range():
@@ -142,7 +169,7 @@ def test_85415_162408_infers_fe_630_15_from_the_range():
     # IQUV, 1960/1960 good, AO 1924/1960 = 0.982 → invertible; no "Ca II absent" warning.
     report = qualify(program("id.85415.162408"), T)
     assert report.invertible and report.failed_rules == []
-    assert rule(report, RULE_FE_I_630).value == ["AYDEW"]
+    assert rule(report, RULE_FE_I_630).dataset_id == "AYDEW"
     assert "ca_ii_854_absent" not in {w.code for w in report.warnings}
     # Both arms start above their window's lower edge (630.24 > 629.8, 854.25 > 853.2)
     # → one range_too_narrow warning per arm.
@@ -270,14 +297,31 @@ def test_missing_line_data_fails_fe_rule_only_when_nothing_covers_it():
 
 
 def test_required_line_is_a_setting():
-    # Accepting Fe I 630.25 as the required line makes id.85415.543493 invertible.
-    report = qualify(program("id.85415.543493"), replace(T, required_line="Fe I 630.25"))
-    assert report.invertible
+    # Requiring Ca II 854.21 instead: the Ca arm ANKLM of id.85415.543493 covers it.
+    fe = rule(qualify(program("id.85415.543493"), replace(T, required_line="Ca II 854.21")), RULE_FE_I_630)
+    assert fe.passed and fe.dataset_id == "ANKLM"
 
 
 def test_stokes_accepts_any_order_and_case():
     records = [replace(r, stokes_parameters="vuqi") for r in program("id.157345.999393")]
     assert rule(qualify(records, T), RULE_STOKES).passed
+    records = [replace(r, stokes_parameters="I,Q,U,V") for r in program("id.157345.999393")]
+    assert rule(qualify(records, T), RULE_STOKES).passed
+
+
+@pytest.mark.parametrize("stokes", ["IQU", "IQUVX", "IIQUV", "QUV", "IV"])
+def test_stokes_must_be_exactly_i_q_u_and_v(stokes):
+    records = edit(program("id.157345.999393"), "BKRKL", stokes_parameters=stokes)
+    result = rule(qualify(records, T), RULE_STOKES)
+    assert not result.passed and result.dataset_id == "BKRKL" and "not exactly IQUV" in result.reason
+
+
+def test_no_frame_count_or_instrument_is_no_data():
+    report = qualify(edit(program("id.157345.999393"), "BKRKL", frame_count=None), T)
+    for name in (RULE_HEALTH, RULE_GOS, RULE_AO):
+        assert (rule(report, name).reason, rule(report, name).dataset_id) == ("no frameCount data", "BKRKL")
+    report = qualify(edit(program("id.157345.999393"), "BKRKL", instrument_name=None), T)
+    assert not report.invertible and report.reason == "no instrumentName data"
 
 
 # --------------------------------------------------------------------------- instruments

@@ -144,7 +144,7 @@ GARBAGE = [
     {"datasetId": 17, "frameCount": "many"},
     "not an object",
     None,
-    {"datasetId": "G5", "boundingBox": "(nan,1),(2,3)"},
+    {"datasetId": "G5", "boundingBox": "(nan,1),(2,3)"},  # kept: no boundingBox data, a warning
     {"datasetId": "G6", "createDate": "yesterday"},
 ]
 
@@ -169,10 +169,11 @@ def test_a_fuzzed_store_never_crashes_a_scan_and_lists_each_bad_record(metadata_
     metadata_store.store._records.append(duplicate)  # the same datasetId twice in one answer
     result = scan(store_client, full=True)
     assert result.status == Scan.Status.SUCCEEDED
-    assert result.new == 21  # 20 good + the unknown instrument
-    assert result.errors == len(bad) + 1
+    assert result.new == 22  # 20 good + the unknown instrument + G5 (only its bounding box is bad)
+    assert result.errors == len(bad)  # the 5 others that cannot be identified, and the duplicate
+    assert (result.warnings, *result.record_warnings.values_list("dataset_id", "field").get()) == (1, "G5", "boundingBox")
     reasons = list(result.record_errors.values_list("reason", flat=True))
-    assert len(reasons) == len(bad) + 1 and all(reasons)
+    assert len(reasons) == len(bad) and all(reasons)
     assert any("duplicate" in r for r in reasons)
     assert ObservingProgram.objects.get(instrument_program_execution_id="id.cryo.1").state == State.NOT_INVERTIBLE
     assert Dataset.objects.filter(dataset_id=good[0]["datasetId"]).count() == 1

@@ -42,8 +42,12 @@ def test_canonical_json_is_the_stored_text_and_its_digest_the_raw_hash(fixture_r
     for raw in fixture_records[:50]:
         text, digest = canonical_json(raw)
         assert json.loads(text) == raw and digest == raw_hash(raw)
-    with pytest.raises(ValueError):
-        canonical_json({**fixture_records[0], "extra": math.nan})
+    # what jsonb cannot hold is written out as text: the same text (and digest) every time
+    odd = {**fixture_records[0], "extra": math.nan, "url": "a\x00b", "note": "\ud800", "big": 10**30}
+    text, digest = canonical_json(odd)
+    assert json.loads(text) == {**fixture_records[0], "extra": "NaN", "url": "a\\u0000b", "note": "\\ud800",
+                                "big": 10**30}
+    assert "\\u0000" not in text.replace("\\\\u0000", "") and canonical_json(copy.deepcopy(odd)) == (text, digest)
 
 
 def test_read_ahead_keeps_the_order_and_raises_a_fetch_error_after_the_pages_before_it():
@@ -133,18 +137,19 @@ def test_an_unchanged_full_rescan_parses_no_record(store_client, monkeypatch):
 
 
 @pytest.mark.django_db
-def test_a_record_holding_nan_is_a_record_error_not_a_failed_scan(metadata_store, store_client, fixture_records):
+def test_a_record_holding_nan_is_stored_escaped_with_a_warning(metadata_store, store_client, fixture_records):
     good = [copy.deepcopy(r) for r in fixture_records[:10]]
-    bad = copy.deepcopy(fixture_records[10])
-    bad["lightLevel"] = {**bad["lightLevel"], "mean": math.inf}  # a member the parser ignores; JSON has no Infinity
-    metadata_store.store.upsert_records(good + [bad], replace=True)
+    odd = copy.deepcopy(fixture_records[10])
+    odd["lightLevel"] = {**odd["lightLevel"], "mean": math.inf}  # a member the parser ignores; JSON has no Infinity
+    metadata_store.store.upsert_records(good + [odd], replace=True)
     result = scan(store_client, full=True)
-    assert (result.new, result.errors) == (10, 1)
-    error = result.record_errors.get()
-    assert error.dataset_id == bad["datasetId"] and "non-finite" in error.reason
-    assert "unserialisable" in error.raw
-    assert not Dataset.objects.filter(dataset_id=bad["datasetId"]).exists()
-    assert Transition.objects.filter(program__datasets__dataset_id=good[0]["datasetId"]).exists()
+    assert (result.new, result.errors, result.warnings) == (11, 0, 1)
+    warning = result.record_warnings.get()
+    assert (warning.dataset_id, warning.field) == (odd["datasetId"], "raw") and "lightLevel.mean" in warning.reason
+    stored = Dataset.objects.get(dataset_id=odd["datasetId"])
+    assert stored.raw["lightLevel"]["mean"] == "Infinity" and stored.light_level["med"] == odd["lightLevel"]["med"]
+    again = scan(store_client, full=True)  # the escaped record compares equal: nothing written
+    assert (again.unchanged, again.updated, again.warnings) == (11, 0, 0)
 
 
 @pytest.mark.django_db
@@ -180,23 +185,25 @@ def test_what_the_read_ahead_thread_makes_is_what_the_scan_makes_itself(metadata
                                                                          fixture_records, monkeypatch):
     """A first scan parses, builds rows, programs and reports in the read-ahead thread: the same rows as without."""
     settings.SCAN_PAGE_SIZE = 50  # programs cut by pages as well as whole ones
-    bad = {**copy.deepcopy(fixture_records[3]), "datasetId": "BAD01", "frameCount": "many"}
-    metadata_store.store.upsert_records([bad])
+    warned = {**copy.deepcopy(fixture_records[3]), "datasetId": "WARN1", "frameCount": "many"}  # kept, no frameCount
+    bad = {**copy.deepcopy(fixture_records[3]), "datasetId": "BAD01", "createDate": "never"}
+    metadata_store.store.upsert_records([warned, bad])
     made = []
     original = scan_module._make_ahead
     monkeypatch.setattr(scan_module, "_make_ahead", lambda *args: made.append(args) or original(*args))
     first = scan(store_client, full=True)
-    assert len(made) == first.pages == 11 and (first.new, first.errors) == (508, 1)
+    assert len(made) == first.pages == 11 and (first.new, first.errors, first.warnings) == (509, 1, 1)
     ahead = _stored_scan()
     with connection.cursor() as cursor:  # start again from an empty database
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("TRUNCATE inversions_outboxevent, inversions_transition, inversions_dataset, "
-                       "inversions_observingprogram, scanning_scanrecorderror, scanning_scan CASCADE")
+                       "inversions_observingprogram, scanning_scanrecorderror, scanning_scanrecordwarning, "
+                       "scanning_scan CASCADE")
     made.clear()
     plain = scan_module.prepare_page
     monkeypatch.setattr(scan_module, "prepare_page", lambda page, descriptions=None: plain(page))
     again = scan(store_client, full=True)
-    assert made == [] and (again.new, again.errors, again.programs_new) == (508, 1, first.programs_new)
+    assert made == [] and (again.new, again.errors, again.warnings, again.programs_new) == (509, 1, 1, first.programs_new)
     assert _stored_scan() == ahead
 
 

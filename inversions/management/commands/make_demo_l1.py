@@ -34,6 +34,7 @@ from inversions.transfers import local_folder
 
 N_WAVE, N_SLIT = 32, 24
 N_DEPTH = 16  # optical-depth points of the demo inversion
+DEMO_BINNING = 2  # slit binning of the demo inversion (DESR-BIN)
 
 
 def _bbox(value) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -90,9 +91,16 @@ class Command(BaseCommand):
                 self.stdout.write(f"{program}: {'preprocessing started' if result.created else result.reason}")
 
     def _results(self, program: ObservingProgram) -> None:
-        """A fake inversion matching the demo frames, where a scientist would put a real one."""
-        from publishing.intake import ReportRejected, expected_raster_steps, store_line_name
-        from publishing.results import RESULT_FILES, write_demo_results
+        """A fake inversion matching the demo frames, shaped as BLANCA writes one, where a scientist would put it.
+
+        As BLANCA's real output: one line id per arm (the line inside the arm's wavelength
+        range; a two-line Fe arm is one profile), arms not in wavelength order, offsets in mÅ,
+        ``DESR-FID`` = the ``VSPARMID`` of the Fe I arm (the demo frames number the arms in
+        wavelength order), the slit binned by ``DEMO_BINNING`` and one raster step fewer than
+        the L1 frames (the inversion drops an incomplete last step).
+        """
+        from publishing.intake import ReportRejected, expected_raster_steps
+        from publishing.results import RESULT_FILES, blanca_line_in, write_demo_results
 
         used = list(program.datasets.filter(superseded=False).order_by("wavelength_min", "dataset_id"))
         try:
@@ -100,12 +108,19 @@ class Command(BaseCommand):
         except ReportRejected as exc:
             self.stderr.write(f"{program}: no demo results ({exc})")
             return
-        lines = [store_line_name(line) for d in used for line in (d.spectral_lines or [])]
+        arms = [(arm, blanca_line_in(d.wavelength_min, d.wavelength_max)) for arm, d in enumerate(used, 1)]
+        arms = list({line.key: (arm, line) for arm, line in reversed(arms) if line is not None}.values())[::-1]
+        if not arms:
+            self.stderr.write(f"{program}: no demo results (no arm covers a line BLANCA inverts)")
+            return
+        fiducial = next((arm for arm, line in arms if line.key == "FeI630"), arms[0][0])
+        line_ids = [line.line_id for _, line in reversed(arms)]  # not in wavelength order, as BLANCA may write
         path = science_path(program) + "results/"
         folder = local_folder(settings.L2_SCIENCE_COLLECTION, path)
         if not all((folder / name).is_file() for name in RESULT_FILES.values()):
-            write_demo_results(folder, n_steps=steps, n_slit=N_SLIT, n_depth=N_DEPTH, n_wave=N_WAVE,
-                               spectral_lines=lines or ("Fe I (630.15 nm)", "Fe I (630.25 nm)"))
+            write_demo_results(folder, n_steps=max(steps - 1, 1), n_slit=N_SLIT // DEMO_BINNING, n_depth=N_DEPTH,
+                               n_wave=[N_WAVE - 4 * i for i in range(len(line_ids))], line_ids=line_ids,
+                               fiducial_arm=fiducial, binning=DEMO_BINNING)
         self.stdout.write(f"{program}: demo results to report from {settings.L2_SCIENCE_COLLECTION}:{path}")
 
     def _dataset(self, program: ObservingProgram, dataset: Dataset, arm: int) -> int:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scanning', '0001_initial'),
+        ('scanning', '0002_scan_warnings'),
     ]
 
     operations = [

@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("inversions", "0012_history_truncate_refused")]
+    dependencies = [("inversions", "0013_history_truncate_refused")]
     operations = [
         migrations.AddField(
             model_name="workorder",

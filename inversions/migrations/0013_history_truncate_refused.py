@@ -31,5 +31,5 @@ DROP FUNCTION IF EXISTS l2_refuse_history_truncate();
 
 
 class Migration(migrations.Migration):
-    dependencies = [("inversions", "0011_gin_pending_lists")]
+    dependencies = [("inversions", "0012_dataset_quality_fields")]
     operations = [migrations.RunSQL(FORWARD, BACKWARD)]
