@@ -170,7 +170,7 @@ def _page_key(page: Sequence[Any]) -> str:
     """What identifies a page's records: their datasetIds (the whole records when they have none)."""
     ids = [item.get("datasetId") if isinstance(item, Mapping) else None for item in page]
     text = "\n".join(map(str, ids)) if any(i is not None for i in ids) else json.dumps(page, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()  # ids may hold lone surrogates
 
 
 def format_store_datetime(value: datetime | str) -> str:
