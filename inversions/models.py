@@ -306,6 +306,10 @@ class WorkOrder(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
+    # Refreshed by the worker running a step (inversions.work_orders.heartbeat); while the order
+    # waits for a retry, the time it is due again. Older than L2_HEARTBEAT_STALE_SECONDS with
+    # nobody running the order: its worker died (or its message was lost) and beat resends the step.
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -50,14 +50,12 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -87,7 +85,7 @@ PROGRESS_EVERY_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 900.0
 MANIFEST = "manifest.json"
 QUICKLOOK_DIR = "quicklook"
-LOCK_CLASS = 0x4C32  # "L2": the advisory-lock namespace of work orders
+LOCK_CLASS = work_orders.LOCK_CLASS  # the advisory-lock namespace of work orders
 
 
 def software_version() -> str:
@@ -215,7 +213,7 @@ def schedule(*, queue: str | None = None) -> dict:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, 0)", [LOCK_CLASS])
             if not cursor.fetchone()[0]:
                 return {"skipped": "another scheduler is running"}
-        stale = work_orders.stalled(KIND, older_than=timedelta(minutes=float(settings.L2_STALLED_MINUTES)))
+        stale = work_orders.stalled(KIND)  # heartbeat older than L2_HEARTBEAT_STALE_SECONDS, nobody running it
         for order in stale:
             work_orders.touch(order.pk)
             step = order.step if order.step in STEPS else "stage"
@@ -236,28 +234,11 @@ def schedule(*, queue: str | None = None) -> dict:
 
 
 # --- Running a step ---------------------------------------------------------------------
-@contextmanager
-def _order_lock(order_id: int):
-    """A session advisory lock on the order for the step's duration; yields False if taken."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, order_id])
-        got = cursor.fetchone()[0]
-    try:
-        yield got
-    finally:
-        if got:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, order_id])
-            except DatabaseError:  # the connection is gone: so is the lock
-                pass
-
-
 def execute(order_id: int, step: str) -> Outcome:
     """Run ``step`` of the order once and say what comes next (see the module doc)."""
-    with _order_lock(order_id) as got:
-        if not got:  # a duplicate of a step still running elsewhere: look again later
-            return Outcome(retry_in=float(settings.L2_PREPROCESS_POLL_SECONDS), note="order busy")
+    with work_orders.running(order_id) as got:
+        if not got:  # a duplicate of a step running elsewhere: that worker carries on (or, dead, beat resends)
+            return Outcome(finished=True, note="order busy: running elsewhere")
         order = WorkOrder.objects.filter(pk=order_id, kind=KIND).select_related("program").first()
         if order is None or not order.is_active:
             return Outcome(finished=True, note="order not active")
@@ -278,7 +259,8 @@ def execute(order_id: int, step: str) -> Outcome:
         order.program = program
         began = time.monotonic()
         try:
-            outcome = STEP_FUNCTIONS[step](order, program)
+            with work_orders.heartbeat(order.pk):
+                outcome = STEP_FUNCTIONS[step](order, program)
         except DoNotRetryError as exc:
             return fail_for_good(order, program, step, exc)
         except NonFatalDoNotRetryError as exc:

@@ -18,12 +18,14 @@ def _run_step(task, order_id: int, step: str) -> str:
 
     The next step goes to the queue this one came from, so a program's chain stays on the
     workers that serve that queue. ``acks_late``: a worker killed mid-step leaves the
-    message unacknowledged and the broker redelivers it; the step is idempotent.
+    message unacknowledged and the broker redelivers it; beat resends it sooner once the
+    order's heartbeat is stale (``inversions.work_orders``). The step is idempotent.
     """
-    from inversions import pipeline
+    from inversions import pipeline, work_orders
 
     outcome = pipeline.execute(order_id, step)
     if outcome.retry_in is not None:
+        work_orders.expect(order_id, outcome.retry_in)  # not taken for lost while it waits
         raise task.retry(countdown=outcome.retry_in, max_retries=None)
     if outcome.next_step:
         queue = (task.request.delivery_info or {}).get("routing_key") or None

@@ -25,6 +25,13 @@ the kind has the same fingerprint; a pipeline that learns its inputs later
 (preprocessing: after staging) calls :func:`record_inputs`, which answers the
 Completed order with the same fingerprint, if any (``None`` when forced).
 
+**Liveness.** A worker runs a step holding the order's advisory lock (:func:`running`) and
+inside :func:`heartbeat`, whose thread refreshes ``heartbeat_at``; a step that waits for a
+Celery retry sets it to the time it is due (:func:`expect`). Beat resends the step of every
+active order whose heartbeat is older than ``L2_HEARTBEAT_STALE_SECONDS`` and whose lock
+nobody holds (:func:`stalled`): a worker killed with ``kill -9`` is replaced within that
+age plus beat's interval, whatever the broker's redelivery does.
+
 Everything takes an order id or an order and is safe to call again after a worker was
 killed: ``start`` of a finished order answers ``None``, ``complete``/``fail`` of a
 finished order change nothing, ``advance`` only moves a step that is still current.
@@ -33,11 +40,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import BooleanField
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from inversions.models import ObservingProgram, WorkOrder
@@ -130,7 +143,7 @@ def request(
     order = WorkOrder(
         program_id=pk, kind=kind, status=Status.QUEUED, forced=forced, requested_by=requested_by[:150],
         requested_by_user=user, input_checksums=checksums, input_fingerprint=fp, details=dict(details or {}),
-        created_at=now, updated_at=now,
+        created_at=now, updated_at=now, heartbeat_at=now,
     )
     try:
         with transaction.atomic():
@@ -258,17 +271,113 @@ def fail(order: WorkOrder | int, *, step: str, error: str, details: dict | None 
     return _finish(order, Status.FAILED, step=step, error=error, details=details, progress=None)
 
 
-def stalled(kind: str, *, older_than: timedelta) -> list[WorkOrder]:
-    """Active orders of ``kind`` not touched for ``older_than`` (their task message was lost)."""
+def stale_after() -> timedelta:
+    """How old a heartbeat may be before its order is taken for lost (``L2_HEARTBEAT_STALE_SECONDS``)."""
+    return timedelta(seconds=float(settings.L2_HEARTBEAT_STALE_SECONDS))
+
+
+def stalled(kind: str, *, older_than: timedelta | None = None) -> list[WorkOrder]:
+    """Active orders of ``kind`` whose heartbeat is older than ``older_than`` (default
+    :func:`stale_after`) and that no worker is running (nobody holds their :func:`running`
+    lock): the worker died, or the task message was lost. Beat sends their step again."""
+    cutoff = timezone.now() - (stale_after() if older_than is None else older_than)
     return list(
-        WorkOrder.objects.filter(kind=kind, status__in=ACTIVE, updated_at__lt=timezone.now() - older_than)
-        .order_by("updated_at", "id")
+        WorkOrder.objects.filter(kind=kind, status__in=ACTIVE)
+        .annotate(beat=Coalesce("heartbeat_at", "updated_at"))
+        .filter(beat__lt=cutoff)
+        .filter(RawSQL(_NOT_RUNNING, [], output_field=BooleanField()))
+        .order_by("beat", "id")
     )
 
 
 def touch(order_id: int) -> None:
     """Mark an active order as alive (re-dispatched), so it is not taken for stalled again at once."""
-    WorkOrder.objects.filter(pk=order_id, status__in=ACTIVE).update(updated_at=timezone.now())
+    now = timezone.now()
+    WorkOrder.objects.filter(pk=order_id, status__in=ACTIVE).update(updated_at=now, heartbeat_at=now)
+
+
+# --- Liveness: who runs an order now, and since when nobody does ----------------------------
+#: The advisory-lock namespace of work orders (pg_advisory_lock(LOCK_CLASS, order id)).
+LOCK_CLASS = 0x4C32  # "L2"
+_NOT_RUNNING = (
+    "NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+    f"AND l.classid = {LOCK_CLASS} AND l.objid = inversions_workorder.id AND l.objsubid = 2 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+
+
+@contextmanager
+def running(order_id: int):
+    """A session advisory lock on the order while a worker runs it; yields False if another has it.
+
+    PostgreSQL releases it when the worker's connection ends, also when the worker is killed:
+    so "nobody holds it" means nobody is running the order.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, order_id])
+        got = cursor.fetchone()[0]
+    try:
+        yield got
+    finally:
+        if got:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, order_id])
+            except DatabaseError:  # the connection is gone: so is the lock
+                pass
+
+
+def heartbeat_interval() -> float:
+    """Seconds between two heartbeats of a running step: a quarter of the stale age (at least 1 s)."""
+    return max(1.0, float(settings.L2_HEARTBEAT_STALE_SECONDS) / 4)
+
+
+def beat(order_id: int) -> bool:
+    """The order is alive now: one UPDATE, skipping a row another transaction holds (never waits),
+    never moving back the time a waiting order is due (:func:`expect`)."""
+    table, now = WorkOrder._meta.db_table, timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET heartbeat_at = %s WHERE id = (SELECT id FROM {table} WHERE id = %s "
+            f"AND status IN ('queued', 'started') AND (heartbeat_at IS NULL OR heartbeat_at < %s) "
+            f"FOR UPDATE SKIP LOCKED)",
+            [now, order_id, now],
+        )
+        return cursor.rowcount == 1
+
+
+def expect(order_id: int, seconds: float) -> None:
+    """The order waits ``seconds`` for its next run (a Celery retry with a countdown): its
+    heartbeat is set to then, so that beat takes it for lost only once it is that late."""
+    WorkOrder.objects.filter(pk=order_id, status__in=ACTIVE).update(
+        heartbeat_at=timezone.now() + timedelta(seconds=max(0.0, float(seconds)))
+    )
+
+
+@contextmanager
+def heartbeat(order_id: int):
+    """While the block runs, a thread refreshes the order's heartbeat every :func:`heartbeat_interval`
+    seconds (in a database connection of its own, closed at the end)."""
+    WorkOrder.objects.filter(pk=order_id, status__in=ACTIVE).update(heartbeat_at=timezone.now())
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            while not stop.wait(heartbeat_interval()):
+                try:
+                    beat(order_id)
+                except DatabaseError:  # a hiccup: the next beat may pass; stale only if they all fail
+                    connection.close()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, name=f"heartbeat-{order_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def count_active(kind: str) -> int:

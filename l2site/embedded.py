@@ -14,6 +14,8 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DB_NAME = "l2"
+OWNER_ROLE = "postgres"  # migrates; owns the tables
+APP_ROLE = "l2_app"  # web, workers: owns nothing, only adds to the history
 
 
 def var_dir() -> Path:
@@ -44,20 +46,29 @@ def stop_postgres(server) -> None:
 
 
 def database_settings() -> dict:
-    """Django DATABASES['default'] for the embedded server, creating the database once."""
+    """Django DATABASES['default'] for the embedded server: the app role (``l2_app``, owning no
+    table), creating the database and the role once. Migrations run as :func:`owner_settings`."""
     server = postgres_server()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}';")
     if "1 row" not in exists:
         server.psql(f"CREATE DATABASE {DB_NAME};")
+    role = server.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}';")
+    if "1 row" not in role:
+        server.psql(f"CREATE ROLE {APP_ROLE} LOGIN;")  # local socket, trust: no password
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": DB_NAME,
-        "USER": "postgres",
+        "USER": APP_ROLE,
         "HOST": str(server.pgdata),  # a folder: psycopg connects over the unix socket there
         "PORT": "",
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
     }
+
+
+def owner_settings() -> dict:
+    """The connection migrations use: the embedded server's superuser, who owns the tables."""
+    return {"USER": OWNER_ROLE}
 
 
 def broker_settings() -> tuple[str, dict]:

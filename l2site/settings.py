@@ -130,14 +130,20 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
+# The app (web, workers) connects as a role that owns no table; migrations run as the owner
+# (l2site/db_roles.py, inversions/management/commands/migrate.py). None: one role for both.
+DATABASE_MIGRATE = None
 if env("DATABASE_URL"):
     DATABASES = {
         "default": dj_database_url.parse(
             env("DATABASE_URL"), conn_max_age=int(env_number("DATABASE_CONN_MAX_AGE", 60)), conn_health_checks=True
         )
     }
+    if env("DATABASE_MIGRATE_URL") and env("DATABASE_MIGRATE_URL") != env("DATABASE_URL"):
+        DATABASE_MIGRATE = dj_database_url.parse(env("DATABASE_MIGRATE_URL"))
 else:
     DATABASES = {"default": embedded.database_settings()}
+    DATABASE_MIGRATE = embedded.owner_settings()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Login throttling (django-axes): after L2_LOGIN_FAILURE_LIMIT failed logins for one user name
@@ -275,7 +281,9 @@ L2_PREPROCESS_INTERVAL_SECONDS = env_number("L2_PREPROCESS_INTERVAL_SECONDS", 60
 L2_PREPROCESS_POLL_SECONDS = env_number("L2_PREPROCESS_POLL_SECONDS", 30.0)
 L2_PREPROCESS_MAX_RETRIES = max(0, int(env_number("L2_PREPROCESS_MAX_RETRIES", 5, int)))
 L2_PREPROCESS_RETRY_SECONDS = env_number("L2_PREPROCESS_RETRY_SECONDS", 30.0)
-L2_STALLED_MINUTES = env_number("L2_STALLED_MINUTES", 120.0)
+# A work order's heartbeat (refreshed while a worker runs its step) older than this, with no
+# worker holding the order: beat sends its step again (a worker killed, a message lost).
+L2_HEARTBEAT_STALE_SECONDS = max(1.0, env_number("L2_HEARTBEAT_STALE_SECONDS", 120.0))
 # The embedded default's demo L1 frames (manage.py make_demo_l1): for this many Invertible programs.
 L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 2, int)))
 
@@ -285,6 +293,10 @@ METADATA_STORE_TOKEN = env("METADATA_STORE_TOKEN", "")
 METADATA_STORE_TIMEOUT = env_number("METADATA_STORE_TIMEOUT", 60.0)
 METADATA_STORE_MAX_ATTEMPTS = int(env_number("METADATA_STORE_MAX_ATTEMPTS", 5, int))
 METADATA_STORE_BACKOFF_SECONDS = env_number("METADATA_STORE_BACKOFF_SECONDS", 0.5)
+# The most one request may take in all (its tries, their answers, the waits between them).
+METADATA_STORE_DEADLINE_SECONDS = env_number("METADATA_STORE_DEADLINE_SECONDS", 120.0)
+if METADATA_STORE_DEADLINE_SECONDS <= 0:
+    raise ImproperlyConfigured("METADATA_STORE_DEADLINE_SECONDS must be positive")
 SCAN_PAGE_SIZE = int(env_number("SCAN_PAGE_SIZE", 1000, int))
 SCAN_OVERLAP_MINUTES = env_number("SCAN_OVERLAP_MINUTES", 60.0)
 SCAN_INTERVAL_SECONDS = env_number("SCAN_INTERVAL_SECONDS", 900.0)

@@ -616,7 +616,7 @@ def store_client(step: str = "publish"):
     return MetadataStoreClient(
         settings.METADATA_STORE_URL, settings.METADATA_STORE_TOKEN, timeout=(10.0, settings.METADATA_STORE_TIMEOUT),
         max_attempts=settings.METADATA_STORE_MAX_ATTEMPTS, backoff_base=settings.METADATA_STORE_BACKOFF_SECONDS,
-        step=step,
+        deadline=settings.METADATA_STORE_DEADLINE_SECONDS, step=step,
     )
 
 

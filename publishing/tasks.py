@@ -10,6 +10,7 @@ blocking sleep. Failures are classified where they happen (``inversions.errors``
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 from celery import shared_task
 from django.conf import settings
@@ -23,13 +24,33 @@ RETRY_DELAYS = (10, 60, 300)  # seconds before the 1st, 2nd, 3rd retry of a Retr
 
 def _again(task, order_id: int, countdown: float, *, poll: bool):
     """The task again later, for the same order (a new message; this one is acknowledged)."""
+    from inversions import work_orders
+
+    work_orders.expect(order_id, countdown)  # not taken for lost while it waits
     return task.retry(countdown=countdown, max_retries=None, args=(), kwargs={"order_id": order_id, "poll": poll})
+
+
+@contextmanager
+def _alive(order_id: int):
+    """Run the order holding its lock, with a heartbeat (``inversions.work_orders``); yields False,
+    running nothing, when another worker runs it now (a duplicate message: that one carries on)."""
+    from inversions import work_orders
+
+    with work_orders.running(order_id) as got:
+        if not got:
+            yield False
+            return
+        with work_orders.heartbeat(order_id):
+            yield True
 
 
 def _io_retry(task, order_id: int, exc: Exception, on_give_up) -> None:
     """Retry a RetryError a few times (growing countdown); then give up through ``on_give_up``."""
     n = int(task.request.kwargs.get("io_tries", 0)) if task.request.kwargs else 0
     if n < len(RETRY_DELAYS):
+        from inversions import work_orders
+
+        work_orders.expect(order_id, RETRY_DELAYS[n])
         raise task.retry(countdown=RETRY_DELAYS[n], max_retries=None, args=(),
                          kwargs={"order_id": order_id, "poll": False, "io_tries": n + 1})
     on_give_up(f"{exc} (after {n + 1} tries)")
@@ -42,7 +63,10 @@ def intake_results(self, order_id: int, poll: bool = False, io_tries: int = 0) -
     from publishing import intake
 
     try:
-        outcome = intake.run_intake(order_id, poll=poll)
+        with _alive(order_id) as got:
+            if not got:
+                return "busy"
+            outcome = intake.run_intake(order_id, poll=poll)
     except (RetryError, BackoffRetryError) as exc:
         order = WorkOrder.objects.get(pk=order_id)
         _io_retry(self, order_id, exc, lambda reason: intake.refuse(order, f"fetching the result files failed: {reason}",
@@ -85,7 +109,10 @@ def _run(task, order_id: int, poll: bool, run, step: str, first_stage: str) -> s
     from publishing.pipeline import Outcome
 
     try:
-        result = run(order_id, poll=poll)
+        with _alive(order_id) as got:
+            if not got:
+                return "busy"
+            result = run(order_id, poll=poll)
     except (RetryError, BackoffRetryError) as exc:
         _io_retry(task, order_id, exc, _give_up(order_id, step, first_stage))
         return Outcome.FAILED.value
@@ -131,23 +158,21 @@ def advance_inverted(program_ids: list[int] | None = None) -> dict:
 
 @shared_task(name="publishing.resend_stalled", acks_late=True, ignore_result=True)
 def resend_stalled() -> dict:
-    """Beat: send again the task of intake, generate and publish orders whose message was lost.
+    """Beat: send again the task of intake, generate and publish orders nobody is running.
 
-    An active order untouched for ``L2_STALLED_MINUTES`` lost its task (a broker without
-    redelivery, a purged queue): its task runs again; every step is idempotent, so a task
-    that was merely slow costs only repeated checks.
+    An active order whose heartbeat is older than ``L2_HEARTBEAT_STALE_SECONDS`` and whose
+    lock nobody holds lost its worker (killed) or its message (a broker without redelivery, a
+    purged queue): its task runs again; every step is idempotent, so a duplicate costs only
+    repeated checks.
     """
-    from datetime import timedelta
-
     from inversions import work_orders
     from inversions.models import WorkOrder
 
     tasks = {WorkOrder.Kind.INTAKE: intake_results, WorkOrder.Kind.GENERATE: generate_l2,
              WorkOrder.Kind.PUBLISH: publish_l2}
-    older_than = timedelta(minutes=float(settings.L2_STALLED_MINUTES))
     sent: dict[str, list[int]] = {}
     for kind, task in tasks.items():
-        for order in work_orders.stalled(kind, older_than=older_than):
+        for order in work_orders.stalled(kind):
             work_orders.touch(order.pk)
             task.apply_async(kwargs={"order_id": order.pk})
             sent.setdefault(kind, []).append(order.pk)

@@ -9,16 +9,24 @@ is made (DESIGN §7, ``inversions.errors``):
   the store's message;
 * HTTP 5xx, 408, 429, timeouts, connection errors, a body that is not JSON or not a
   GraphQL answer → retried here with exponential backoff and full jitter, at most
-  ``max_attempts`` requests, then :class:`BackoffRetryError`.
+  ``max_attempts`` requests, then :class:`BackoffRetryError`;
+* a request (its tries and the waits between them) still unanswered at its ``deadline``
+  → :class:`BackoffRetryError`: a watchdog cuts the connection of an answer that trickles
+  in (the per-read ``timeout`` alone never ends a store sending a byte every few seconds);
+* a store that ignores ``pageNumber`` (a page with the records of an earlier page) →
+  :class:`DoNotRetryError`, rather than paging on until the store stops.
 
 Records are returned raw (as the store sent them, whatever their shape): parsing and
 per-record errors belong to the scan. Plain Python, no Django.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +34,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 
 from inversions.errors import BackoffRetryError, DoNotRetryError
 
@@ -83,6 +93,86 @@ class _Transient(Exception):
     """A failure worth retrying (internal)."""
 
 
+# --- The deadline's watchdog ----------------------------------------------------------------
+_watched = threading.local()  # .watch: the _Watchdog of the request this thread is sending
+
+
+class _Watchdog:
+    """Shuts down the socket of the request sent in this thread once ``seconds`` have passed."""
+
+    def __init__(self, seconds: float):
+        self.connection = None  # the urllib3 connection the request went out on (_TrackedConnection)
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, seconds), self._cut)
+        self._timer.daemon = True
+
+    def _cut(self) -> None:
+        self.fired = True
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+            except OSError:
+                pass
+
+    def __enter__(self) -> _Watchdog:
+        _watched.watch = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+        _watched.watch = None
+
+
+class _TrackedConnection:
+    """Tells this thread's watchdog which connection a request goes out on."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        watch = getattr(_watched, "watch", None)
+        if watch is not None:
+            watch.connection = self
+        return super().request(*args, **kwargs)
+
+
+class _HTTPConnection(_TrackedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_TrackedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter over connections a watchdog can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _DeadlineAdapter())
+    return session
+
+
+def _page_key(page: Sequence[Any]) -> str:
+    """What identifies a page's records: their datasetIds (the whole records when they have none)."""
+    ids = [item.get("datasetId") if isinstance(item, Mapping) else None for item in page]
+    text = "\n".join(map(str, ids)) if any(i is not None for i in ids) else json.dumps(page, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()  # ids may hold lone surrogates
+
+
 def format_store_datetime(value: datetime | str) -> str:
     """A DateTime argument: naive UTC ISO (the store's own format); strings pass as given."""
     if isinstance(value, str):
@@ -128,15 +218,20 @@ class MetadataStoreClient:
     are retried up to ``max_attempts`` requests in all, sleeping
     ``uniform(0, min(backoff_max, backoff_base * 2**(n-1)))`` after the n-th failure.
     ``request_count`` counts HTTP requests sent (retries included). ``step`` is put on
-    raised errors.
+    raised errors. ``deadline`` (seconds, ``None``: none) bounds each request in all: its
+    tries, the reading of their answers and the waits between them.
     """
 
     def __init__(self, url: str, token: str | None, timeout: float | tuple[float, float] = (10.0, 60.0),
                  max_attempts: int = 5, backoff_base: float = 0.5, session: requests.Session | None = None,
                  *, backoff_max: float = 30.0, step: str = "metadata_store",
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+                 deadline: float | None = 120.0):
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if deadline is not None and deadline <= 0:
+            raise ValueError("deadline must be positive (or None)")
+        self.deadline = deadline
         self.url = url
         self.token = token
         self.timeout = timeout
@@ -148,7 +243,7 @@ class MetadataStoreClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._own_session = session is None
-        self.session = session or requests.Session()
+        self.session = session or _session()
         self._count_lock = threading.Lock()
         self.request_count = 0
 
@@ -177,30 +272,57 @@ class MetadataStoreClient:
             payload["operationName"] = operation_name
         headers = {"Authorization": self.token} if self.token is not None else {}
         last = ""
+        ends = None if self.deadline is None else time.monotonic() + self.deadline
+        attempt = 0
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return self._attempt(payload, headers)
+                return self._attempt(payload, headers, ends)
             except _Transient as transient:
                 last = str(transient)
+            left = None if ends is None else ends - time.monotonic()
+            if left is not None and left <= 0:
+                break
             if attempt < self.max_attempts:
                 delay = self.backoff_delay(attempt)
+                if left is not None and delay >= left:  # no time for another try
+                    break
                 logger.warning("metadata store: %s (attempt %d/%d), retrying in %.2fs",
                                last, attempt, self.max_attempts, delay)
                 self._sleep(delay)
+        else:
+            raise BackoffRetryError(
+                f"metadata store unavailable after {self.max_attempts} attempts: {last}",
+                step=self.step, details={"url": self.url, "attempts": self.max_attempts, "last_error": last})
         raise BackoffRetryError(
-            f"metadata store unavailable after {self.max_attempts} attempts: {last}",
-            step=self.step, details={"url": self.url, "attempts": self.max_attempts, "last_error": last})
+            f"metadata store: no answer within the deadline of {self.deadline:g} s ({attempt} attempt"
+            f"{'s' if attempt != 1 else ''}): {last}",
+            step=self.step, details={"url": self.url, "attempts": attempt, "deadline": self.deadline,
+                                     "last_error": last})
 
-    def _attempt(self, payload: dict, headers: dict) -> dict:
+    def _timeout(self, left: float) -> float | tuple[float, float]:
+        """The per-read timeout, never beyond the time left."""
+        if isinstance(self.timeout, tuple):
+            return tuple(min(t, left) for t in self.timeout)
+        return min(self.timeout, left)
+
+    def _attempt(self, payload: dict, headers: dict, ends: float | None = None) -> dict:
         with self._count_lock:
             self.request_count += 1
+        left = None if ends is None else ends - time.monotonic()
+        if left is not None and left <= 0:
+            raise _Transient("the deadline passed")
+        watch = _Watchdog(left) if left is not None else contextlib.nullcontext()
         try:
-            response = self.session.post(self.url, json=payload, headers=headers, timeout=self.timeout)
-        except requests.Timeout as error:
-            raise _Transient(f"timeout: {error}") from error
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-            raise _Transient(f"connection error: {error}") from error
+            with watch:
+                response = self.session.post(self.url, json=payload, headers=headers,
+                                             timeout=self.timeout if left is None else self._timeout(left))
         except requests.RequestException as error:
+            if getattr(watch, "fired", False):  # cut by the watchdog
+                raise _Transient(f"the answer was not complete within the deadline of {self.deadline:g} s") from error
+            if isinstance(error, requests.Timeout):
+                raise _Transient(f"timeout: {error}") from error
+            if isinstance(error, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+                raise _Transient(f"connection error: {error}") from error
             raise DoNotRetryError(f"cannot send the request to the metadata store: {error}",
                                   step=self.step, details={"url": self.url}) from error
         status = response.status_code
@@ -286,12 +408,24 @@ class MetadataStoreClient:
                                      dataset_ids: Sequence[str] | None = None,
                                      instrument_names: Sequence[str] | None = None,
                                      sort_column: str = "createDate", start_page: int = 1) -> Iterator[list]:
-        """Non-empty pages from ``start_page`` on, until a page shorter than ``page_size``."""
+        """Non-empty pages from ``start_page`` on, until a page shorter than ``page_size``.
+
+        A page holding the same records as an earlier one means the store ignores
+        ``pageNumber``: :class:`DoNotRetryError` (paging on would never end).
+        """
         page_number = start_page
+        seen: dict[str, int] = {}
         while True:
             page = self.dataset_inventories(page_size, page_number, update_date_min, update_date_max,
                                             proposal_ids, dataset_ids, instrument_names, sort_column)
             if page:
+                key = _page_key(page)
+                if key in seen:
+                    raise DoNotRetryError(
+                        f"the metadata store answered page {page_number} with the records of page {seen[key]}: "
+                        f"it ignores pageNumber", step=self.step,
+                        details={"url": self.url, "page": page_number, "same_as": seen[key]})
+                seen[key] = page_number
                 yield page
             if len(page) < page_size:
                 return

@@ -17,6 +17,10 @@ class Scan(models.Model):
     full = models.BooleanField(default=False, help_text="read everything, not only what changed")
     update_date_min = models.DateTimeField(null=True, blank=True, help_text="asked for records updated since")
     triggered_by = models.CharField(max_length=150, default="beat")
+    locked_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="when a worker took the scan (it holds the scan's advisory lock while it runs it)",
+    )
 
     pages = models.PositiveIntegerField(default=0)
     records = models.PositiveIntegerField(default=0)

@@ -1,7 +1,11 @@
 """A scan of the metadata store (DESIGN §5): fetch, parse, upsert, settle, qualify.
 
 One scan at a time: a PostgreSQL advisory lock (session level, held for the whole run) makes
-a second scan wait for the first, so two scans never insert the same dataset twice. Each
+a second scan wait for the first, so two scans never insert the same dataset twice. A worker
+also holds a lock of the scan's own while it runs (or waits for) it: a Running scan whose
+lock nobody holds lost its worker and is marked failed ("worker lost") by
+:func:`fail_lost_scans`, which the scans page, starting a scan and beat call. A redelivered
+scan starts its counts again, so each record is counted once. Each
 page is upserted in one transaction with a bounded number of statements (cost grows with
 pages, not with records), so a scan that fails half-way keeps what it stored. A record that
 cannot be identified is stored on the scan as a ScanRecordError with its raw JSON and skipped;
@@ -40,7 +44,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 from psycopg.types.datetime import TimestamptzLoader
 
@@ -59,6 +63,8 @@ from scanning.records import (
 log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_KEY = 0x4C32_5343  # "L2SC"
+SCAN_LOCK_CLASS = 0x5343  # "SC": pg_advisory_lock(SCAN_LOCK_CLASS, scan id) while a worker has the scan
+WORKER_LOST = "worker lost: the process running the scan ended without finishing it"
 QUALIFY_BATCH = 2000  # programs per transaction when qualifying or summarising
 SWITCH_INTERVAL = 0.0005  # seconds: the GIL time slice while pages are read ahead (see read_ahead)
 ACTOR = "scan"
@@ -162,6 +168,7 @@ def client() -> MetadataStoreClient:
         timeout=(10.0, settings.METADATA_STORE_TIMEOUT),
         max_attempts=settings.METADATA_STORE_MAX_ATTEMPTS,
         backoff_base=settings.METADATA_STORE_BACKOFF_SECONDS,
+        deadline=settings.METADATA_STORE_DEADLINE_SECONDS,
         step="scan",
     )
 
@@ -289,9 +296,39 @@ def start_scan(*, full: bool = False, triggered_by: str = "operator") -> Scan:
 
 
 def run_scan(scan: Scan | None = None, *, full: bool = False, triggered_by: str = "beat", store: MetadataStoreClient | None = None, now: datetime | None = None) -> Scan:
-    """Run one scan to the end and return its row (status succeeded or failed, never raising for the store)."""
+    """Run one scan to the end and return its row (status succeeded or failed, never raising for the store).
+
+    A scan no longer Running (finished, or failed as lost meanwhile), or one another worker
+    holds, is returned as it is, without running.
+    """
     scan = scan or Scan.objects.create(full=full, triggered_by=triggered_by)
-    store = store or client()
+    with scan_lock(scan.pk) as ours:
+        if not ours or not _take(scan):
+            scan.refresh_from_db()
+            if store is not None:
+                store.close()
+            return scan
+        _run(scan, store or client(), now)
+    return scan
+
+
+def _take(scan: Scan) -> bool:
+    """This worker has the scan: its counts start again (a redelivered scan counts each record
+    once) and the bad records of an earlier attempt go (they are met again). The warnings of
+    the datasets an earlier attempt stored stay (those records are unchanged now, so they are
+    not warned about again). False if it is no longer Running."""
+    zero = dict(pages=0, records=0, new=0, updated=0, unchanged=0, errors=0, programs_new=0, programs_qualified=0)
+    kept = ScanRecordWarning.objects.filter(scan_id=scan.pk).count()
+    taken = Scan.objects.filter(pk=scan.pk, status=Scan.Status.RUNNING).update(
+        locked_at=timezone.now(), warnings=kept, **zero)
+    if not taken:
+        return False
+    ScanRecordError.objects.filter(scan_id=scan.pk).delete()
+    scan.refresh_from_db()
+    return True
+
+
+def _run(scan: Scan, store: MetadataStoreClient, now: datetime | None) -> None:
     with advisory_lock():
         try:
             _scan(scan, store, now)
@@ -309,7 +346,49 @@ def run_scan(scan: Scan | None = None, *, full: bool = False, triggered_by: str 
             store.close()
         scan.finished_at = timezone.now()
         scan.save()
-    return scan
+
+
+class scan_lock:
+    """Session-level advisory lock on the scan itself, held while a worker runs or waits for it
+    (PostgreSQL releases it when the worker's connection ends: killed, too). Yields False when
+    another session holds it."""
+
+    def __init__(self, scan_id: int):
+        self.scan_id, self.held = scan_id, False
+
+    def __enter__(self) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SCAN_LOCK_CLASS, self.scan_id])
+            self.held = cursor.fetchone()[0]
+        return self.held
+
+    def __exit__(self, *exc):
+        if self.held:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [SCAN_LOCK_CLASS, self.scan_id])
+            except DatabaseError:  # the connection is gone: so is the lock
+                pass
+
+
+def fail_lost_scans(*, exclude: int | None = None) -> int:
+    """Mark failed every Running scan a worker took whose lock nobody holds now (its worker
+    died), but ``exclude`` (the scan a redelivered message is about to run again); returns
+    how many. One UPDATE: cheap enough for every look at the scans."""
+    table = Scan._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, finished_at = now(), error = %s "
+            f"WHERE status = %s AND locked_at IS NOT NULL AND NOT EXISTS ("
+            f"SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s "
+            f"AND l.objid = {table}.id AND l.objsubid = 2 "
+            f"AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) AND id <> %s",
+            [Scan.Status.FAILED, WORKER_LOST, Scan.Status.RUNNING, SCAN_LOCK_CLASS, exclude or 0],
+        )
+        lost = cursor.rowcount
+    if lost:
+        log.warning("%d scan(s) marked failed: %s", lost, WORKER_LOST)
+    return lost
 
 
 class advisory_lock:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
@@ -17,9 +17,16 @@ from l2site.auth import is_operator, require_role
 from scanning.models import Scan
 
 SCAN_TASK = "scanning.scan_metadata_store"
-#: A scan still "running" after this long is shown as such but no longer blocks a new one.
+#: A scan no worker has taken yet (its message waits in the queue) blocks a new one this long.
 RUNNING_BLOCKS_FOR = timedelta(hours=1)
 ERRORS_PER_PAGE = 100
+
+
+def fail_lost_scans() -> int:
+    """Running scans whose worker died are marked failed at every look (scanning.scan.fail_lost_scans)."""
+    from scanning.scan import fail_lost_scans as fail
+
+    return fail()
 
 
 def start_scan(*, full: bool, triggered_by: str) -> Scan:
@@ -88,6 +95,7 @@ def _progress_response(request, scan: Scan):
 
 @require_GET
 def scan_list(request):
+    fail_lost_scans()
     scans = Scan.objects.order_by("-started_at", "-id").annotate(bad_records=Count("record_errors", distinct=True))
     page = paginate(request, scans, settings.L2_PAGE_SIZE)
     partial = wants_partial(request)
@@ -123,6 +131,7 @@ def scan_detail(request, pk: int):
 @require_GET
 def scan_progress(request, pk: int):
     """The progress partial; it polls itself (every 2 s) only while the scan runs."""
+    fail_lost_scans()
     return _progress_response(request, get_object_or_404(Scan, pk=pk))
 
 
@@ -130,7 +139,9 @@ def scan_progress(request, pk: int):
 @require_role(is_operator, "Only operators start scans.")
 def scan_start(request):
     full = request.POST.get("full") in ("1", "on", "true")
-    busy = Scan.objects.filter(status=Scan.Status.RUNNING, started_at__gte=timezone.now() - RUNNING_BLOCKS_FOR).first()
+    fail_lost_scans()  # a scan whose worker died blocks nothing
+    busy = (Scan.objects.filter(status=Scan.Status.RUNNING)  # a worker has it, or it waits to be taken
+            .filter(Q(locked_at__isnull=False) | Q(started_at__gte=timezone.now() - RUNNING_BLOCKS_FOR)).first())
     if busy is not None:
         messages.warning(request, f"Scan #{busy.pk} is already running: watch it below.")
         scan = busy

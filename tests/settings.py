@@ -26,6 +26,18 @@ if os.environ.get("L2_TEST_FAST_RESTORE") and CELERY_BROKER_URL.startswith("redi
     CELERY_BROKER_TRANSPORT_OPTIONS = {  # noqa: F405
         **CELERY_BROKER_TRANSPORT_OPTIONS, "unacked_restore_interval": 1, "unacked_restore_throttle": 1,  # noqa: F405
     }
-# Tests only: the queue tasks go to by default, so a real worker of one test (on its own queue)
-# also receives the tasks it sends itself (tests/publishing/test_republish_worker.py).
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("L2_TEST_DEFAULT_QUEUE") or "celery"
+
+# The test runner creates, migrates and empties its own database: it connects as the owner
+# (the embedded default's app role cannot), runs migrate as Django's, and may TRUNCATE the
+# history (pytest-django flushes with TRUNCATE in transactional tests; migration 0014 lets only
+# a connection with this setting do it).
+if not os.environ.get("DATABASE_URL") and DATABASE_MIGRATE:  # noqa: F405
+    DATABASES["default"] = {**DATABASES["default"], **DATABASE_MIGRATE}  # noqa: F405
+DATABASE_MIGRATE = None
+_options = DATABASES["default"].setdefault("OPTIONS", {})  # noqa: F405
+_options["options"] = f"{_options.get('options', '')} -c l2.allow_history_truncate=on".strip()
+
+# Tests only: the queue tasks go to by default, so a real worker started by a test (on its own
+# queue) also receives the tasks it sends itself (tests/preprocessing/test_chaos.py,
+# tests/publishing/test_republish_worker.py).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("L2_TEST_QUEUE") or os.environ.get("L2_TEST_DEFAULT_QUEUE") or "celery"

@@ -92,6 +92,87 @@ def test_stalled_and_counted(make_program):
     assert work_orders.count_active(PRE) == 1
     assert work_orders.stalled(PRE, older_than=timedelta(minutes=5)) == []
     WorkOrder.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    assert work_orders.stalled(PRE, older_than=timedelta(minutes=5)) == []  # its heartbeat is recent
+    WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     assert [o.pk for o in work_orders.stalled(PRE, older_than=timedelta(minutes=5))] == [order.pk]
     work_orders.touch(order.pk)
     assert work_orders.stalled(PRE, older_than=timedelta(minutes=5)) == []
+
+
+# --- Heartbeats: a killed worker's order is found within L2_HEARTBEAT_STALE_SECONDS ----------
+def _other_session():
+    import psycopg
+    from django.db import connection
+
+    s = connection.settings_dict
+    return psycopg.connect(dbname=s["NAME"], user=s["USER"], password=s["PASSWORD"] or None, host=s["HOST"] or None,
+                           port=s["PORT"] or None, autocommit=True)
+
+
+def _eventually(check, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_stalled_means_a_stale_heartbeat_and_nobody_holding_the_order(make_program, settings):
+    settings.L2_HEARTBEAT_STALE_SECONDS = 120
+    program = make_program(State.INVERTIBLE)
+    order = work_orders.request(program, PRE, requested_by="beat").order
+    assert work_orders.stalled(PRE) == []  # a new order beats at once
+    WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=121))
+    assert [o.pk for o in work_orders.stalled(PRE)] == [order.pk]
+    with _other_session() as other:  # a live worker (another session) runs it: not lost
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [work_orders.LOCK_CLASS, order.pk])
+        assert work_orders.stalled(PRE) == []
+        with work_orders.running(order.pk) as got:
+            assert got is False  # a duplicate message cannot run it alongside
+    # the session ended (as when its worker is killed; its backend exits a moment later): lost again
+    assert _eventually(lambda: [o.pk for o in work_orders.stalled(PRE)] == [order.pk])
+    with work_orders.running(order.pk) as got:
+        assert got is True
+    work_orders.expect(order.pk, 600)  # waiting for a retry in 10 min: not lost meanwhile
+    assert work_orders.stalled(PRE) == []
+    assert work_orders.beat(order.pk) is False  # a heartbeat does not move the due time back
+    WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=600))
+    assert work_orders.beat(order.pk) is True and work_orders.stalled(PRE) == []
+    work_orders.complete(order)
+    WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert work_orders.stalled(PRE) == []  # finished orders are never resent
+
+
+def test_the_default_settings_take_a_killed_step_up_within_five_minutes():
+    """Worst case: killed just after a heartbeat, stale that much later, resent at beat's next round."""
+    from django.conf import settings as defaults
+
+    worst = defaults.L2_HEARTBEAT_STALE_SECONDS + defaults.L2_PREPROCESS_INTERVAL_SECONDS
+    assert worst == 180 < 300
+    assert work_orders.heartbeat_interval() == 30
+    for name in ("preprocess invertible programs", "resend stalled publishing orders"):  # beat's rounds
+        assert defaults.L2_PERIODIC_TASKS[name][1] == defaults.L2_PREPROCESS_INTERVAL_SECONDS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_step_keeps_its_heartbeat_fresh(make_program, settings):
+    import time
+
+    settings.L2_HEARTBEAT_STALE_SECONDS = 4  # a beat every second
+    program = make_program(State.INVERTIBLE)
+    order = work_orders.request(program, PRE, requested_by="beat").order
+    old = timezone.now() - timedelta(hours=1)
+    WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=old)
+    with work_orders.heartbeat(order.pk):
+        entered = WorkOrder.objects.get(pk=order.pk).heartbeat_at
+        assert entered > old
+        WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=old)
+        time.sleep(2.5)  # the step works; the thread beats
+        during = WorkOrder.objects.get(pk=order.pk).heartbeat_at
+        assert during > entered
+    WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=old)
+    time.sleep(1.5)
+    assert WorkOrder.objects.get(pk=order.pk).heartbeat_at == old  # the thread stopped with the step

@@ -408,7 +408,10 @@ def test_beat_resends_stalled_orders(l1_program, collections, settings, django_c
     program = l1_program()
     order = start(program)
     pipeline.execute(order.pk, "stage")
-    WorkOrder.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(hours=5))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert pipeline.schedule()["redispatched"] == []  # its heartbeat is fresh
+    WorkOrder.objects.filter(pk=order.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.L2_HEARTBEAT_STALE_SECONDS + 1))
     with django_capture_on_commit_callbacks(execute=True):
         result = pipeline.schedule()
     assert result == {"started": [], "redispatched": [order.pk]} and sent[-1] == (order.pk, "verify")

@@ -99,8 +99,8 @@ def test_worker_killed_mid_assembly_the_program_ends_preprocessed_once(l1_progra
         # a second worker; Redis redelivers the unacknowledged message after its visibility timeout
         second = _worker(queue, collections, logs[1], CELERY_VISIBILITY_TIMEOUT="2", L2_TEST_FAST_RESTORE="1")
         if not redelivers:  # e.g. the filesystem transport: beat resends the stalled order
-            settings.L2_STALLED_MINUTES = 0
-            WorkOrder.objects.filter(pk=order.pk).update(updated_at=killed.updated_at - timedelta(minutes=1))
+            settings.L2_HEARTBEAT_STALE_SECONDS = 0
+            WorkOrder.objects.filter(pk=order.pk).update(heartbeat_at=killed.updated_at - timedelta(minutes=1))
             pipeline.schedule(queue=queue)
 
         def finished():

@@ -4,6 +4,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from inversions import work_orders
 from inversions.models import WorkOrder
 from inversions.states import State
 from publishing import tasks
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_resend_stalled_sends_only_old_active_orders_again(make_program, settings, monkeypatch):
-    settings.L2_STALLED_MINUTES = 30
+    settings.L2_HEARTBEAT_STALE_SECONDS = 1800
     sent = []
     for task in (tasks.intake_results, tasks.generate_l2, tasks.publish_l2):
         monkeypatch.setattr(task, "apply_async", lambda *a, name=task.name, **kw: sent.append((name, kw["kwargs"])))
@@ -26,6 +27,8 @@ def test_resend_stalled_sends_only_old_active_orders_again(make_program, setting
     queued_lost = order(WorkOrder.Kind.PUBLISH, WorkOrder.Status.QUEUED, old)
     order(WorkOrder.Kind.GENERATE, WorkOrder.Status.STARTED, timezone.now())  # alive
     order(WorkOrder.Kind.PUBLISH, WorkOrder.Status.COMPLETED, old)  # finished
+    waiting = order(WorkOrder.Kind.INTAKE, WorkOrder.Status.STARTED, old)  # a retry due in 10 min
+    work_orders.expect(waiting.pk, 600)
     order(WorkOrder.Kind.PREPROCESS, WorkOrder.Status.STARTED, old)  # preprocessing's own scheduler
 
     result = tasks.resend_stalled()
