@@ -41,6 +41,12 @@ class SignInRefused(AuthException):
         return self.reason
 
 
+def refuse(backend, response: dict, reason: str, *, code: str = "authentication_disallowed") -> SignInRefused:
+    """The refusal to raise; the tokens Globus just issued for this sign-in are revoked first."""
+    revoke(tokens_in(response))
+    return SignInRefused(backend, reason, code=code)
+
+
 # --- Pipeline steps ---------------------------------------------------------------------
 def identity_domain(username: str | None) -> str:
     return (username or "").rpartition("@")[2].lower()
@@ -51,7 +57,7 @@ def check_domain(backend, details, response, *args, **kwargs):
     domain = identity_domain(details.get("username") or response.get("preferred_username"))
     if allowed and domain not in allowed:
         log.warning("Globus sign-in refused: identity domain %r not in GLOBUS_AUTH_ALLOWED_DOMAINS", domain)
-        raise SignInRefused(backend, f"Sign-in refused: identities from {domain or 'an unknown domain'} may not "
+        raise refuse(backend, response, f"Sign-in refused: identities from {domain or 'an unknown domain'} may not "
                                      f"sign in to L2 (allowed: {', '.join(allowed)}).")
 
 
@@ -86,25 +92,25 @@ def fetch_roles(backend, response, *args, **kwargs):
 
     token = groups_token(response)
     if not token:
-        raise SignInRefused(backend, "Sign-in refused: Globus did not grant L2 access to your group memberships, "
+        raise refuse(backend, response, "Sign-in refused: Globus did not grant L2 access to your group memberships, "
                                      "so your roles cannot be known. Sign in again and allow it.")
     try:
         ids = globus_group_ids(token)
     except globus_sdk.GlobusAPIError as exc:
         log.warning("Globus sign-in refused: the Groups API answered HTTP %s", exc.http_status)
-        raise SignInRefused(backend, f"Sign-in refused: the Globus Groups service answered with an error "
+        raise refuse(backend, response, f"Sign-in refused: the Globus Groups service answered with an error "
                                      f"(HTTP {exc.http_status}), so your roles cannot be known. Try again later.",
                             code="unavailable") from None
     except (globus_sdk.NetworkError, globus_sdk.GlobusSDKUsageError) as exc:
         log.warning("Globus sign-in refused: the Groups API could not be reached (%s)", type(exc).__name__)
-        raise SignInRefused(backend, "Sign-in refused: the Globus Groups service could not be reached, so your "
+        raise refuse(backend, response, "Sign-in refused: the Globus Groups service could not be reached, so your "
                                      "roles cannot be known. Try again later.", code="connection_failed") from None
     return {"globus_roles": roles_for(ids)}
 
 
-def refuse_superuser(backend, user=None, *args, **kwargs):
+def refuse_superuser(backend, response, user=None, *args, **kwargs):
     if user is not None and user.is_superuser:
-        raise SignInRefused(backend, "Administrators sign in with their local user name and password, "
+        raise refuse(backend, response, "Administrators sign in with their local user name and password, "
                                      "not with Globus.")
 
 
@@ -124,29 +130,43 @@ def apply_roles(backend, user=None, globus_roles=None, *args, **kwargs):
 
 
 # --- Sign-out ---------------------------------------------------------------------------
-def revoke_tokens(user) -> int:
-    """Revoke every Globus token kept for ``user`` and forget them; returns how many were revoked."""
-    if not getattr(user, "is_authenticated", False) or not settings.GLOBUS_AUTH_ENABLED:
+def tokens_in(data: dict) -> list[str]:
+    """The access and refresh tokens of a Globus token response (or of what was kept of one)."""
+    tokens = [data.get("access_token"), data.get("refresh_token")]
+    for other in data.get("other_tokens") or []:
+        if isinstance(other, dict):
+            tokens += [other.get("access_token"), other.get("refresh_token")]
+    return [t for t in tokens if isinstance(t, str) and t]
+
+
+def revoke(tokens: list[str]) -> int:
+    """Revoke tokens at Globus Auth; how many it took. A failure is logged (never the token)."""
+    if not tokens:
         return 0
     import globus_sdk
+
+    client = globus_sdk.ConfidentialAppAuthClient(settings.GLOBUS_AUTH_CLIENT_ID, settings.GLOBUS_AUTH_CLIENT_SECRET,
+                                                  base_url=settings.GLOBUS_AUTH_URL + "/")
+    revoked = 0
+    for token in tokens:
+        try:
+            client.oauth2_revoke_token(token)
+            revoked += 1
+        except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as exc:
+            log.warning("could not revoke a Globus token (%s)", getattr(exc, "http_status", type(exc).__name__))
+    return revoked
+
+
+def revoke_tokens(user) -> int:
+    """At sign-out: revoke every Globus token kept for ``user`` and forget them; how many were revoked."""
+    if not getattr(user, "is_authenticated", False) or not settings.GLOBUS_AUTH_ENABLED:
+        return 0
     from social_django.models import UserSocialAuth
 
     revoked = 0
     for social in UserSocialAuth.objects.filter(user=user, provider="globus"):
         data = social.extra_data or {}
-        tokens = [data.get("access_token"), data.get("refresh_token")]
-        for other in data.get("other_tokens") or []:
-            if isinstance(other, dict):
-                tokens += [other.get("access_token"), other.get("refresh_token")]
-        client = globus_sdk.ConfidentialAppAuthClient(settings.GLOBUS_AUTH_CLIENT_ID, settings.GLOBUS_AUTH_CLIENT_SECRET,
-                                                      base_url=settings.GLOBUS_AUTH_URL + "/")
-        for token in filter(None, tokens):
-            try:
-                client.oauth2_revoke_token(token)
-                revoked += 1
-            except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as exc:
-                log.warning("could not revoke a Globus token of %s at sign-out (%s)", user.get_username(),
-                            getattr(exc, "http_status", type(exc).__name__))
+        revoked += revoke(tokens_in(data))
         social.extra_data = {k: v for k, v in data.items()
                              if k not in ("access_token", "refresh_token", "id_token", "other_tokens")}
         social.save(update_fields=["extra_data"])

@@ -132,6 +132,7 @@ def test_a_wrong_state_is_refused_with_a_message(client, globus):
     message = login_page_message(client, back(client, callback, state="not-the-state-we-sent"))
     assert "did not match the sign-in this browser started" in message
     assert_nothing_created(before)
+    assert globus.issued() == []
     assert "POST /v2/oauth2/token" not in globus.requests  # the code was never redeemed
 
 
@@ -163,6 +164,7 @@ def test_an_identity_from_a_domain_not_allowed_is_refused(client, globus, caplog
     assert "identities from evil.example may not sign in to L2 (allowed: colorado.edu, nso.edu)" in message
     assert_nothing_created(before)
     assert "GET /v2/groups/my_groups" not in globus.requests
+    assert set(globus.revoked) == set(globus.issued()) and len(globus.revoked) == 4  # nothing left usable
 
 
 @pytest.mark.django_db
@@ -172,6 +174,7 @@ def test_a_groups_api_5xx_is_refused_with_a_message(client, globus):
     message = login_page_message(client, sign_in(client))
     assert "the Globus Groups service answered with an error (HTTP 503)" in message
     assert_nothing_created(before)
+    assert set(globus.revoked) == set(globus.issued()) and len(globus.revoked) == 4
 
 
 @pytest.mark.django_db
@@ -214,3 +217,16 @@ def test_without_globus_settings_the_login_page_is_the_local_form(client):
     assert "Sign in with Globus" not in page and 'name="password"' in page
     assert client.post(reverse("social:begin", args=["globus"])).status_code == 404
     assert client.get(reverse("social:complete", args=["globus"]), {"code": "x", "state": "y"}).status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_linked_identities_never_their_tokens(client, globus, admin_user):
+    sign_in(client)  # and still signed in: the tokens are kept, to be revoked at sign-out
+    social = UserSocialAuth.objects.get()
+    assert social.extra_data["access_token"]
+    client.force_login(admin_user)
+    page = client.get(reverse("admin:social_django_usersocialauth_change", args=[social.pk])).content.decode()
+    assert globus.identity.sub in page
+    assert "extra_data" not in page
+    for token in globus.issued():
+        assert token not in page
