@@ -12,3 +12,7 @@ class InversionsConfig(AppConfig):
         from inversions.schedules import ensure_periodic_tasks
 
         post_migrate.connect(ensure_periodic_tasks, sender=self)
+
+        from l2site.auth import connect_signals  # every change of a user's roles is logged
+
+        connect_signals()

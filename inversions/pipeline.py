@@ -738,6 +738,9 @@ class Summary:
     recent: list[WorkOrder] = field(default_factory=list)
     pictures: list[Picture] = field(default_factory=list)
     cubes: list[dict] = field(default_factory=list)
+    # Where the standing cubes and quick-looks are: {"collection", "path"} (for "Open in Globus").
+    cubes_at: dict | None = None
+    quicklooks_at: dict | None = None
 
     @property
     def step_label(self) -> str:
@@ -754,7 +757,7 @@ def summary(program: ObservingProgram) -> Summary:
     if completed is None:
         completed = (WorkOrder.objects.filter(program=program, kind=KIND, status=WorkOrder.Status.COMPLETED)
                      .order_by("-finished_at", "-id").first())
-    pictures, cubes = [], []
+    pictures, cubes, cubes_at, quicklooks_at = [], [], None, None
     if completed is not None:
         titles = {"continuum": "continuum intensity", "ncp": "net circular polarisation"}
         for q in completed.details.get("quicklooks") or []:
@@ -765,8 +768,13 @@ def summary(program: ObservingProgram) -> Summary:
             ))
         for dataset_id, cube in sorted((completed.details.get("outputs") or {}).items()):
             cubes.append({"dataset_id": dataset_id, **cube})
+        cubes_at = (completed.details.get("manifest") or {}).get("destination") or (
+            {"collection": settings.L2_SCRATCH_COLLECTION, "path": completed.details["out"]}
+            if completed.details.get("out") else None)
+        if cubes_at:
+            quicklooks_at = {"collection": cubes_at["collection"], "path": f"{cubes_at['path'].rstrip('/')}/{QUICKLOOK_DIR}/"}
     return Summary(latest=recent[0] if recent else None, active=active, completed=completed, recent=recent,
-                   pictures=pictures, cubes=cubes)
+                   pictures=pictures, cubes=cubes, cubes_at=cubes_at, quicklooks_at=quicklooks_at)
 
 
 def quicklook_file(program: ObservingProgram, order_id: int, name: str) -> Path | None:

@@ -5,6 +5,9 @@ admins (and may do everything). Checks happen on the server in every view and AP
 """
 from __future__ import annotations
 
+import contextvars
+import logging
+from contextlib import contextmanager
 from functools import wraps
 
 from django.core.exceptions import PermissionDenied
@@ -13,6 +16,18 @@ from django.http import JsonResponse
 SCIENCE = "science"
 OPERATORS = "operators"
 GROUPS = (SCIENCE, OPERATORS)
+log = logging.getLogger("l2.auth")
+_role_source: contextvars.ContextVar[str] = contextvars.ContextVar("l2_role_source", default="by hand: admin or a command")
+
+
+@contextmanager
+def role_source(text: str):
+    """What the role-change log lines inside this block name as the source of the change."""
+    token = _role_source.set(text)
+    try:
+        yield
+    finally:
+        _role_source.reset(token)
 
 
 def in_group(user, group: str) -> bool:
@@ -94,3 +109,34 @@ class ApiTokenMiddleware:
             request.api_token = token
             request._dont_enforce_csrf_checks = True
         return self.get_response(request)
+
+
+# --- Every change of a user's roles is logged --------------------------------------------
+def _log_role_change(sender, instance, action, reverse, model, pk_set, **kwargs):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    if action not in ("post_add", "post_remove", "pre_clear"):
+        return
+    sign = "+" if action == "post_add" else "-"
+    User = get_user_model()
+    if not reverse:  # user.groups.add/remove/clear
+        if action == "pre_clear":
+            names = list(instance.groups.filter(name__in=GROUPS).values_list("name", flat=True))
+        else:
+            names = list(Group.objects.filter(pk__in=pk_set or (), name__in=GROUPS).values_list("name", flat=True))
+        changes = [(instance.get_username(), name) for name in names]
+    else:  # group.user_set.add/remove/clear
+        if instance.name not in GROUPS:
+            return
+        users = instance.user_set.all() if action == "pre_clear" else User.objects.filter(pk__in=pk_set or ())
+        changes = [(u.get_username(), instance.name) for u in users]
+    for username, name in sorted(changes):
+        log.info("role change: %s %s%s (%s)", username, sign, name, _role_source.get())
+
+
+def connect_signals() -> None:
+    from django.contrib.auth import get_user_model
+    from django.db.models.signals import m2m_changed
+
+    m2m_changed.connect(_log_role_change, sender=get_user_model().groups.through, dispatch_uid="l2-role-log")

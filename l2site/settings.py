@@ -347,6 +347,60 @@ L2_PERIODIC_TASKS["reconcile with the metadata store"] = ("publishing.reconcile"
 L2_PERIODIC_TASKS["generate and publish inverted programs"] = ("publishing.advance_inverted", L2_PREPROCESS_INTERVAL_SECONDS)
 L2_PERIODIC_TASKS["resend stalled publishing orders"] = ("publishing.resend_stalled", L2_PREPROCESS_INTERVAL_SECONDS)
 
+# --- Sign-in with Globus (l2site/globus_auth.py; social-auth-app-django) -----------------
+# Off unless GLOBUS_AUTH_CLIENT_ID is set: then the login page offers "Sign in with Globus"
+# (local accounts stay for admins, tests and the embedded default). A separate client from
+# the transfer client above (GLOBUS_CLIENT_ID).
+GLOBUS_AUTH_CLIENT_ID = env("GLOBUS_AUTH_CLIENT_ID", "")
+GLOBUS_AUTH_CLIENT_SECRET = env("GLOBUS_AUTH_CLIENT_SECRET", "")
+GLOBUS_AUTH_ENABLED = bool(GLOBUS_AUTH_CLIENT_ID)
+if GLOBUS_AUTH_ENABLED and not GLOBUS_AUTH_CLIENT_SECRET:
+    raise ImproperlyConfigured("GLOBUS_AUTH_CLIENT_ID needs GLOBUS_AUTH_CLIENT_SECRET")
+# Identity domains allowed to sign in (the part after @ of the Globus identity username).
+GLOBUS_AUTH_ALLOWED_DOMAINS = [d.lower() for d in env_list("GLOBUS_AUTH_ALLOWED_DOMAINS")]
+GLOBUS_SCIENCE_GROUP = env("GLOBUS_SCIENCE_GROUP", "")
+GLOBUS_OPERATORS_GROUP = env("GLOBUS_OPERATORS_GROUP", "")
+# Globus Auth (OpenID Connect issuer, token revocation) and the Groups API; tests point them
+# at a local provider.
+GLOBUS_AUTH_URL = env("GLOBUS_AUTH_URL", "https://auth.globus.org").rstrip("/")
+GLOBUS_GROUPS_URL = env("GLOBUS_GROUPS_URL", "https://groups.api.globus.org").rstrip("/")
+# Collection name -> Globus collection UUID, for "Open in Globus" links where an L2_*_COLLECTION
+# is a name (the embedded default) rather than the collection's UUID.
+L2_GLOBUS_COLLECTION_IDS = env("L2_GLOBUS_COLLECTION_IDS", "")
+# The library: social-auth-app-django with social-core's Globus OpenID Connect backend (README).
+# Installed whether or not Globus is configured (its views answer 404 while it is not).
+INSTALLED_APPS.append("social_django")
+AUTHENTICATION_BACKENDS = [  # django-axes first: a locked-out user name and address is refused before any backend
+    *AUTHENTICATION_BACKENDS,
+    "social_core.backends.globus.GlobusOpenIdConnect",
+]
+MIDDLEWARE.append("l2site.globus_auth.SignInErrorMiddleware")
+# social-core reads these by name through its strategy.
+SOCIAL_AUTH_GLOBUS_KEY = GLOBUS_AUTH_CLIENT_ID
+SOCIAL_AUTH_GLOBUS_SECRET = GLOBUS_AUTH_CLIENT_SECRET
+SOCIAL_AUTH_GLOBUS_OIDC_ENDPOINT = GLOBUS_AUTH_URL
+SOCIAL_AUTH_GLOBUS_AUTH_EXTRA_ARGUMENTS = {"access_type": "offline"}
+SOCIAL_AUTH_GLOBUS_SCOPE = ["urn:globus:auth:scope:groups.api.globus.org:view_my_groups_and_memberships"]
+SOCIAL_AUTH_JSONFIELD_ENABLED = True
+SOCIAL_AUTH_LOGIN_ERROR_URL = "/accounts/login/"
+SOCIAL_AUTH_LOGIN_REDIRECT_URL = "/"
+SOCIAL_AUTH_RAISE_EXCEPTIONS = False
+SOCIAL_AUTH_PIPELINE = (
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_uid",
+    "l2site.globus_auth.check_domain",
+    "l2site.globus_auth.fetch_roles",  # Groups API, before any user exists
+    "social_core.pipeline.social_auth.social_user",
+    "l2site.globus_auth.refuse_superuser",
+    "social_core.pipeline.user.get_username",
+    "social_core.pipeline.user.create_user",
+    "social_core.pipeline.social_auth.associate_user",
+    "social_core.pipeline.social_auth.load_extra_data",
+    "social_core.pipeline.user.user_details",
+    "l2site.globus_auth.apply_roles",
+)
+SOCIAL_AUTH_PROTECTED_USER_FIELDS = ["is_staff", "is_superuser"]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

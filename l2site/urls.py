@@ -1,8 +1,8 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from social_django import views as social_views
 
-from l2site import health
+from l2site import accounts, health
 from publishing import api
 from publishing.urls import program_urlpatterns
 
@@ -18,8 +18,15 @@ admin.site.site_title = "L2 admin"
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/login/", accounts.LoginView.as_view(), name="login"),
+    path("accounts/logout/", accounts.LogoutView.as_view(), name="logout"),
+    path("accounts/tokens/", accounts.my_tokens, name="my-tokens"),
+    path("accounts/tokens/<int:token_id>/revoke", accounts.revoke_my_token, name="my-token-revoke"),
+    # Sign-in with Globus (social-auth-app-django); 404 while GLOBUS_AUTH_CLIENT_ID is unset
+    path("auth/", include(([
+        path("login/<str:backend>/", accounts.globus_only(social_views.auth), name="begin"),
+        path("complete/<str:backend>/", accounts.globus_only(social_views.complete), name="complete"),
+    ], "social"))),
     path("admin/", admin.site.urls),
     path("api/v1/programs/<str:ipeid>/inverted", api.report_inverted, name="api-report-inverted"),
     path("api/v1/", include("publishing.urls")),

@@ -80,3 +80,20 @@ class ReconcileRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "started_at", "status", "triggered_by", "dry_run", "ours", "theirs", "missing", "extra",
                     "differing", "added", "updated", "removed")
     list_filter = ("status", "dry_run")
+
+
+# Sign-in with Globus keeps a user's Globus tokens (to revoke them at sign-out) in
+# UserSocialAuth.extra_data: the admin shows who is linked to which identity, never the tokens.
+import social_django.admin  # noqa: E402,F401  (registers UserSocialAuth first)
+from social_django.models import UserSocialAuth  # noqa: E402
+
+admin.site.unregister(UserSocialAuth)
+
+
+@admin.register(UserSocialAuth)
+class GlobusIdentityAdmin(social_django.admin.UserSocialAuthOption):
+    fields = ("user", "provider", "uid", "created", "modified")
+    readonly_fields = ("user", "provider", "uid", "created", "modified")
+
+    def has_add_permission(self, request):
+        return False

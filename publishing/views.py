@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
@@ -85,6 +86,8 @@ def publishing_context(program: ObservingProgram, user) -> dict:
     return {
         "program": program,
         "inversion": inversion,
+        "l2_at": l2_files_at(inversion),
+        "l2_files_list": files,
         "intake": _view(intake, "files", "files_total", "files") if show_intake else None,
         "generate": _view(generate, "frames_done", "frames_total", "frames"),
         "publish": _view(publish, "files_done", "files_total", "files"),
@@ -103,6 +106,17 @@ def publishing_context(program: ObservingProgram, user) -> dict:
         and inversion.status == Inversion.Status.PUBLISHED,
         "show": bool(inversion or inversions or show_intake or state in (State.INVERTED, State.PUBLISHED)),
     }
+
+
+def l2_files_at(inversion) -> dict | None:
+    """Where an inversion's L2 files are: published, or generated on scratch ("Open in Globus")."""
+    if inversion is None:
+        return None
+    if inversion.published_collection and inversion.published_path:
+        return {"collection": inversion.published_collection, "path": inversion.published_path}
+    if inversion.l2_path:
+        return {"collection": settings.L2_SCRATCH_COLLECTION, "path": inversion.l2_path}
+    return None
 
 
 def _program(ipeid: str) -> ObservingProgram:

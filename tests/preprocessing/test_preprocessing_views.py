@@ -225,3 +225,21 @@ def test_admin_lists_work_orders_read_only(client, admin_user, l1_program, sent)
     assert detail.status_code == 200 and "submission_id" in detail.content.decode()
     assert client.post(reverse("admin:inversions_workorder_delete", args=[order.pk]), {"post": "yes"}).status_code == 403
     assert WorkOrder.objects.filter(pk=order.pk).exists()
+
+
+def test_cubes_and_quicklooks_open_in_globus(client, scientist, l1_program, sent, settings):
+    from tests.dashboard.test_globus_links import links
+
+    science_id = "5e1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+    settings.L2_GLOBUS_COLLECTION_IDS = f'{{"{settings.L2_SCIENCE_COLLECTION}": "{science_id}"}}'
+    program = l1_program()
+    order = pipeline.start(program, requested_by="beat").order
+    drive(order.pk)
+    client.force_login(scientist)
+    found = links(client.get(reverse("program-detail", args=[str(program)])).content.decode())
+    handed_over = pipeline.science_path(program)
+    cubes = [f for f in found if f["title"].split(":")[0].endswith(".fits")]
+    assert len(cubes) == program.datasets.count()  # one per cube, on the science collection where it was handed over
+    assert {(f["origin_id"], f["origin_path"]) for f in cubes} == {(science_id, handed_over)}
+    assert {"origin_id": science_id, "origin_path": handed_over + "quicklook/",
+            "title": f"quick-look folder: {settings.L2_SCIENCE_COLLECTION}:{handed_over}quicklook/"} in found

@@ -1,7 +1,10 @@
 """The program page's Level 2 part: roles, Generate, the Publish confirmation step, progress polling."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from django.utils import timezone
 from django.test import Client
 from django.urls import reverse
 
@@ -118,3 +121,33 @@ def test_the_level_2_part_costs_three_queries_whatever_the_files(client, make_in
             assert client.get(urls(inv)["publishing"]).status_code == 200
         counts.append(len([q for q in ctx.captured_queries if "publishing_" in q["sql"] or "workorder" in q["sql"]]))
     assert counts == [4, 4]
+
+
+def test_results_l2_files_and_the_published_inversion_open_in_globus(client, make_inversion, scientist, settings):
+    from publishing.models import Inversion
+    from tests.dashboard.test_globus_links import links
+
+    ids = {"science-cluster": "11111111-2222-4333-8444-555555555555", "scratch": "66666666-7777-4888-9999-000000000000",
+           "publish": "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"}
+    settings.L2_GLOBUS_COLLECTION_IDS = json.dumps(ids)
+    settings.L2_SCRATCH_COLLECTION = "scratch"
+    inv = make_inversion("L2LINK", recorded=False, files=2)
+    Inversion.objects.filter(pk=inv.pk).update(l2_path="/l2/pid_1_118/L2LINK/files/")
+    client.force_login(scientist)
+    page = reverse("program-detail", args=[inv.program.instrument_program_execution_id])
+    found = links(client.get(page).content.decode())
+    where = {f["title"]: (f["origin_id"], f["origin_path"]) for f in found}
+    assert where["results folder: science-cluster:/x"] == (ids["science-cluster"], "/x/")
+    assert where["L2 files: scratch:/l2/pid_1_118/L2LINK/files/"] == (ids["scratch"], "/l2/pid_1_118/L2LINK/files/")
+    for name in ("L2LINK_00000_L2.fits", "L2LINK_00001_L2.fits", "L2LINK_L2_METADATA.asdf"):  # each L2 file: its folder
+        assert where[f"{name}: scratch:/l2/pid_1_118/L2LINK/files/"] == (ids["scratch"], "/l2/pid_1_118/L2LINK/files/")
+    # published: the L2 files and the inversion are on the publish collection
+    Inversion.objects.filter(pk=inv.pk).update(published_collection="publish", published_path="/data/pid_1_118/L2LINK/",
+                                               store_recorded_at=timezone.now())
+    from inversions import lifecycle
+    from inversions.states import State
+
+    lifecycle.transition(inv.program, State.PUBLISHED, actor="test", reason="published")
+    where = {f["title"]: (f["origin_id"], f["origin_path"]) for f in links(client.get(page).content.decode())}
+    assert where["published inversion: publish:/data/pid_1_118/L2LINK/"] == (ids["publish"], "/data/pid_1_118/L2LINK/")
+    assert where["L2LINK_00000_L2.fits: publish:/data/pid_1_118/L2LINK/"] == (ids["publish"], "/data/pid_1_118/L2LINK/")
