@@ -1,6 +1,6 @@
 from django.urls import path
 
-from publishing import api, openapi, views
+from publishing import api, openapi, results_views, views
 
 #: /api/v1/…
 urlpatterns = [
@@ -16,4 +16,8 @@ program_urlpatterns = [
     path("publishing", views.program_publishing, name="program-publishing"),
     path("generate", views.generate, name="program-generate"),
     path("publish", views.publish_confirm, name="program-publish"),
+    path("results", results_views.results_card, name="program-results"),
+    path("results/<str:inversion_id>/maps/<str:quantity>/<str:tau>.png", results_views.result_map,
+         name="program-result-map"),
+    path("results/<str:inversion_id>/pixel", results_views.result_pixel, name="program-result-pixel"),
 ]
