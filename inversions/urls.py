@@ -1,6 +1,6 @@
 from django.urls import path
 
-from inversions import views
+from inversions import live, views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -9,6 +9,7 @@ urlpatterns = [
     path("programs/pick-next", views.pick_next, name="pick-next"),
     path("programs/<str:ipeid>/", views.program_detail, name="program-detail"),
     path("programs/<str:ipeid>/progress", views.program_progress, name="program-progress"),
+    path("programs/<str:ipeid>/state", live.program_state, name="program-state"),
     path("programs/<str:ipeid>/claim", views.claim, name="program-claim"),
     path("programs/<str:ipeid>/release", views.release, name="program-release"),
     path("programs/<str:ipeid>/report", views.report_inverted, name="program-report"),

@@ -369,11 +369,14 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
     can_report = r["is_science"] and state == State.WORKING and mine and not program.work_orders.filter(
         kind=WorkOrder.Kind.INTAKE, status__in=WorkOrder.ACTIVE).exists()
     if can_report and report_form is None:
+        from publishing.selectors import last_software_commit
+
         report_form = ReportInvertedForm(
             datasets=current, collections=list(settings.L2_COLLECTIONS),
             # where the science team received the program's data: the usual place for its results
             initial={"collection": settings.L2_SCIENCE_COLLECTION, "path": pipeline.science_path(program) + "results/",
-                     "dataset_ids": default_datasets_used(current)},
+                     "dataset_ids": [d.dataset_id for d in current],
+                     "software_commit": last_software_commit(user)},
         )
     return {
         "nav": "programs",
@@ -412,15 +415,6 @@ def preprocessing_context(program: ObservingProgram, r: dict) -> dict:
     summary = pipeline.summary(program)
     can = r["is_operator"] and program.state in pipeline.START_STATES and summary.active is None
     return {"preprocessing": summary, "can_preprocess": can}
-
-
-def default_datasets_used(current) -> list[str]:
-    """The datasets ticked at first in the report form: those with the line every inversion uses."""
-    from scanning.qualification import Thresholds
-
-    line = Thresholds().required_line
-    chosen = [d.dataset_id for d in current if line in (d.spectral_lines or [])]
-    return chosen or [d.dataset_id for d in current]
 
 
 @require_GET

@@ -460,8 +460,15 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return [round(first + k * step, 10) for k in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+def _fmt(v: float, ticks: Sequence[float]) -> str:
+    """``v`` with as many decimals as the tick spacing needs (630.12, 630.14 — not 630.1 twice)."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(v) or 1.0
+    if step >= 1e4 or step < 1e-4:
+        return f"{v:.2g}"
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if round(step, decimals) != round(step, decimals + 3):
+        decimals += 1
+    return f"{v:.{decimals}f}"
 
 
 def svg_panel(x: np.ndarray, series: Sequence[tuple[np.ndarray, str]], *, title: str, xlabel: str = "",
@@ -491,11 +498,13 @@ def svg_panel(x: np.ndarray, series: Sequence[tuple[np.ndarray, str]], *, title:
              f'aria-label="{html.escape(title)}">',
              f'<text class="panel-title" x="{left}" y="12">{html.escape(title)}</text>',
              f'<rect class="panel-frame" x="{left}" y="{top}" width="{pw}" height="{ph}"/>']
-    for t in _ticks(y0, y1):
+    yt = _ticks(y0, y1)
+    for t in yt:
         parts.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
-                     f'<text class="tick" x="{left - 3}" y="{py(t) + 3:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    for t in _ticks(x0, x1, 3):
-        parts.append(f'<text class="tick" x="{px(t):.1f}" y="{top + ph + 11}" text-anchor="middle">{_fmt(t)}</text>')
+                     f'<text class="tick" x="{left - 3}" y="{py(t) + 3:.1f}" text-anchor="end">{_fmt(t, yt)}</text>')
+    xt = _ticks(x0, x1, 3)
+    for t in xt:
+        parts.append(f'<text class="tick" x="{px(t):.1f}" y="{top + ph + 11}" text-anchor="middle">{_fmt(t, xt)}</text>')
     if xlabel:
         parts.append(f'<text class="tick" x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">'
                      f'{html.escape(xlabel)}</text>')

@@ -152,7 +152,7 @@ def test_report_inverted_bad_then_good(open_as, scientist, make_op, tmp_path, se
     fe = next(d for d in datasets if "Fe I 630.15" in (d.spectral_lines or []))
     steps = fe.frame_count // len(fe.stokes_parameters)
     write_demo_results(tmp_path / "science" / "inversions" / "run-1", n_steps=steps, n_slit=6, n_depth=3, n_wave=6,
-                       spectral_lines=fe.spectral_lines, seed=1)
+                       line_ids=(23,), seed=1)  # BLANCA id of Fe I 630.15
     page = open_as(scientist)
     page.goto(reverse("program-detail", args=[str(program)]))
     form = page.locator("#report")
@@ -259,3 +259,93 @@ def test_scan_progress_is_polled_until_the_scan_ends(open_as, operator, monkeypa
     page.wait_for_function("document.querySelector('#scan-running .progress-box').dataset.status === 'succeeded'", timeout=8000)
     assert "1234 records" in box.inner_text()
     assert box.get_attribute("hx-trigger") is None  # polling stopped
+
+
+SCREENSHOTS = os.path.join(os.path.dirname(__file__), "screenshots")
+
+
+def screenshot(page, name: str) -> None:
+    """A full-page picture in tests/dashboard/screenshots/ (gitignored), for anyone to look at."""
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SCREENSHOTS, f"{name}.png"), full_page=True)
+
+
+def _maps_loaded(page) -> list[str]:
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img[data-map]')].every(i => i.complete && i.naturalWidth > 0)",
+        timeout=30_000)
+    return page.eval_on_selector_all("#results img[data-map]", "imgs => imgs.map(i => i.currentSrc)")
+
+
+def test_a_published_program_shows_maps_at_a_log_tau_and_the_profiles_of_a_pixel(open_as, scientist, make_published):
+    case = make_published()
+    page = open_as(scientist)
+    page.goto(reverse("program-detail", args=[str(case.program)]))
+    assert page.get_by_test_id("program-state").inner_text() == "Published"
+    first = _maps_loaded(page)
+    assert len(first) == 4
+    before = page.get_by_test_id("map-temperature").screenshot()
+    page.get_by_test_id("log-tau").select_option("0")
+    page.wait_for_function("document.querySelector('#results img[data-map]').currentSrc.includes('/0.png')")
+    second = _maps_loaded(page)
+    assert all(a != b for a, b in zip(first, second))
+    assert page.get_by_test_id("map-temperature").screenshot() != before  # another picture, not another name
+    screenshot(page, "program-published")
+
+    box = page.get_by_test_id("map-velocity").bounding_box()
+    page.get_by_test_id("map-velocity").click(position={"x": box["width"] * 0.48, "y": box["height"] * 0.5})
+    profiles = page.get_by_test_id("profiles")
+    profiles.wait_for()
+    lines = profiles.locator(".profile-line").count()
+    assert lines == len(case.inversion.spectral_lines) or lines >= 1
+    assert profiles.locator("svg.panel").count() == 4 * lines
+    assert page.get_by_test_id("depth-curves").locator("svg.panel").count() == 4
+    assert "Raster step" in page.get_by_test_id("pixel").inner_text()
+    screenshot(page, "program-published-pixel")
+
+
+def test_report_with_the_proposed_defaults_then_the_page_follows_working_inverted_published(
+        open_as, scientist, make_published, collections, monkeypatch):
+    import shutil
+
+    from inversions import pipeline as preprocessing
+    from publishing import intake, pipeline
+    from publishing.tasks import intake_results, publish_l2
+    from tests.publishing.conftest import COMMIT, make_case
+
+    make_published()  # an earlier inversion: its commit is the one proposed
+    case = make_case(collections, scientist)
+    proposed = preprocessing.science_path(case.program) + "results/"
+    shutil.copytree(case.results_folder, collections / "science-cluster" / proposed.strip("/"))
+    queued = []
+    monkeypatch.setattr(intake_results, "delay", lambda order_id: queued.append(order_id))  # the worker: below
+
+    page = open_as(scientist)
+    page.goto(reverse("program-detail", args=[str(case.program)]))
+    form = page.locator("#report")
+    assert form.get_by_label("Path of the result files").input_value() == proposed
+    assert form.get_by_label("Inversion software commit").input_value() == COMMIT
+    form.get_by_role("button", name="Report inverted").click()
+    page.wait_for_load_state()
+    assert "a worker fetches and checks the files now" in page.locator("#messages").inner_text()
+    page.evaluate("window.__same_page = true")  # gone if the page were loaded again
+
+    [order_id] = queued
+    assert intake.run_intake(order_id) == intake.Outcome.DONE  # accepted: Inverted
+    state = page.get_by_test_id("program-state")
+    page.wait_for_function("document.querySelector('[data-testid=program-state]').innerText === 'Inverted'")
+    assert page.evaluate("window.__same_page") is True
+    assert "Inverted" in page.get_by_test_id("stepper").locator("[aria-current]").inner_text()
+    assert "inv_res_mod.fits" in page.locator("#history").inner_text()
+
+    case.program.refresh_from_db()
+    generate = pipeline.request_generate(case.program, actor="olga", enqueue=False).order
+    assert pipeline.run_generate(generate.pk).outcome == pipeline.Outcome.DONE
+    publish = pipeline.request_publish(case.program, actor="olga", enqueue=False).order
+    assert publish_l2.apply(args=[publish.pk]).get() == "done"
+    page.wait_for_function("document.querySelector('[data-testid=program-state]').innerText === 'Published'")
+    assert state.inner_text() == "Published" and page.evaluate("window.__same_page") is True
+    page.get_by_test_id("level2-state").wait_for()
+    assert page.get_by_test_id("level2-state").inner_text() == "Published"
+    assert page.get_by_test_id("live").get_attribute("hx-trigger") is None  # terminal: no more polling
+    assert page.get_by_test_id("results").is_visible()
