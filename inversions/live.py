@@ -65,8 +65,11 @@ def stepper(program: ObservingProgram, history=None) -> list[dict]:
         out += [{"label": s.label, "status": "todo"} for s in steps[at + 1:]]
         return out
     at = steps.index(state) if state in steps else 0
-    return [{"label": s.label, "status": "done" if i < at else "current" if i == at else "todo"}
-            for i, s in enumerate(steps)]
+    out = [{"label": s.label, "status": "done" if i < at else "current" if i == at else "todo"}
+           for i, s in enumerate(steps)]
+    if state == State.PUBLISHED:  # the end of the way: done, and where it stands
+        out[-1] = {"label": State.PUBLISHED.label, "status": "done", "current": True}
+    return out
 
 
 @require_GET

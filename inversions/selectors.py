@@ -389,6 +389,26 @@ class DatasetRow:
     def off_disk(self) -> bool:
         return self.distance is not None and self.radius is not None and self.distance >= self.radius
 
+    @property
+    def corners(self) -> list[dict]:
+        """The four corners of the bounding box with their distance from disc centre (arcsec)."""
+        from inversions.datasets import corners
+
+        return corners(self.box)
+
+    @property
+    def window(self):
+        """Whether the wavelength range spans its line's window (inversions.datasets.WindowCheck or None)."""
+        from inversions.datasets import window_check
+
+        return window_check(self.dataset)
+
+    @property
+    def movie_url(self) -> str:
+        from inversions.datasets import browse_movie_url
+
+        return browse_movie_url(self.dataset)
+
 
 def dataset_rows(datasets) -> list[DatasetRow]:
     rows = []

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from inversions import live, views
+from inversions import dataset_views, live, proposals, views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -8,6 +8,9 @@ urlpatterns = [
     path("programs/", views.program_list, name="program-list"),
     path("programs/pick-next", views.pick_next, name="pick-next"),
     path("programs/<str:ipeid>/", views.program_detail, name="program-detail"),
+    path("proposals/", proposals.proposal_list, name="proposal-list"),
+    path("proposals/<str:proposal_id>", proposals.proposal_detail, name="proposal-detail"),
+    path("datasets/<str:dataset_id>", dataset_views.dataset_detail, name="dataset-detail"),
     path("programs/<str:ipeid>/progress", views.program_progress, name="program-progress"),
     path("programs/<str:ipeid>/state", live.program_state, name="program-state"),
     path("programs/<str:ipeid>/claim", views.claim, name="program-claim"),
