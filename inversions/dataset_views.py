@@ -15,7 +15,8 @@ from inversions.models import Dataset
 
 
 def _field_rows(d: Dataset) -> list[dict]:
-    rows = [{"label": label, "value": getattr(d, column), "unit": unit, "key": key}
+    digits = {"wavelengthMin": 3, "wavelengthMax": 3, "exposureTime": 2}
+    rows = [{"label": label, "value": getattr(d, column), "unit": unit, "key": key, "digits": digits.get(key)}
             for column, key, label, unit in ds.FIELDS]
     for key, label, unit in ds.RECORD_ONLY:
         value = ds.record_field(d, key)

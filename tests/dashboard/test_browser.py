@@ -349,3 +349,44 @@ def test_report_with_the_proposed_defaults_then_the_page_follows_working_inverte
     assert page.get_by_test_id("level2-state").inner_text() == "Published"
     assert page.get_by_test_id("live").get_attribute("hx-trigger") is None  # terminal: no more polling
     assert page.get_by_test_id("results").is_visible()
+
+
+def test_sort_the_datasets_open_a_dataset_page_and_a_proposal(open_as, scientist, make_op):
+    program = make_op(State.PREPROCESSED, description="Sunspot penumbra raster")
+    for n in range(16):
+        make_op(State.PREPROCESSED if n % 3 else State.PUBLISHED, description=f"Quiet Sun network, run {n} " + "long " * 60)
+    page = open_as(scientist)
+    screenshot(page, "overview")
+    page.goto(reverse("program-list"))
+    screenshot(page, "program-list")
+    rows = page.locator("table tbody tr")
+    visible = [i for i in range(rows.count()) if (rows.nth(i).bounding_box() or {"y": 1e9})["y"] + 10 < 900]
+    assert len(visible) >= 15, len(visible)  # at least 15 programs on a 900-px-high screen
+
+    page.goto(reverse("program-detail", args=[str(program)]))
+    table = page.get_by_test_id("datasets-table")
+    ids = lambda: table.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.dataset)")  # noqa: E731
+    waves = lambda: table.locator("tbody tr td:nth-child(2)").evaluate_all(  # noqa: E731
+        "cells => cells.map(c => parseFloat(c.dataset.sort))")
+    table.get_by_role("button", name="λ min (nm)").click()
+    assert waves() == sorted(waves())
+    table.get_by_role("button", name="λ min (nm)").click()
+    assert waves() == sorted(waves(), reverse=True)
+    table.get_by_role("button", name="Dataset").click()
+    assert ids() == sorted(ids())
+    assert table.locator("th[aria-sort=ascending]").text_content().startswith("Dataset")
+
+    with_movie = Dataset.objects.filter(program=program).exclude(browse_movie_url="").order_by("dataset_id").first()
+    table.locator(f"tr[data-dataset='{with_movie.dataset_id}'] a", has_text=with_movie.dataset_id).click()
+    page.wait_for_url(re.compile(re.escape(reverse("dataset-detail", args=[with_movie.dataset_id])) + "$"))
+    movie = page.locator(".head-actions").get_by_test_id("movie-link")
+    assert movie.get_attribute("href") == with_movie.browse_movie_url
+    assert page.get_by_test_id("program-link").inner_text() == str(program)
+    screenshot(page, "dataset")
+
+    page.get_by_role("link", name="Proposals").click()
+    page.get_by_role("link", name=program.primary_proposal_id).click()
+    page.wait_for_url(re.compile(re.escape(reverse("proposal-detail", args=[program.primary_proposal_id]))))
+    assert page.get_by_test_id("proposal-programs").first.locator("tbody tr").count() >= 1
+    assert str(program) in page.locator("main").inner_text()
+    screenshot(page, "proposal")
