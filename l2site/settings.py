@@ -102,6 +102,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "l2site.pages.MethodNotAllowedPages",
 ]
 
 ROOT_URLCONF = "l2site.urls"
