@@ -1,12 +1,15 @@
 from django.urls import path
 
-from inversions import dataset_views, live, proposals, views
+from inversions import dataset_views, live, my_work, proposals, views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("queue/", views.queue, name="queue"),
     path("programs/", views.program_list, name="program-list"),
     path("programs/pick-next", views.pick_next, name="pick-next"),
+    path("programs/export.csv", my_work.program_csv, name="program-csv"),
+    path("my/", my_work.my_programs, name="my-programs"),
+    path("programs/<str:ipeid>/notes", my_work.add_note, name="program-note"),
     path("programs/<str:ipeid>/", views.program_detail, name="program-detail"),
     path("proposals/", proposals.proposal_list, name="proposal-list"),
     path("proposals/<str:proposal_id>", proposals.proposal_detail, name="proposal-detail"),
