@@ -259,6 +259,9 @@ def test_scan_progress_is_polled_until_the_scan_ends(open_as, operator, monkeypa
     page.wait_for_function("document.querySelector('#scan-running .progress-box').dataset.status === 'succeeded'", timeout=8000)
     assert "1234 records" in box.inner_text()
     assert box.get_attribute("hx-trigger") is None  # polling stopped
+    row = page.get_by_test_id("scan-table").locator("tbody tr", has_text=f"#{scan.pk}")
+    row.wait_for(timeout=8000)  # the table gained the finished scan, without a reload
+    assert "1234" in row.inner_text()
 
 
 SCREENSHOTS = os.path.join(os.path.dirname(__file__), "screenshots")
