@@ -444,6 +444,7 @@ class RunningWork:
     unit: str = ""
     running: bool = True
     detail: str = ""
+    failed_step: str = ""  # of a failed order: the step it stopped in (shown with the reason, no bar)
 
     @property
     def percent(self) -> float | None:
@@ -491,7 +492,9 @@ def running_work(program: ObservingProgram) -> RunningWork | None:
             return RunningWork(label="Preprocessing completed", done=p.get("frames_assembled", 0),
                                total=p.get("frames_total"), unit="frames assembled", running=False,
                                detail=f"{p.get('cubes', 0)} cubes, {_size(p.get('bytes_written'))}.")
-        return RunningWork(label="Preprocessing failed", running=False, detail=order.error)
+        return RunningWork(label="Preprocessing failed", running=False,
+                           detail=order.error or "no reason was recorded",
+                           failed_step=_STEP_LABELS.get(order.step, order.step or "an unknown step"))
     step = order.step if order.status == WorkOrder.Status.STARTED else ""
     label = f"Preprocessing: {_STEP_LABELS.get(step, 'queued')}"
     notes = [f"order #{order.pk}" + (" (forced)" if order.forced else "")]

@@ -273,3 +273,14 @@ def test_admin_sees_the_correction_link(client, make_op, admin_user, scientist):
     assert f'{reverse("admin:inversions_observingprogram_changelist")}?q={program}' in page
     client.force_login(scientist)
     assert "Correct the state in the admin" not in client.get(reverse("program-detail", args=[str(program)])).content.decode()
+
+
+def test_preprocess_now_stands_in_the_operators_actions_card(client, make_op, operator, scientist):
+    program = make_op(State.INVERTIBLE)
+    client.force_login(operator)
+    html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    actions = html.split('id="actions"', 1)[1].split("</section>", 1)[0]
+    assert f'action="{reverse("program-preprocess", args=[str(program)])}"' in actions and "Preprocess now" in actions
+    client.force_login(scientist)
+    html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    assert "Preprocess now" not in html.split('id="actions"', 1)[1].split("</section>", 1)[0]
