@@ -121,7 +121,7 @@ def test_981348_stokes_i_only_and_poor_health():
     assert rule(report, RULE_FE_I_630).value == ["AKPKJ"]
     fried = [w for w in report.warnings if w.code == "fried_low"]
     assert [(w.level, w.dataset_id) for w in fried] == [("red", "AJQJL")]
-    assert "0.019" in fried[0].message
+    assert "1.9 cm" in fried[0].message and "below 5 cm" in fried[0].message  # r₀ in cm, as on the plot
 
 
 def test_85415_543493_lists_only_fe_630_25():
