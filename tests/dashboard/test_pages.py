@@ -111,7 +111,7 @@ def test_dataset_table_shows_percentages_box_and_distance(client, scientist, mak
     d = program.datasets.order_by("wavelength_min").first()
     client.force_login(scientist)
     html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
-    row = html.split(f"<td class=\"ident\">{d.dataset_id}")[1].split("</tr>")[0]
+    row = html.split(f'<tr data-dataset="{d.dataset_id}">')[1].split("</tr>")[0]
     health = round(100 * d.health["good"] / d.frame_count, 1)
     assert f"{health:g} %" in row
     (x1, y1), (x2, y2) = d.bounding_box
