@@ -457,7 +457,8 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step) * step
-    return [round(first + k * step, 10) for k in range(int((hi - first) / step + 1e-9) + 1)]
+    ticks = [round(first + k * step, 10) for k in range(int((hi - first) / step + 1e-9) + 1)]
+    return ticks if len(ticks) >= 2 or n > 12 else _ticks(lo, hi, n * 2)
 
 
 def _fmt(v: float, ticks: Sequence[float]) -> str:

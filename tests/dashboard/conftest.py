@@ -127,8 +127,15 @@ def make_published(collections, store_settings, scientist):  # noqa: F811
     from publishing.tasks import publish_l2
     from tests.publishing.conftest import make_case
 
-    def make(**kwargs):
+    def make(*, line_ids=None, **kwargs):
         case = make_case(collections, scientist, **kwargs)
+        if line_ids:  # BLANCA ids: the lines of the profile files (the intake takes them from the files)
+            from publishing.results import write_demo_results
+            from tests.publishing.conftest import DEPTH, SLIT, WAVE
+
+            write_demo_results(case.results_folder, n_steps=case.steps, n_slit=kwargs.get("slit", SLIT),
+                               n_depth=kwargs.get("depth", DEPTH), n_wave=kwargs.get("wave", WAVE),
+                               line_ids=line_ids, seed=7)
         order = intake.submit_report(case.program, user=scientist, actor="han", enqueue=False, **case.report())
         assert intake.run_intake(order.pk) == intake.Outcome.DONE
         case.program.refresh_from_db()

@@ -214,3 +214,10 @@ def test_the_program_page_of_a_published_program_costs_at_most_15_queries(make_p
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url).status_code == 200
     assert len(queries) <= 15, [q["sql"][:120] for q in queries.captured_queries]
+
+
+@pytest.mark.parametrize("lo, hi", [(630.1128, 630.1928), (588.95, 589.03), (-0.0171, -0.0152), (3900, 7100), (-4, 1)])
+def test_panel_ticks_are_distinct_and_at_least_two(lo, hi):
+    ticks = plots._ticks(lo, hi, 3)
+    labels = [plots._fmt(t, ticks) for t in ticks]
+    assert len(ticks) >= 2 and len(set(labels)) == len(labels) and all(lo <= t <= hi for t in ticks), labels
