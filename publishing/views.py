@@ -55,15 +55,27 @@ def _view(order: WorkOrder | None, done_key: str, total_key: str, unit: str) -> 
 SHOWN_IN = (State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR)
 
 
-def publishing_context(program: ObservingProgram, user) -> dict:
-    """What the publishing partial shows for ``program`` and ``user`` (at most 3 queries)."""
+_UNKNOWN = object()
+
+
+def publishing_context(program: ObservingProgram, user, *, known_inversion=_UNKNOWN) -> dict:
+    """What the publishing partial shows for ``program`` and ``user`` (at most 3 queries).
+
+    ``known_inversion``: the program's current inversion when the caller has just read it (the
+    program page's results card), to save the query.
+    """
     if program.state not in SHOWN_IN:
         return {"program": program, "show": False}
     latest = {o.kind: o for o in WorkOrder.objects.filter(
         program=program, kind__in=[INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH],
     ).order_by("kind", "-created_at", "-id").distinct("kind")}
     intake, generate, publish = (latest.get(k) for k in (INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH))
-    inversion = current_inversion(program) if (latest or program.state != State.WORKING) else None
+    if not (latest or program.state != State.WORKING):
+        inversion = None
+    elif known_inversion is not _UNKNOWN:
+        inversion = known_inversion
+    else:
+        inversion = current_inversion(program)
     if inversion is not None:  # orders of an earlier inversion are not this one's
         if generate is not None and generate.details.get("inversion_id") != inversion.inversion_id:
             generate = None
