@@ -331,3 +331,19 @@ class WorkOrder(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class ProgramNote(models.Model):
+    """A note on a program by a user (append-only, like the history, in which it is shown)."""
+
+    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="notes")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    text = models.TextField()
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["program", "at"], name="note_program_at")]
+
+    def __str__(self) -> str:
+        return f"note by {self.author_id} on {self.program_id} at {self.at:%Y-%m-%d %H:%M}"

@@ -389,6 +389,26 @@ class DatasetRow:
     def off_disk(self) -> bool:
         return self.distance is not None and self.radius is not None and self.distance >= self.radius
 
+    @property
+    def corners(self) -> list[dict]:
+        """The four corners of the bounding box with their distance from disc centre (arcsec)."""
+        from inversions.datasets import corners
+
+        return corners(self.box)
+
+    @property
+    def window(self):
+        """Whether the wavelength range spans its line's window (inversions.datasets.WindowCheck or None)."""
+        from inversions.datasets import window_check
+
+        return window_check(self.dataset)
+
+    @property
+    def movie_url(self) -> str:
+        from inversions.datasets import browse_movie_url
+
+        return browse_movie_url(self.dataset)
+
 
 def dataset_rows(datasets) -> list[DatasetRow]:
     rows = []
@@ -424,6 +444,7 @@ class RunningWork:
     unit: str = ""
     running: bool = True
     detail: str = ""
+    failed_step: str = ""  # of a failed order: the step it stopped in (shown with the reason, no bar)
 
     @property
     def percent(self) -> float | None:
@@ -471,7 +492,9 @@ def running_work(program: ObservingProgram) -> RunningWork | None:
             return RunningWork(label="Preprocessing completed", done=p.get("frames_assembled", 0),
                                total=p.get("frames_total"), unit="frames assembled", running=False,
                                detail=f"{p.get('cubes', 0)} cubes, {_size(p.get('bytes_written'))}.")
-        return RunningWork(label="Preprocessing failed", running=False, detail=order.error)
+        return RunningWork(label="Preprocessing failed", running=False,
+                           detail=order.error or "no reason was recorded",
+                           failed_step=_STEP_LABELS.get(order.step, order.step or "an unknown step"))
     step = order.step if order.status == WorkOrder.Status.STARTED else ""
     label = f"Preprocessing: {_STEP_LABELS.get(step, 'queued')}"
     notes = [f"order #{order.pk}" + (" (forced)" if order.forced else "")]

@@ -33,6 +33,7 @@ from inversions.forms import (
     query_string,
 )
 from inversions.models import ObservingProgram, WorkOrder
+from inversions.report_problems import in_words, report_problems
 from inversions.states import MAIN_LINE, State
 from inversions.states import label as state_label
 from l2site.auth import is_admin, is_operator, is_science, require_role
@@ -375,11 +376,14 @@ def program_context(request, program: ObservingProgram, *, report_form=None, rep
     can_report = r["is_science"] and state == State.WORKING and mine and not program.work_orders.filter(
         kind=WorkOrder.Kind.INTAKE, status__in=WorkOrder.ACTIVE).exists()
     if can_report and report_form is None:
+        from publishing.selectors import last_software_commit
+
         report_form = ReportInvertedForm(
             datasets=current, collections=list(settings.L2_COLLECTIONS),
             # where the science team received the program's data: the usual place for its results
             initial={"collection": settings.L2_SCIENCE_COLLECTION, "path": pipeline.science_path(program) + "results/",
-                     "dataset_ids": default_datasets_used(current)},
+                     "dataset_ids": [d.dataset_id for d in current],
+                     "software_commit": last_software_commit(user)},
         )
     return {
         "nav": "programs",
@@ -420,15 +424,6 @@ def preprocessing_context(program: ObservingProgram, r: dict) -> dict:
     summary = pipeline.summary(program)
     can = r["is_operator"] and program.state in pipeline.START_STATES and summary.active is None
     return {"preprocessing": summary, "can_preprocess": can}
-
-
-def default_datasets_used(current) -> list[str]:
-    """The datasets ticked at first in the report form: those with the line every inversion uses."""
-    from scanning.qualification import Thresholds
-
-    line = Thresholds().required_line
-    chosen = [d.dataset_id for d in current if line in (d.spectral_lines or [])]
-    return chosen or [d.dataset_id for d in current]
 
 
 @require_GET
@@ -527,12 +522,24 @@ def pick_next(request):
     return redirect("program-detail", ipeid=program.instrument_program_execution_id)
 
 
+PRIORITY_PROBLEM = "Priority must be a whole number between -1000 and 1000."
+
+
 def _priority(request) -> int | None:
     form = PriorityForm(request.POST)
     if form.is_valid():
         return form.cleaned_data["priority"]
-    messages.error(request, "Priority must be a whole number between -1000 and 1000.")
     return None
+
+
+def _bad_priority(request, program):
+    """400: the page (or, for HTMX, the message the base template shows) names the problem."""
+    from l2site.pages import problem
+
+    raw = request.POST.get("priority", "")[:20]
+    return problem(request, f"{PRIORITY_PROBLEM} “{raw}” is not." if raw else f"{PRIORITY_PROBLEM} None was given.",
+                   title="Priority not set", back_url=reverse("program-detail", args=[program.instrument_program_execution_id]),
+                   back_label="Back to the program")
 
 
 @require_POST
@@ -541,7 +548,7 @@ def enqueue(request, ipeid: str):
     program = _target(ipeid)
     priority = _priority(request)
     if priority is None:
-        return _done(request, _back(request, program))
+        return _bad_priority(request, program)
     return _act(
         request, program,
         lambda: lifecycle.enqueue(program, user=request.user, priority=priority, reason=f"work on this next (priority {priority})"),
@@ -555,7 +562,7 @@ def set_priority(request, ipeid: str):
     program = _target(ipeid)
     priority = _priority(request)
     if priority is None:
-        return _done(request, _back(request, program))
+        return _bad_priority(request, program)
     if program.state == State.PREPROCESSED:
         return enqueue(request, ipeid)
     return _act(
@@ -634,7 +641,15 @@ def report_inverted(request, ipeid: str):
     program = _program_or_404(ipeid)
     current = [d for d in program.datasets.all() if not d.superseded]
     form = ReportInvertedForm(request.POST, datasets=current, collections=list(settings.L2_COLLECTIONS))
-    if form.is_valid():
+    problems = report_problems({k: request.POST.get(k, "") for k in ("collection", "path", "software_commit", "notes")}
+                               | {"dataset_ids": request.POST.getlist("dataset_ids")}, [d.dataset_id for d in current])
+    if problems:
+        form.is_valid()
+        for field, problem in problems:
+            if field in form.fields and not form.has_error(field):
+                form.add_error(field, problem)
+        error = "Not reported. " + " ".join(p for _, p in problems)
+    elif form.is_valid():
         data = form.cleaned_data
         try:
             submit_report(
@@ -650,14 +665,14 @@ def report_inverted(request, ipeid: str):
             )
         except ReportRejected as exc:
             if exc.field and exc.field in form.fields:
-                form.add_error(exc.field, exc.message)
-            error = f"Not reported: {exc.message}"
+                form.add_error(exc.field, in_words(exc.message))
+            error = f"Not reported. {in_words(exc.message)}"
         else:
             messages.success(request, f"Results of {program} reported: a worker fetches and checks the files now. "
                                       "It becomes Inverted once they pass; the verdict appears on this page.")
             return redirect("program-detail", ipeid=ipeid)
     else:
-        error = "Not reported: please correct the fields marked below."
+        error = "Not reported. " + " ".join(str(e) for errors in form.errors.values() for e in errors)
     messages.error(request, error)
     program = _program_or_404(ipeid)
     context = program_context(request, program, report_form=form, report_error=error)

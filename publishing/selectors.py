@@ -41,3 +41,10 @@ def program_inversions(program: ObservingProgram) -> list[Inversion]:
     """All of the program's inversions, newest first, with their status history."""
     return list(Inversion.objects.filter(program=program).select_related("superseded_by")
                 .prefetch_related("events").order_by("-created_at", "-id"))
+
+
+def last_software_commit(user) -> str:
+    """The inversion software commit the report form proposes: the last one ``user`` reported, else anyone's."""
+    newest = Inversion.objects.order_by("-reported_at", "-id").values_list("software_commit", flat=True)
+    mine = newest.filter(reported_by_user=user).first() if getattr(user, "pk", None) else None
+    return mine or newest.first() or ""

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from publishing import api, openapi, views
+from publishing import api, openapi, results_views, views
 from scanning import api as scanning_api
 
 #: /api/v1/…
@@ -23,4 +23,8 @@ program_urlpatterns = [
     path("republish", views.republish, name="program-republish"),
     path("inversions/<str:inversion_id>/archive", views.archive_inversion, name="inversion-archive"),
     path("inversions/<str:inversion_id>/restore", views.restore_inversion, name="inversion-restore"),
+    path("results", results_views.results_card, name="program-results"),
+    path("results/<str:inversion_id>/maps/<str:quantity>/<str:tau>.png", results_views.result_map,
+         name="program-result-map"),
+    path("results/<str:inversion_id>/pixel", results_views.result_pixel, name="program-result-pixel"),
 ]

@@ -16,7 +16,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from inversions import work_orders
 from inversions.models import ObservingProgram, WorkOrder
 from inversions.states import State
 from inversions import lifecycle

@@ -511,7 +511,7 @@ def _warnings(records: list[DatasetRecord], t: Thresholds) -> list[Qualification
             below = sum(1 for m, _ in medians if m < limit)  # type: ignore[operator]
             found.append(QualificationWarning(
                 WARN_FRIED_LOW, level,
-                f"Fried parameter median {median:.3f} m in {dataset_id} is below {limit:g} m"
+                f"Fried parameter r₀ median {median * 100:.1f} cm in {dataset_id} is below {limit * 100:g} cm"
                 + ("" if below <= 1 else f" ({below} datasets below)"),
                 dataset_id,
             ))

@@ -62,6 +62,10 @@ def last_scan() -> Scan | None:
     return with_took([scan])[0] if scan else None
 
 
+#: the event a finished scan's last progress answer sends (the scans table listens for it)
+SCAN_FINISHED = "l2-scan-finished"
+
+
 def running_scans() -> list[Scan]:
     return with_took(Scan.objects.filter(status=Scan.Status.RUNNING).order_by("-started_at", "-id")[:3])
 
@@ -89,6 +93,8 @@ def next_scan() -> datetime | None:
 def _progress_response(request, scan: Scan):
     scan.took = took(scan)
     response = render(request, "scanning/partials/scan_progress.html", {"scan": scan})
+    if request.headers.get("HX-Request") and not scan.is_running:
+        response["HX-Trigger"] = SCAN_FINISHED  # the scans table loads itself again: the new row shows
     patch_vary_headers(response, ["HX-Request"])
     return response
 

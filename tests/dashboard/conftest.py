@@ -18,6 +18,8 @@ from scanning.qualification import Thresholds, qualify
 from scanning.records import lines_of, parse_record
 from scanning.scan import dataset_fields, raw_hash
 from tests.conftest import PATHS
+from tests.publishing.conftest import collections, store_settings  # noqa: F401  (fixtures)
+from tests.scanning.conftest import metadata_store  # noqa: F401  (the emulator fixture)
 
 DATA = Path(__file__).resolve().parents[2] / "scanning" / "emulator" / "data"
 #: ViSP programs of pid_2_114: 3 arms, IQUV, invertible / Stokes I only, not invertible
@@ -116,3 +118,34 @@ def as_user(client):
         return client
 
     return login
+
+
+@pytest.fixture
+def make_published(collections, store_settings, scientist):  # noqa: F811
+    """A Published program whose inversion went the whole way: intake, L2 generation, publication."""
+    from publishing import intake, pipeline
+    from publishing.tasks import publish_l2
+    from tests.publishing.conftest import make_case
+
+    def make(*, line_ids=None, **kwargs):
+        case = make_case(collections, scientist, **kwargs)
+        if line_ids:  # BLANCA ids: the lines of the profile files (the intake takes them from the files)
+            from publishing.results import write_demo_results
+            from tests.publishing.conftest import DEPTH, SLIT, WAVE
+
+            write_demo_results(case.results_folder, n_steps=case.steps, n_slit=kwargs.get("slit", SLIT),
+                               n_depth=kwargs.get("depth", DEPTH), n_wave=kwargs.get("wave", WAVE),
+                               line_ids=line_ids, seed=7)
+        order = intake.submit_report(case.program, user=scientist, actor="han", enqueue=False, **case.report())
+        assert intake.run_intake(order.pk) == intake.Outcome.DONE
+        case.program.refresh_from_db()
+        generate = pipeline.request_generate(case.program, actor="olga", enqueue=False).order
+        assert pipeline.run_generate(generate.pk).outcome == pipeline.Outcome.DONE
+        publish = pipeline.request_publish(case.program, actor="olga", enqueue=False).order
+        assert publish_l2.apply(args=[publish.pk]).get() == "done"
+        case.program.refresh_from_db()
+        case.inversion = pipeline.current_inversion(case.program)
+        assert case.program.state == State.PUBLISHED
+        return case
+
+    return make

@@ -126,9 +126,29 @@ def test_bad_priority_is_refused_with_a_message(client, make_op, operator):
     program = make_op(State.QUEUED)
     client.force_login(operator)
     response = post(client, "program-priority", program, {"priority": "lots"}, follow=True)
-    assert response.status_code == 200
-    assert "Priority must be a whole number" in response.content.decode()
+    assert response.status_code == 400
+    assert "Priority must be a whole number between -1000 and 1000. “lots” is not." in response.content.decode()
     assert fresh(program).priority == 0 and len(history(program)) == 4
+    for value in ("", "5000", "1.5"):
+        response = post(client, "program-priority", program, {"priority": value, "from": "queue"}, HTTP_HX_REQUEST="true")
+        assert response.status_code == 400 and "data-l2-message" in response.content.decode()
+    ready = make_op(State.PREPROCESSED)
+    assert post(client, "program-enqueue", ready, {"priority": "x"}).status_code == 400
+    assert fresh(ready).state == State.PREPROCESSED
+
+
+def test_a_get_on_an_action_explains_instead_of_an_empty_405(client, make_op, scientist):
+    program = make_op(State.PREPROCESSED)
+    client.force_login(scientist)
+    for name, args in (("program-claim", [str(program)]), ("pick-next", []), ("program-report", [str(program)]),
+                       ("program-retry", [str(program)])):
+        response = client.get(reverse(name, args=args))
+        html = response.content.decode()
+        assert response.status_code == 405 and "POST" in response["Allow"]
+        assert "Use the button" in html and "it works from its button" in html, name
+    html = client.get(reverse("program-claim", args=[str(program)])).content.decode()
+    assert "claims the program for you" in html and f'href="/programs/{program}/"' in html
+    assert client.get(reverse("api-report-inverted", args=[str(program)])).content != html.encode()
 
 
 def test_operator_removes_a_program_from_the_queue(client, make_op, operator):
@@ -308,3 +328,14 @@ def test_admin_sees_the_correction_link(client, make_op, admin_user, scientist):
     assert f'{reverse("admin:inversions_observingprogram_changelist")}?q={program}' in page
     client.force_login(scientist)
     assert "Correct the state in the admin" not in client.get(reverse("program-detail", args=[str(program)])).content.decode()
+
+
+def test_preprocess_now_stands_in_the_operators_actions_card(client, make_op, operator, scientist):
+    program = make_op(State.INVERTIBLE)
+    client.force_login(operator)
+    html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    actions = html.split('id="actions"', 1)[1].split("</section>", 1)[0]
+    assert f'action="{reverse("program-preprocess", args=[str(program)])}"' in actions and "Preprocess now" in actions
+    client.force_login(scientist)
+    html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    assert "Preprocess now" not in html.split('id="actions"', 1)[1].split("</section>", 1)[0]

@@ -259,3 +259,137 @@ def test_scan_progress_is_polled_until_the_scan_ends(open_as, operator, monkeypa
     page.wait_for_function("document.querySelector('#scan-running .progress-box').dataset.status === 'succeeded'", timeout=8000)
     assert "1234 records" in box.inner_text()
     assert box.get_attribute("hx-trigger") is None  # polling stopped
+    row = page.get_by_test_id("scan-table").locator("tbody tr", has_text=f"#{scan.pk}")
+    row.wait_for(timeout=8000)  # the table gained the finished scan, without a reload
+    assert "1234" in row.inner_text()
+
+
+SCREENSHOTS = os.path.join(os.path.dirname(__file__), "screenshots")
+
+
+def screenshot(page, name: str) -> None:
+    """A full-page picture in tests/dashboard/screenshots/ (gitignored), for anyone to look at."""
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SCREENSHOTS, f"{name}.png"), full_page=True)
+
+
+def _maps_loaded(page) -> list[str]:
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img[data-map]')].every(i => i.complete && i.naturalWidth > 0)",
+        timeout=30_000)
+    return page.eval_on_selector_all("#results img[data-map]", "imgs => imgs.map(i => i.currentSrc)")
+
+
+def test_a_published_program_shows_maps_at_a_log_tau_and_the_profiles_of_a_pixel(open_as, scientist, make_published):
+    case = make_published(line_ids=(23, 4, 9))  # Fe I 630, Ca II 854, Na I D2
+    page = open_as(scientist)
+    page.goto(reverse("program-detail", args=[str(case.program)]))
+    assert page.get_by_test_id("program-state").inner_text() == "Published"
+    first = _maps_loaded(page)
+    assert len(first) == 4
+    before = page.get_by_test_id("map-temperature").screenshot()
+    page.get_by_test_id("log-tau").select_option("0")
+    page.wait_for_function("document.querySelector('#results img[data-map]').currentSrc.includes('/0.png')")
+    second = _maps_loaded(page)
+    assert all(a != b for a, b in zip(first, second))
+    assert page.get_by_test_id("map-temperature").screenshot() != before  # another picture, not another name
+    screenshot(page, "program-published")
+
+    box = page.get_by_test_id("map-velocity").bounding_box()
+    page.get_by_test_id("map-velocity").click(position={"x": box["width"] * 0.48, "y": box["height"] * 0.5})
+    profiles = page.get_by_test_id("profiles")
+    profiles.wait_for()
+    lines = profiles.locator(".profile-line").count()
+    assert lines == 3 and [h.inner_text() for h in profiles.locator(".profile-line h4").all()] == ["Na I", "Fe I", "Ca II"]
+    assert profiles.locator("svg.panel").count() == 4 * lines
+    assert page.get_by_test_id("depth-curves").locator("svg.panel").count() == 4
+    assert "Raster step" in page.get_by_test_id("pixel").inner_text()
+    screenshot(page, "program-published-pixel")
+
+
+def test_report_with_the_proposed_defaults_then_the_page_follows_working_inverted_published(
+        open_as, scientist, make_published, collections, monkeypatch):
+    import shutil
+
+    from inversions import pipeline as preprocessing
+    from publishing import intake, pipeline
+    from publishing.tasks import intake_results, publish_l2
+    from tests.publishing.conftest import COMMIT, make_case
+
+    make_published()  # an earlier inversion: its commit is the one proposed
+    case = make_case(collections, scientist)
+    proposed = preprocessing.science_path(case.program) + "results/"
+    shutil.copytree(case.results_folder, collections / "science-cluster" / proposed.strip("/"))
+    queued = []
+    monkeypatch.setattr(intake_results, "delay", lambda order_id: queued.append(order_id))  # the worker: below
+
+    page = open_as(scientist)
+    page.goto(reverse("program-detail", args=[str(case.program)]))
+    form = page.locator("#report")
+    assert form.get_by_label("Path of the result files").input_value() == proposed
+    assert form.get_by_label("Inversion software commit").input_value() == COMMIT
+    form.get_by_role("button", name="Report inverted").click()
+    page.wait_for_load_state()
+    assert "a worker fetches and checks the files now" in page.locator("#messages").inner_text()
+    page.evaluate("window.__same_page = true")  # gone if the page were loaded again
+
+    [order_id] = queued
+    assert intake.run_intake(order_id) == intake.Outcome.DONE  # accepted: Inverted
+    state = page.get_by_test_id("program-state")
+    page.wait_for_function("document.querySelector('[data-testid=program-state]').innerText === 'Inverted'")
+    assert page.evaluate("window.__same_page") is True
+    assert "Inverted" in page.get_by_test_id("stepper").locator("[aria-current]").inner_text()
+    assert "inv_res_mod.fits" in page.locator("#history").inner_text()
+
+    case.program.refresh_from_db()
+    generate = pipeline.request_generate(case.program, actor="olga", enqueue=False).order
+    assert pipeline.run_generate(generate.pk).outcome == pipeline.Outcome.DONE
+    publish = pipeline.request_publish(case.program, actor="olga", enqueue=False).order
+    assert publish_l2.apply(args=[publish.pk]).get() == "done"
+    page.wait_for_function("document.querySelector('[data-testid=program-state]').innerText === 'Published'")
+    assert state.inner_text() == "Published" and page.evaluate("window.__same_page") is True
+    page.get_by_test_id("level2-state").wait_for()
+    assert page.get_by_test_id("level2-state").inner_text() == "Published"
+    assert page.get_by_test_id("live").get_attribute("hx-trigger") is None  # terminal: no more polling
+    assert page.get_by_test_id("results").is_visible()
+
+
+def test_sort_the_datasets_open_a_dataset_page_and_a_proposal(open_as, scientist, make_op):
+    program = make_op(State.PREPROCESSED, description="Sunspot penumbra raster")
+    for n in range(16):
+        make_op(State.PREPROCESSED if n % 3 else State.PUBLISHED, description=f"Quiet Sun network, run {n} " + "long " * 60)
+    page = open_as(scientist)
+    screenshot(page, "overview")
+    page.goto(reverse("program-list"))
+    screenshot(page, "program-list")
+    rows = page.locator("table tbody tr")
+    visible = [i for i in range(rows.count()) if (rows.nth(i).bounding_box() or {"y": 1e9})["y"] + 10 < 900]
+    assert len(visible) >= 15, len(visible)  # at least 15 programs on a 900-px-high screen
+
+    page.goto(reverse("program-detail", args=[str(program)]))
+    table = page.get_by_test_id("datasets-table")
+    ids = lambda: table.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.dataset)")  # noqa: E731
+    waves = lambda: table.locator("tbody tr td:nth-child(2)").evaluate_all(  # noqa: E731
+        "cells => cells.map(c => parseFloat(c.dataset.sort))")
+    table.get_by_role("button", name="λ min (nm)").click()
+    assert waves() == sorted(waves())
+    table.get_by_role("button", name="λ min (nm)").click()
+    assert waves() == sorted(waves(), reverse=True)
+    table.get_by_role("button", name="Dataset").click()
+    assert ids() == sorted(ids())
+    assert table.locator("th[aria-sort=ascending]").text_content().startswith("Dataset")
+
+    with_movie = Dataset.objects.filter(program=program).exclude(browse_movie_url="").order_by("dataset_id").first()
+    table.locator(f"tr[data-dataset='{with_movie.dataset_id}'] a", has_text=with_movie.dataset_id).click()
+    page.wait_for_url(re.compile(re.escape(reverse("dataset-detail", args=[with_movie.dataset_id])) + "$"))
+    movie = page.locator(".head-actions").get_by_test_id("movie-link")
+    assert movie.get_attribute("href") == with_movie.browse_movie_url
+    assert page.get_by_test_id("program-link").inner_text() == str(program)
+    screenshot(page, "dataset")
+
+    page.get_by_role("link", name="Proposals").click()
+    page.get_by_role("link", name=program.primary_proposal_id).click()
+    page.wait_for_url(re.compile(re.escape(reverse("proposal-detail", args=[program.primary_proposal_id]))))
+    assert page.get_by_test_id("proposal-programs").first.locator("tbody tr").count() >= 1
+    assert str(program) in page.locator("main").inner_text()
+    screenshot(page, "proposal")

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from inversions.models import ObservingProgram
 from inversions.states import State
@@ -110,7 +111,7 @@ def test_dataset_table_shows_percentages_box_and_distance(client, scientist, mak
     d = program.datasets.order_by("wavelength_min").first()
     client.force_login(scientist)
     html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
-    row = html.split(f"<td class=\"ident\">{d.dataset_id}")[1].split("</tr>")[0]
+    row = html.split(f'<tr data-dataset="{d.dataset_id}">')[1].split("</tr>")[0]
     health = round(100 * d.health["good"] / d.frame_count, 1)
     assert f"{health:g} %" in row
     (x1, y1), (x2, y2) = d.bounding_box
@@ -168,15 +169,29 @@ def test_work_progress_partial_polls_while_work_runs(client, scientist, make_op,
     assert "hx-trigger" not in finished and "Finished." in finished
 
 
-def test_report_form_ticks_the_fe_arm_at_first(client, scientist, make_op):
+def test_report_form_proposes_every_current_dataset_and_the_last_commit(client, scientist, make_op):
+    from publishing.models import Inversion
+
     program = make_op(State.WORKING, claimant=scientist)
     client.force_login(scientist)
-    html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    url = reverse("program-detail", args=[str(program)])
+    html = client.get(url).content.decode()
     form = html.split('id="report"', 1)[1]
     ticked = set(re.findall(r'<input type="checkbox" name="dataset_ids" value="([^"]+)"[^>]*checked', form))
-    fe = {d.dataset_id for d in program.datasets.all() if "Fe I 630.15" in d.spectral_lines}
-    assert ticked == fe and len(fe) == 1
+    current = {d.dataset_id for d in program.datasets.filter(superseded=False)}
+    assert ticked == current and len(current) == 3
     assert form.count('name="dataset_ids"') == program.datasets.count()
+    assert re.search(r'name="software_commit"[^>]*value=""|name="software_commit"(?![^>]*value=)', form)
+
+    other = make_op(State.PUBLISHED)
+    now = timezone.now()
+    common = dict(program=other, dataset_ids=["X"], raster_steps=1, reported_collection="c", reported_path="/p",
+                  scratch_path="/s", reported_at=now)
+    Inversion.objects.create(inversion_id="L2A", software_commit="aaaaaaa", reported_by="han",
+                             reported_by_user=scientist, **common | {"reported_at": now - timedelta(days=1)})
+    Inversion.objects.create(inversion_id="L2B", software_commit="bbbbbbb", reported_by="luke", **common)
+    form = client.get(url).content.decode().split('id="report"', 1)[1]
+    assert 'value="aaaaaaa"' in form  # the last one this user reported (not the newest of someone else)
 
 
 def test_nothing_is_reachable_without_login(client, make_op):

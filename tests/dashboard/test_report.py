@@ -194,12 +194,21 @@ def test_form_refuses_a_bad_report_with_the_reason_then_takes_a_good_one(client,
     bad = client.post(url, submission(working, path="/inversions/../missing"))
     assert bad.status_code == 400
     html = bad.content.decode()
-    assert "Not reported: path &#x27;/inversions/../missing&#x27; contains &#x27;..&#x27;" in html
+    assert "Not reported. The path of the result files &#x27;/inversions/../missing&#x27; contains &#x27;..&#x27;" in html
     assert 'value="/inversions/../missing"' in html  # the form keeps what was typed
     assert snapshot(working)[0] == State.WORKING
     invalid = client.post(url, submission(working, software_commit="zz"))
     assert invalid.status_code == 400
     assert 'class="field-error" id="id_software_commit-err"' in invalid.content.decode()
+    # every problem at once, in words: no field names
+    several = client.post(url, submission(working, collection="", software_commit="zz", dataset_ids=[]))
+    text = several.content.decode()
+    message = text.split('class="message error" role="alert">', 1)[1].split("</p>", 1)[0]
+    assert several.status_code == 400
+    for words in ("The Globus collection is required", "The inversion software commit must be a git commit",
+                  "Name at least one dataset used"):
+        assert words in message, message
+    assert "software_commit" not in message and "dataset_ids" not in message
     good = client.post(url, submission(working), follow=True)
     assert good.redirect_chain[-1] == (reverse("program-detail", args=[str(working)]), 302)
     html = good.content.decode()

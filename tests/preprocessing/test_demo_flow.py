@@ -2,6 +2,7 @@
 a program from Invertible to Published (preprocess, claim, report, intake, generate, publish)."""
 from __future__ import annotations
 
+import html
 import io
 import re
 
@@ -9,13 +10,14 @@ import dkist
 import pytest
 from astropy.io import fits
 from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
 
 from inversions import lifecycle
 from inversions.models import WorkOrder
 from inversions.states import State
 from inversions.transfers import local_folder
 from publishing import pipeline as publishing
-from publishing.intake import submit_report
 from publishing.models import Inversion
 from publishing.tasks import generate_l2, intake_results, publish_l2
 from tests.scanning.conftest import TOKEN, metadata_store  # noqa: F401  (the emulator fixture)
@@ -26,7 +28,8 @@ pytestmark = pytest.mark.django_db
 
 
 def test_demo_data_takes_a_program_from_invertible_to_published(l1_program, collections, scientist, operator,
-                                                                 settings, metadata_store):  # noqa: F811
+                                                                 settings, metadata_store, monkeypatch,  # noqa: F811
+                                                                 django_capture_on_commit_callbacks):
     settings.L2_GENERATE_WORKERS = 1
     settings.METADATA_STORE_URL, settings.METADATA_STORE_TOKEN = metadata_store.url, TOKEN
     settings.METADATA_STORE_MAX_ATTEMPTS = 1
@@ -42,10 +45,25 @@ def test_demo_data_takes_a_program_from_invertible_to_published(l1_program, coll
     assert program.state == State.PREPROCESSED
 
     lifecycle.claim(program, user=scientist)
-    order = submit_report(program, user=scientist, actor=scientist.get_username(), enqueue=False,
-                          collection=collection, path=path, software_commit="abc1234",
-                          dataset_ids=list(program.datasets.values_list("dataset_id", flat=True)))
-    assert intake_results.apply(args=[order.pk]).get() == "done"
+    # the report form proposes the demo's folder and every current dataset: sent as proposed
+    client = Client()
+    client.force_login(scientist)
+    page = client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    form = page.split('id="report"', 1)[1].split("</form>", 1)[0]
+    proposed = {name: html.unescape(value) for name, value in
+                re.findall(r'<input id="id_(collection|path|software_commit)" name="\w+" value="([^"]*)"', form)}
+    ticked = re.findall(r'name="dataset_ids" value="([^"]+)"[^>]*checked', form)
+    assert (proposed["collection"], proposed["path"]) == (collection, path)
+    assert sorted(ticked) == sorted(program.datasets.values_list("dataset_id", flat=True))
+    assert proposed["software_commit"] == ""  # nobody reported before: no commit to propose yet
+    queued = []
+    monkeypatch.setattr(intake_results, "delay", lambda order_id: queued.append(order_id))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("program-report", args=[str(program)]),
+                               {**proposed, "software_commit": "abc1234", "dataset_ids": ticked, "notes": ""})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    [order_id] = queued
+    assert intake_results.apply(args=[order_id]).get() == "done"
     program.refresh_from_db()
     assert program.state == State.INVERTED
 

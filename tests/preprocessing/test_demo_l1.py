@@ -100,3 +100,21 @@ def test_make_demo_l1_start_preprocesses_only_the_programs_with_frames(l1_progra
     assert not WorkOrder.objects.filter(program=other).exists()
     call_command("make_demo_l1", "--programs", "1", "--start", stdout=io.StringIO())  # again: the active order stands
     assert WorkOrder.objects.filter(program=chosen).count() == 1
+
+
+@pytest.mark.django_db
+def test_make_demo_l1_again_keeps_the_same_programs_and_starts_no_more(l1_program, collections):
+    from inversions import lifecycle
+    from inversions.models import WorkOrder
+
+    programs = [l1_program(arms=(("IQUV", 3),), write=False) for _ in range(3)]
+    call_command("make_demo_l1", "--programs", "1", "--start", stdout=io.StringIO())
+    [chosen] = [p for p in programs if WorkOrder.objects.filter(program=p).exists()]
+    # preprocessing ends: the program is no longer Invertible, as after a first `l2 up`
+    WorkOrder.objects.filter(program=chosen).update(status=WorkOrder.Status.COMPLETED)
+    lifecycle.transition(chosen, "preprocessed", actor="test", reason="preprocessed")
+    out = io.StringIO()
+    call_command("make_demo_l1", "--programs", "1", "--start", "--results", stdout=out)  # a restart
+    assert WorkOrder.objects.count() == 1  # no other program preprocessed
+    assert "1 program(s); 0 frames written, 1 dataset(s) already there" in out.getvalue()
+    assert f"{chosen}: demo results" in out.getvalue()

@@ -168,6 +168,12 @@ def test_running_work_reports_each_step(l1_program, sent):
     work_orders.fail(order, step="stage", error="staging the L1 files: gone")
     failed = selectors.running_work(program)
     assert failed.label == "Preprocessing failed" and not failed.running and "gone" in failed.detail
+    assert failed.failed_step == "staging the L1 files"
+    from django.template.loader import render_to_string
+
+    card = render_to_string("inversions/partials/work_progress.html", {"program": program, "work": failed})
+    assert "Stopped in <strong>staging the L1 files</strong>: staging the L1 files: gone" in card
+    assert "<progress" not in card and "Finished." not in card  # no bare count and no bar
 
 
 def test_retry_after_a_preprocessing_error_preprocesses_again(client, operator, l1_program, sent,

@@ -122,7 +122,7 @@ def test_981348_stokes_i_only_and_poor_health():
     assert (fe.dataset_id, fe.value) == ("AKPKJ", "Fe I 630.15 listed, 629.42–631.01 nm")  # the line and the range
     fried = [w for w in report.warnings if w.code == "fried_low"]
     assert [(w.level, w.dataset_id) for w in fried] == [("red", "AJQJL")]
-    assert "0.019" in fried[0].message
+    assert "1.9 cm" in fried[0].message and "below 5 cm" in fried[0].message  # r₀ in cm, as on the plot
 
 
 @pytest.mark.parametrize(("ipe_id", "fe_arm"), [

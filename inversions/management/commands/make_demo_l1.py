@@ -7,7 +7,9 @@ frame count, Stokes parameters, wavelength range, field of view and start time c
 from each dataset's record; the frames are small (32 wavelengths × 24 slit pixels).
 
 Idempotent: a dataset folder that already holds its record's number of frames is left
-alone. At most ``--programs`` programs (``L2_DEMO_L1_PROGRAMS``, to keep ``l2 up`` fast and
+alone, and the programs chosen once stay the demo programs (their ids are kept in
+``.l2-demo-programs.json`` in the L1 collection): a restart of ``l2 up`` neither picks nor
+preprocesses more programs. At most ``--programs`` programs (``L2_DEMO_L1_PROGRAMS``, to keep ``l2 up`` fast and
 small): the first ones beat would preprocess (``pipeline.pickup_order``). The other programs
 have no L1 files; their preprocessing ends in Error ("staging the L1 files: … is not a folder").
 With ``--start`` it also starts preprocessing those programs (``l2 up`` does this, and turns
@@ -19,6 +21,7 @@ inverted, generate their L2 files and publish them.
 """
 from __future__ import annotations
 
+import json
 import time
 
 from django.conf import settings
@@ -27,6 +30,7 @@ from django.db.models import Count, Q
 
 from inversions.errors import DoNotRetryError
 from inversions.models import Dataset, ObservingProgram
+from inversions.states import State
 from inversions.pipeline import StartRefused, l1_path, pickup_order, science_path
 from inversions.pipeline import start as pipeline_start
 from inversions.preprocessing.demo_l1 import write_small_dataset
@@ -35,6 +39,7 @@ from inversions.transfers import local_folder
 N_WAVE, N_SLIT = 32, 24
 N_DEPTH = 16  # optical-depth points of the demo inversion
 DEMO_BINNING = 2  # slit binning of the demo inversion (DESR-BIN)
+MARKER = ".l2-demo-programs.json"  # in the L1 collection's root: the demo programs chosen so far
 
 
 def _bbox(value) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -65,8 +70,7 @@ class Command(BaseCommand):
             root = local_folder(settings.L2_L1_COLLECTION, "/")
         except DoNotRetryError as exc:
             raise CommandError(f"the L1 collection is not a folder on this machine: {exc}") from exc
-        current = Q(datasets__superseded=False)
-        chosen = list(pickup_order().annotate(arms=Count("datasets", filter=current)).filter(arms__gt=0)[:limit])
+        chosen = self._choose(root, limit)
         started = time.monotonic()
         written = kept = 0
         for program in chosen:
@@ -83,12 +87,38 @@ class Command(BaseCommand):
                 self._results(program)
         if start:
             for program in chosen:
+                if program.state != State.INVERTIBLE:  # made on an earlier start and already on its way
+                    continue
                 try:
                     result = pipeline_start(program, requested_by="demo")
                 except StartRefused as exc:
                     self.stderr.write(str(exc))
                     continue
                 self.stdout.write(f"{program}: {'preprocessing started' if result.created else result.reason}")
+
+    def _choose(self, root, limit: int) -> list[ObservingProgram]:
+        """The demo programs: those of earlier runs (``MARKER`` in the L1 collection), then beat's next ones.
+
+        So a restart of ``l2 up`` keeps the same demo programs whatever their state now, instead of
+        taking (and preprocessing) the next Invertible ones each time.
+        """
+        marker = root / MARKER
+        try:
+            earlier = [str(x) for x in json.loads(marker.read_text(encoding="utf-8"))][:limit]
+        except (OSError, ValueError, TypeError):
+            earlier = []
+        found = {p.instrument_program_execution_id: p
+                 for p in ObservingProgram.objects.filter(instrument_program_execution_id__in=earlier)}
+        chosen = [found[i] for i in earlier if i in found]
+        if len(chosen) < limit:
+            current = Q(datasets__superseded=False)
+            more = (pickup_order().annotate(arms=Count("datasets", filter=current)).filter(arms__gt=0)
+                    .exclude(pk__in=[p.pk for p in chosen]))
+            chosen += list(more[: limit - len(chosen)])
+        ids = [p.instrument_program_execution_id for p in chosen]
+        if ids != earlier:
+            marker.write_text(json.dumps(ids), encoding="utf-8")
+        return chosen
 
     def _results(self, program: ObservingProgram) -> None:
         """A fake inversion matching the demo frames, shaped as BLANCA writes one, where a scientist would put it.
