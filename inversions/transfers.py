@@ -178,12 +178,13 @@ class LocalBackend(TransferBackend):
 
 
 def _copy_if_changed(src: Path, dst: Path) -> bool:
-    """Copy ``src`` to ``dst`` unless it is already there (same size and mtime). Atomic."""
+    """Copy ``src`` to ``dst`` unless it is already there (same size and mtime, to the nanosecond:
+    ``copy2`` keeps it, and a file written again within the same second is not the same). Atomic."""
     try:
         st = src.stat()
         try:
             dt = dst.stat()
-            if dt.st_size == st.st_size and int(dt.st_mtime) == int(st.st_mtime):
+            if dt.st_size == st.st_size and dt.st_mtime_ns == st.st_mtime_ns:
                 return False
         except FileNotFoundError:
             pass

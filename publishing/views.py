@@ -57,15 +57,18 @@ def _view(order: WorkOrder | None, done_key: str, total_key: str, unit: str) -> 
 SHOWN_IN = (State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR)
 
 
-def publishing_context(program: ObservingProgram, user) -> dict:
-    """What the publishing partial shows for ``program`` and ``user`` (at most 4 queries)."""
+def publishing_context(program: ObservingProgram, user, *, inversions: list[Inversion] | None = None) -> dict:
+    """What the publishing partial shows for ``program`` and ``user`` (at most 4 queries).
+
+    ``inversions``: the program's inversions (:func:`program_inversions`) when the caller has them.
+    """
     if program.state not in SHOWN_IN:
         return {"program": program, "show": False}
     latest = {o.kind: o for o in WorkOrder.objects.filter(
         program=program, kind__in=[INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH],
     ).order_by("kind", "-created_at", "-id").distinct("kind")}
     intake, generate, publish = (latest.get(k) for k in (INTAKE, WorkOrder.Kind.GENERATE, WorkOrder.Kind.PUBLISH))
-    inversions = program_inversions(program)
+    inversions = program_inversions(program) if inversions is None else inversions
     inversion = pick_current(program, inversions) if (latest or program.state != State.WORKING) else None
     if program.state == State.WORKING and inversion is not None and inversion.status == Inversion.Status.PUBLISHED:
         inversion = None  # a re-inversion is being worked: the published one is listed below

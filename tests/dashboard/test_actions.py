@@ -241,7 +241,6 @@ def test_a_good_next_is_followed(client, make_op, operator):
     ("program-claim", State.PREPROCESSED, {}, "science"),
     ("program-release", State.WORKING, {}, "science"),
     ("program-enqueue", State.PREPROCESSED, {"priority": "3"}, "operators"),
-    ("program-enqueue", State.PREPROCESSED, {"priority": "not a number"}, "operators"),
     ("program-dequeue", State.QUEUED, {}, "operators"),
     ("program-retry", State.ERROR, {}, "operators"),
     ("program-requeue", State.WORKING, {}, "operators"),
@@ -254,6 +253,14 @@ def test_every_action_with_next_yesterday_redirects_to_the_program_page(client, 
     client.force_login(user)
     response = post(client, name, program, {**data, "next": "yesterday"})
     assert (response.status_code, response["Location"]) == (302, reverse("program-detail", args=[str(program)]))
+
+
+def test_a_bad_priority_with_next_yesterday_is_a_400_and_changes_nothing(client, make_op, operator):
+    program = make_op(State.PREPROCESSED)
+    client.force_login(operator)
+    response = post(client, "program-enqueue", program, {"priority": "not a number", "next": "yesterday"})
+    assert response.status_code == 400 and "not a number" in response.content.decode()
+    assert fresh(program).state == State.PREPROCESSED
 
 
 def test_a_scientist_cannot_release_someone_elses_claim(client, make_op, make_user, scientist):

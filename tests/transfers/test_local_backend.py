@@ -141,3 +141,16 @@ def test_get_backend_and_transfer_and_wait(collections, dataset, settings):
     assert tree(collections["science"] / "l2") == ["f001.fits", "f002.fits", "sub/f003.fits"]
     with pytest.raises(DoNotRetryError, match="unknown transfer backend 'ftp'"):
         get_backend("ftp")
+
+
+def test_a_file_written_again_within_the_same_second_is_copied_again(tmp_path):
+    """Same size, same second: rsync's rule at second resolution would keep the old copy (a republish)."""
+    from inversions.transfers import _copy_if_changed
+
+    src, dst = tmp_path / "a.fits", tmp_path / "out" / "a.fits"
+    src.write_bytes(b"old!")
+    assert _copy_if_changed(src, dst) and not _copy_if_changed(src, dst)
+    src.write_bytes(b"new!")
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, (st.st_mtime_ns // 10**9) * 10**9 + 1))  # the same whole second as before
+    assert _copy_if_changed(src, dst) and dst.read_bytes() == b"new!"
