@@ -545,10 +545,14 @@ def _sha256(path: Path) -> str:
 
 
 def step_quicklook(order: WorkOrder, program: ObservingProgram) -> Outcome:
-    from inversions.preprocessing.quicklook import quicklook_pngs
+    from inversions.preprocessing.quicklook import figure_path, quicklook_pngs
 
     out = order.details["out"]
     folder = local_folder(settings.L2_SCRATCH_COLLECTION, out)
+    from inversions.datasets import browse_movie_url
+
+    movies = {d.dataset_id: browse_movie_url(d) for d in Dataset.objects.filter(
+        dataset_id__in=list(order.details.get("outputs") or {}))}
     pictures = []
     for dataset_id, cube in sorted((order.details.get("outputs") or {}).items()):
         try:
@@ -557,8 +561,11 @@ def step_quicklook(order: WorkOrder, program: ObservingProgram) -> Outcome:
             raise RetryError(f"quick-look of {cube['name']}: {exc}", step="preprocess.quicklook") from exc
         for path in paths:
             kind = "ncp" if path.stem.endswith("_ncp") else "continuum"
+            figure = figure_path(path)
             pictures.append({"dataset": dataset_id, "kind": kind, "name": f"{QUICKLOOK_DIR}/{path.name}",
-                             "size": path.stat().st_size, "sha256": _sha256(path)})
+                             "size": path.stat().st_size, "sha256": _sha256(path),
+                             "figure": f"{QUICKLOOK_DIR}/{figure.name}" if figure.is_file() else None,
+                             "movie": movies.get(dataset_id) or ""})
     work_orders.merge_details(order.pk, quicklooks=pictures)
     work_orders.set_progress(order.pk, quicklooks=len(pictures))
     order.details["quicklooks"] = pictures
@@ -726,6 +733,10 @@ class Picture:
     title: str
     url: str
     description: str = ""
+    figure_url: str = ""  # the same values with axes in arcsec and a colour bar
+    dataset: str = ""
+    movie_url: str = ""  # the dataset's browse movie (when preprocessed)
+    movie_embed: str | None = None  # its player URL, for a Vimeo link
 
 
 @dataclass
@@ -750,6 +761,8 @@ class Summary:
 def summary(program: ObservingProgram) -> Summary:
     from django.urls import reverse
 
+    from inversions.datasets import vimeo_embed_url
+
     recent = list(WorkOrder.objects.filter(program=program, kind=KIND).select_related("requested_by_user")
                   .order_by("-created_at", "-id")[:5])
     active = next((o for o in recent if o.is_active), None)
@@ -760,11 +773,17 @@ def summary(program: ObservingProgram) -> Summary:
     pictures, cubes, cubes_at, quicklooks_at = [], [], None, None
     if completed is not None:
         titles = {"continuum": "continuum intensity", "ncp": "net circular polarisation"}
+        ipeid = program.instrument_program_execution_id
         for q in completed.details.get("quicklooks") or []:
+            figure = q.get("figure")
             pictures.append(Picture(
                 title=f"{q['dataset']}: {titles.get(q['kind'], q['kind'])}",
-                url=reverse("program-quicklook", args=[program.instrument_program_execution_id, completed.pk,
-                                                       q["name"].rsplit("/", 1)[-1]]),
+                url=reverse("program-quicklook", args=[ipeid, completed.pk, q["name"].rsplit("/", 1)[-1]]),
+                figure_url=reverse("program-quicklook", args=[ipeid, completed.pk, figure.rsplit("/", 1)[-1]])
+                if figure else "",
+                dataset=q["dataset"],
+                movie_url=q.get("movie") or "",
+                movie_embed=vimeo_embed_url(q.get("movie") or "") if q.get("movie") else None,
             ))
         for dataset_id, cube in sorted((completed.details.get("outputs") or {}).items()):
             cubes.append({"dataset_id": dataset_id, **cube})
@@ -783,7 +802,7 @@ def quicklook_file(program: ObservingProgram, order_id: int, name: str) -> Path 
     if order is None:
         return None
     wanted = f"{QUICKLOOK_DIR}/{name}"
-    if not any(q.get("name") == wanted for q in order.details.get("quicklooks") or []):
+    if not any(wanted in (q.get("name"), q.get("figure")) for q in order.details.get("quicklooks") or []):
         return None
     try:
         folder = local_folder(settings.L2_SCRATCH_COLLECTION, order.details["out"])

@@ -5,10 +5,13 @@ continuum window ``CNTWPIX1…CNTWPIX2``), grey from the 1st to the 99th percent
 and, for IQUV cubes, the net circular polarisation ``∫V dλ / ∫I dλ`` on a diverging
 grey scale (mid-grey 0, white positive, black negative, ±99th percentile of |NCP|).
 
-Images are raster step (x, helioprojective longitude) × slit (y, latitude, north up),
+Images are raster step (x, across the slit) × slit (y, along it), in the instrument's frame
+(the slit's rotation on the sky is not undone here; the Level 2 result maps do that),
 resampled (nearest) to square arcseconds and scaled so the short side is at least
-256 px and the long side at most 2048 px. The cube is read one frame at a time through
-a memory map of just that frame: memory stays at a few frames.
+256 px and the long side at most 2048 px. Beside each plain picture goes a *figure* of the
+same values (``<name>_<kind>_figure.png``, matplotlib): axes in arcsec from the cube's WCS
+and a colour bar with the values' range, the one the program page shows. The cube is read one
+frame at a time through a memory map of just that frame: memory stays at a few frames.
 """
 
 from __future__ import annotations
@@ -110,6 +113,50 @@ def _save(pixels: np.ndarray, header: fits.Header, path: Path, title: str, descr
     return path
 
 
+def figure_path(path: str | Path) -> Path:
+    """Where the figure (axes, colour bar) of the plain quick-look ``path`` is."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_figure.png")
+
+
+def _axis(header: Mapping[str, Any], axis: int, n: int) -> tuple[float, float]:
+    """Extent in arcsec of FITS axis ``axis`` (pixel edges), from CRVAL/CRPIX/CDELT (CUNIT deg or arcsec)."""
+    scale = 3600.0 if str(header.get(f"CUNIT{axis}", "arcsec")).strip().lower() == "deg" else 1.0
+    cdelt = float(header.get(f"CDELT{axis}", 1.0)) * scale
+    crval = float(header.get(f"CRVAL{axis}", 0.0)) * scale
+    crpix = float(header.get(f"CRPIX{axis}", 1.0))
+    return crval + (0.5 - crpix) * cdelt, crval + (n + 0.5 - crpix) * cdelt
+
+
+def _figure(values: np.ndarray, header: Mapping[str, Any], path: Path, *, title: str, label: str,
+            limits: tuple[float, float], cmap: str) -> Path:
+    """``values`` ``[step, slit]`` as a figure: x across the slit, y along it, arcsec, colour bar."""
+    from matplotlib.figure import Figure
+
+    n_steps, n_slit = values.shape
+    x0, x1 = _axis(header, 3, n_steps)
+    y0, y1 = _axis(header, 1, n_slit)
+    width, height = abs(x1 - x0) or 1.0, abs(y1 - y0) or 1.0
+    fig = Figure(figsize=(min(10.0, max(5.0, 3.2 * width / height + 2.6)), 4.2), dpi=100)
+    fig.subplots_adjust(left=0.14, right=0.72, bottom=0.13, top=0.90)
+    ax = fig.add_subplot()
+    cax = fig.add_axes((0.76, 0.13, 0.025, 0.77))
+    lo, hi = limits
+    image = ax.imshow(values.T, origin="lower", extent=(x0, x1, y0, y1), cmap=cmap, interpolation="nearest",
+                      vmin=lo if np.isfinite(lo) else None, vmax=hi if np.isfinite(hi) else None, aspect="equal")
+    ax.set_xlabel("across the slit (″, raster)")
+    ax.set_ylabel("along the slit (″)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, cax=cax).set_label(label)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def quicklook_pngs(cube_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the quick-look PNGs of one cube into ``out_dir``; return their paths
     (continuum first, then net circular polarisation for IQUV cubes)."""
@@ -141,16 +188,16 @@ def quicklook_pngs(cube_path: str | Path, out_dir: str | Path) -> list[Path]:
     paths = []
     pixels, lo, hi = _grey(continuum)
     window = f"{h.get('CNTWAV1', math.nan):.4f}-{h.get('CNTWAV2', math.nan):.4f} nm"
-    paths.append(_save(
-        pixels, h, out_dir / f"{name}_continuum.png",
-        f"{dataset} continuum intensity (map 0)",
-        f"Stokes I / Ic averaged over {window}; black {lo:.4g}, white {hi:.4g}",
-    ))
+    title = f"{dataset} continuum intensity (map 0)"
+    paths.append(_save(pixels, h, out_dir / f"{name}_continuum.png", title,
+                       f"Stokes I / Ic averaged over {window}; black {lo:.4g}, white {hi:.4g}"))
+    _figure(continuum, h, figure_path(paths[-1]), title=title, label=f"I / Ic, {window}", limits=(lo, hi),
+            cmap="gray")
     if ncp is not None:
         pixels, limit = _diverging(ncp)
-        paths.append(_save(
-            pixels, h, out_dir / f"{name}_ncp.png",
-            f"{dataset} net circular polarisation (map 0)",
-            f"integral V dlambda / integral I dlambda; black -{limit:.3g}, grey 0, white +{limit:.3g}",
-        ))
+        title = f"{dataset} net circular polarisation (map 0)"
+        paths.append(_save(pixels, h, out_dir / f"{name}_ncp.png", title,
+                           f"integral V dlambda / integral I dlambda; black -{limit:.3g}, grey 0, white +{limit:.3g}"))
+        _figure(ncp, h, figure_path(paths[-1]), title=title, label="∫V dλ / ∫I dλ", limits=(-limit, limit),
+                cmap="RdBu_r")
     return paths

@@ -51,3 +51,23 @@ def test_image_size_rules():
     assert image_size(header, 490, 2554) == (786, 2048)  # a real ViSP raster, 2:1 step:slit scale
     assert image_size(header, 10, 100) == (256, 1280)
     assert image_size({"CDELT1": 1.0, "CDELT3": 1.0}, 300, 300) == (300, 300)
+
+
+def test_each_quicklook_has_a_figure_with_axes_in_arcsec_and_a_colour_bar(tmp_path):
+    from inversions.preprocessing.quicklook import _axis, figure_path
+
+    info = _cube(tmp_path)  # 20 steps of 0.5″ × 30 slit pixels of 0.5″
+    for path in quicklook_pngs(info.path, tmp_path / "ql"):
+        figure = figure_path(path)
+        assert figure.name == path.stem + "_figure.png"
+        with Image.open(figure) as im:
+            im.load()
+            assert im.format == "PNG" and im.mode == "RGBA" and im.size[0] > 300
+            colours = np.asarray(im.convert("RGB")).reshape(-1, 3)
+            assert len(np.unique(colours, axis=0)) > 50  # not a bare picture: text, ticks, a colour bar
+    from astropy.io import fits
+
+    header = fits.getheader(info.path)
+    x0, x1 = _axis(header, 3, 20)
+    y0, y1 = _axis(header, 1, 30)
+    assert abs(abs(x1 - x0) - 10.0) < 0.01 and abs(abs(y1 - y0) - 15.0) < 0.01  # the field in arcsec

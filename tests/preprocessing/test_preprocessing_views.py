@@ -81,20 +81,36 @@ def test_program_page_shows_cubes_quicklooks_and_actions(client, operator, scien
     client.force_login(operator)
     html = client.get(page).content.decode()
     assert 'id="preprocessing"' in html and f"Stokes cubes of order #{order.pk}" in html
-    urls = [reverse("program-quicklook", args=[str(program), order.pk, f"{d.dataset_id}_{kind}.png"])
+    urls = [reverse("program-quicklook", args=[str(program), order.pk, f"{d.dataset_id}_{kind}_figure.png"])
             for d in program.datasets.all() for kind in ("continuum", "ncp")]
-    for url in urls:
-        assert f'src="{url}"' in html
+    for url in urls:  # the figures (axes in arcsec, colour bar) are shown, the plain pictures linked
+        assert f'src="{url}"' in html and f'href="{url.replace("_figure", "")}"' in html
     assert "Preprocess again" in html and "Force (redo everything)" in html
     assert "4 × 1 × 3 × 24 × 16" in html  # the cube's shape
     # the science team sees the outputs, not the actions
     client.force_login(scientist)
     html = client.get(page).content.decode()
     assert f'src="{urls[0]}"' in html and "Force (redo everything)" not in html
-    # the quick-looks themselves
-    response = client.get(urls[0])
-    body = b"".join(response.streaming_content)
-    assert response.status_code == 200 and response["Content-Type"] == "image/png" and body.startswith(b"\x89PNG")
+    # the quick-looks themselves: the figure and the plain picture
+    for url in (urls[0], urls[0].replace("_figure", "")):
+        response = client.get(url)
+        body = b"".join(response.streaming_content)
+        assert response.status_code == 200 and response["Content-Type"] == "image/png" and body.startswith(b"\x89PNG")
+
+
+def test_the_quicklook_card_shows_each_datasets_browse_movie(client, scientist, l1_program, sent):
+    from inversions.models import Dataset
+
+    program = l1_program()
+    first, second = program.datasets.order_by("dataset_id")
+    Dataset.objects.filter(pk=first.pk).update(raw={**first.raw, "browseMovieUrl": "https://vimeo.com/123456"})
+    Dataset.objects.filter(pk=second.pk).update(raw={**second.raw, "browseMovieUrl": "https://movies.example/b.mp4"})
+    drive(pipeline.start(program, requested_by="beat").order.pk)
+    client.force_login(scientist)
+    html = client.get(reverse("program-detail", args=[str(program)])).content.decode()
+    card = html[html.index('id="preprocessing"'):]
+    assert 'src="https://player.vimeo.com/video/123456"' in card  # a Vimeo link: embedded
+    assert 'href="https://movies.example/b.mp4"' in card and "player.vimeo.com/video/b" not in card  # else linked
 
 
 def test_quicklooks_are_path_checked_and_need_a_login(client, scientist, l1_program, sent):
