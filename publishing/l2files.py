@@ -119,8 +119,6 @@ LIFTED_KEYS = (
     "PROP_ID", "EXPER_ID", "OBSPR_ID", "IP_ID",
 )
 _LIST_KEY = re.compile(r"^(?:PROPID|EXPRID)\d\d$")
-#: the L2 identity of each frame
-IDENTITY_KEYS = ("LEVEL", "PROCTYPE", "DSETID", "FILE_ID", "FILENAME", "FRAMEVOL", "HEADVERS", "HEAD_URL")
 #: keys copied into each image HDU so that its WCS stands alone (time and observer)
 _WCS_CONTEXT_KEYS = ("DATE-AVG", "RSUN_REF", "DSUN_OBS", "HGLN_OBS", "HGLT_OBS", "SPECSYS")
 #: structural and checksum keys: in every file, not in the ASDF's headers tables

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -558,12 +557,6 @@ def _layout(first: tuple[int, int], n_steps: int, n_slit: int) -> tuple[int, ...
     shape = [*first, 0, 0]
     shape[STEP_AXIS], shape[SLIT_AXIS] = n_steps, n_slit
     return tuple(shape)
-
-
-def line_centre_nm(name: str, default: float | None = None) -> float | None:
-    """Centre wavelength in nm from a line name like ``"Fe I (630.15 nm)"``; ``default`` if none."""
-    m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*nm", name)
-    return float(m.group(1)) if m else default
 
 
 def blanca_line_in(wavelength_min: float | None, wavelength_max: float | None, *,
