@@ -45,7 +45,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -480,35 +480,88 @@ def check_results(results: ResultSet) -> None:
                               f"{results.profile_shape}", step=STEP)
 
 
-def read_steps(path: str, first: int, count: int) -> np.ndarray:
+def read_steps(path: str, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
     """Raster steps ``first .. first+count-1`` of a result file: ``[a, b, count, slit]`` (file dtype).
 
     BLANCA's arrays are ``[a, b, raster step, slit]``: one step is a short row of every (a, b)
     plane, the rows far apart in the file. Consecutive steps are contiguous within a plane, so
     a batch of steps is read with one ``preadv`` per plane straight into the array: nothing is
-    memory-mapped, and memory holds only the batch.
+    memory-mapped, and memory holds only the batch. ``out``: an array of that shape and the
+    file's dtype to read into (each ``out[i, j]`` contiguous), e.g. from :class:`FrameBuffers`.
     """
     layout = _layout_of(path)
     planes_a, planes_b, n_steps, n_slit = layout.shape
     if not (0 <= first and first + count <= n_steps):
         raise DoNotRetryError(f"raster steps {first}..{first + count - 1} are outside 0..{n_steps - 1}", step=STEP)
-    out = np.empty((planes_a, planes_b, count, n_slit), dtype=layout.dtype)
+    if out is None:
+        out = np.empty((planes_a, planes_b, count, n_slit), dtype=layout.dtype)
+    elif out.shape != (planes_a, planes_b, count, n_slit) or out.dtype != layout.dtype:
+        raise ValueError(f"read_steps: out is {out.shape} {out.dtype}, the steps are "
+                         f"{(planes_a, planes_b, count, n_slit)} {layout.dtype}")
     item = layout.dtype.itemsize
     row = n_slit * item
     plane = n_steps * row
     want = count * row
     fd = os.open(path, os.O_RDONLY)
     try:
+        preadv = os.preadv
         for i in range(planes_a):
+            start = layout.offset + i * planes_b * plane + first * row
             for j in range(planes_b):
-                buffer = memoryview(out[i, j]).cast("B")
-                got = os.preadv(fd, [buffer], layout.offset + (i * planes_b + j) * plane + first * row)
+                got = preadv(fd, [memoryview(out[i, j]).cast("B")], start + j * plane)
                 if got != want:
                     raise DoNotRetryError(f"{Path(path).name} is shorter than its header says (read {got} of "
                                           f"{want} bytes of plane {i}, {j})", step=STEP)
     finally:
         os.close(fd)
     return out
+
+
+class FrameBuffers:
+    """The large arrays one generating thread reuses from batch to batch and frame to frame.
+
+    A fresh numpy array of a few MB or more is mapped anew by the allocator and unmapped at
+    its release, so every frame would pay its page faults again (about a fifth of a frame's
+    time on our machine); these arrays are allocated once. Arrays are found by name and
+    "slot": with two slots, one batch is read (or one frame written) while the other is used.
+    Not thread-safe: one instance per generating thread (:func:`thread_buffers`).
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised array of ``shape``, the same one each time for ``name``."""
+        dtype = np.dtype(dtype)
+        found = self._arrays.get(name)
+        if found is None or found.shape != tuple(shape) or found.dtype != dtype:
+            found = self._arrays[name] = np.empty(shape, dtype=dtype)
+        return found
+
+    def steps(self, name: str, shape: tuple[int, int, int, int], dtype) -> np.ndarray:
+        """``[a, b, count, slit]``: a view of a buffer with room for at least ``count`` steps."""
+        dtype = np.dtype(dtype)
+        a, b, count, slit = shape
+        found = self._arrays.get(name)
+        if found is None or found.dtype != dtype or found.shape[:2] != (a, b) or found.shape[3] != slit \
+                or found.shape[2] < count:
+            found = self._arrays[name] = np.empty(shape, dtype=dtype)
+        return found[:, :, :count]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+
+_local = threading.local()
+
+
+def thread_buffers() -> FrameBuffers:
+    """This thread's :class:`FrameBuffers` (a pool worker's: freed when the pool's thread or process ends)."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = FrameBuffers()
+    return buffers
 
 
 @dataclass
@@ -521,16 +574,27 @@ class StepBlock:
     ori: np.ndarray
 
     @classmethod
-    def read(cls, results: ResultSet, first: int, count: int) -> StepBlock:
+    def read(cls, results: ResultSet, first: int, count: int, *, buffers: FrameBuffers | None = None,
+             slot: int = 0) -> StepBlock:
+        """Steps ``first .. first+count-1``; into ``buffers`` (slot ``slot``) when given."""
         check_results(results)
-        return cls(first, *(read_steps(results.paths[role], first, count) for role in ("mod", "pre", "ori")))
+        arrays = []
+        for role in ("mod", "pre", "ori"):
+            path = results.paths[role]
+            out = None
+            if buffers is not None:
+                layout = _layout_of(path)
+                out = buffers.steps(f"batch:{role}/{slot}", (*layout.shape[:2], count, layout.shape[3]), layout.dtype)
+            arrays.append(read_steps(path, first, count, out))
+        return cls(first, *arrays)
 
 
-def batch_size(results: ResultSet, budget_bytes: int = 192 * 2**20) -> int:
+def batch_size(results: ResultSet, budget_bytes: int = 128 * 2**20) -> int:
     """How many raster steps to read at once: about ``budget_bytes`` of result data, 1 to 32 steps.
 
     Each batch costs one read per (quantity, depth) and (stokes, wavelength) plane whatever its
-    length, so larger batches read faster; memory holds one batch per generating process.
+    length, so larger batches read faster; memory holds two batches per generating thread
+    (one read ahead).
     """
     per_step = (math.prod(results.mod_shape) + 2 * math.prod(results.profile_shape)) // max(results.n_steps, 1) * 4
     return max(1, min(32, budget_bytes // max(per_step, 1)))
@@ -542,9 +606,13 @@ def _min_max(data: np.ndarray) -> tuple[float | None, float | None]:
     return (lo if math.isfinite(lo) else None), (hi if math.isfinite(hi) else None)
 
 
-def _convert(plane: np.ndarray, quantity: Quantity) -> np.ndarray:
-    """``[depth, slit]`` in the inversion code's unit -> ``(1, slit, depth)`` native float32 in L2 units."""
-    out = np.empty((1, plane.shape[1], plane.shape[0]), dtype=np.float32)
+_FILE_DTYPE = np.dtype(">f4")  # the L2 files' data: big-endian float32 (BITPIX -32)
+
+
+def _convert(plane: np.ndarray, quantity: Quantity, out: np.ndarray | None = None) -> np.ndarray:
+    """``[depth, slit]`` in the inversion code's unit -> ``(1, slit, depth)`` big-endian float32 in L2 units."""
+    if out is None:
+        out = np.empty((1, plane.shape[1], plane.shape[0]), dtype=_FILE_DTYPE)
     if quantity.factor == 1.0:
         out[0] = plane.T
     else:
@@ -555,13 +623,24 @@ def _convert(plane: np.ndarray, quantity: Quantity) -> np.ndarray:
     return out
 
 
-def frame_arrays(results: ResultSet, block: StepBlock, step: int) -> list[np.ndarray]:
-    """The image arrays of the frame of ``step`` (in ``block``), in HDU order, C-ordered float32."""
+def frame_arrays(results: ResultSet, block: StepBlock, step: int, *, buffers: FrameBuffers | None = None,
+                 slot: int = 0) -> list[np.ndarray]:
+    """The image arrays of the frame of ``step`` (in ``block``), in HDU order: C-ordered big-endian float32.
+
+    With ``buffers``, the arrays are that slot's (overwritten by the next frame of the slot).
+    """
     k = step - block.first
-    arrays = [_convert(block.mod[i, :, k, :], q) for i, q in enumerate(QUANTITIES)]
-    for line in results.lines:
-        for cube in (block.ori, block.pre):  # Original, then Fit
-            out = np.empty((1, results.n_slit, line.stop - line.start, results.n_stokes), dtype=cube.dtype)
+
+    def array(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if buffers is None:
+            return np.empty(shape, dtype=_FILE_DTYPE)
+        return buffers.array(f"frame:{name}/{slot}", shape, _FILE_DTYPE)
+
+    arrays = [_convert(block.mod[i, :, k, :], q, array(f"q{i}", (1, results.n_slit, results.n_depth)))
+              for i, q in enumerate(QUANTITIES)]
+    for n, line in enumerate(results.lines):
+        for kind, cube in (("ori", block.ori), ("pre", block.pre)):  # Original, then Fit
+            out = array(f"{kind}{n}", (1, results.n_slit, line.stop - line.start, results.n_stokes))
             for w in range(line.start, line.stop, _WAVE_CHUNK):  # [stokes, wave, slit] -> [slit, wave, stokes]
                 stop = min(w + _WAVE_CHUNK, line.stop)
                 out[0, :, w - line.start:stop - line.start] = cube[:, w:stop, k, :].transpose(2, 1, 0)
@@ -570,6 +649,98 @@ def frame_arrays(results: ResultSet, block: StepBlock, step: int) -> list[np.nda
 
 
 _WAVE_CHUNK = 128  # wavelengths per transposed piece: keeps each piece's source rows in cache
+
+
+@dataclass
+class PreparedFrame:
+    """An L2 frame ready to be written: its header blocks and data arrays, in file order."""
+
+    path: Path
+    parts: list[bytes | bytearray | np.ndarray]
+    info: FrameInfo
+
+    def write(self) -> FrameInfo:
+        """Write to a temporary name and rename into place (a killed writer leaves no valid frame)."""
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+        try:
+            with open(tmp, "wb", buffering=0) as fh:
+                for part in self.parts:
+                    view = memoryview(part).cast("B") if isinstance(part, np.ndarray) else memoryview(part)
+                    while view:  # a raw file may write less than asked
+                        view = view[fh.write(view):]
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise RetryError(f"could not write L2 frame {self.path.name}: {exc}", step=STEP,
+                             details={"raster_step": self.info.step, "path": str(self.path)}) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self.info
+
+
+def prepare_frame(
+    step_index: int,
+    results: ResultSet,
+    l1_header: Mapping,
+    ids: Mapping,
+    out_path: str | os.PathLike,
+    *,
+    software_versions: Mapping[str, str],
+    block: StepBlock | None = None,
+    buffers: FrameBuffers | None = None,
+    slot: int = 0,
+) -> PreparedFrame:
+    """Everything of the frame of one raster step but the writing: arrays, statistics, headers, checksums.
+
+    Arguments as :func:`generate_frame`; ``buffers``/``slot``: where the arrays are made
+    (:func:`frame_arrays`), so the frame must be written before that slot is used again.
+    """
+    if not 0 <= step_index < results.n_steps:
+        raise DoNotRetryError(f"raster step {step_index} is outside 0..{results.n_steps - 1}", step=STEP)
+    out_path = Path(out_path)
+    l1 = l1_frame_keys(l1_header)
+    check_binning(l1, spatial_axes(l1, step_index), results.n_slit, results.binning, step_index)
+    if block is None:
+        block = StepBlock.read(results, step_index, 1)
+    arrays = frame_arrays(results, block, step_index, buffers=buffers, slot=slot)
+    depth = depth_axis(np.asarray(arrays[0][0].T, dtype=np.float64))
+    layouts = hdu_layouts(results, l1, step_index, depth)
+    date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
+
+    parts: list[bytes | bytearray | np.ndarray] = []
+    stats = []
+    size = 0
+    for layout, data in zip(layouts, arrays):
+        st = _min_max(data)
+        stats.append(st)
+        nbytes = data.nbytes
+        pad = -nbytes % BLOCK
+        datasum = fits_checksum.sum32(memoryview(data).cast("B"))  # padding zeros add nothing
+        structural = [("XTENSION", "IMAGE", "Image extension"), ("BITPIX", -32, ""), ("NAXIS", data.ndim, "")]
+        structural += [(f"NAXIS{i}", n, "") for i, n in enumerate(reversed(data.shape), 1)]
+        structural += [("PCOUNT", 0, ""), ("GCOUNT", 1, "")]
+        header = _header_block(structural, hdu_cards(layout, st, date), str(datasum))
+        _set_checksum(header, datasum)
+        parts += [header, data] + ([bytes(pad)] if pad else [])
+        size += len(header) + nbytes + pad
+
+    inversion_id = str(ids["inversion_id"])
+    structural = [("SIMPLE", True, "conforms to FITS standard"), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
+                  ("EXTEND", True, "")]
+    n_primary = len(structural) + len(primary_cards(step_index, l1, ids, filename=out_path.name, framevol=0.0,
+                                                    software_versions=software_versions))
+    total = size + _header_blocks(n_primary)
+    cards = primary_cards(step_index, l1, ids, filename=out_path.name, framevol=total / 1e6,
+                          software_versions=software_versions)
+    primary = _header_block(structural, cards, "0")
+    _set_checksum(primary, 0)
+    if len(primary) + size != total:  # a card formatted over two: the size is off, so is FRAMEVOL
+        raise DoNotRetryError(f"L1 header of raster step {step_index} has cards that do not fit one FITS card",
+                              step=STEP, details={"raster_step": step_index})
+    info = FrameInfo(step_index, str(out_path), out_path.name, total, frame_file_id(inversion_id, step_index),
+                     date, tuple(stats), depth, True)
+    return PreparedFrame(out_path, [primary, *parts], info)
 
 
 def generate_frame(
@@ -593,71 +764,8 @@ def generate_frame(
     ``software_versions``: name -> version, written as ``SWNAMEn`` / ``SWVERSn``. Bad L1
     headers raise ``DoNotRetryError``, I/O errors ``RetryError``.
     """
-    if not 0 <= step_index < results.n_steps:
-        raise DoNotRetryError(f"raster step {step_index} is outside 0..{results.n_steps - 1}", step=STEP)
-    out_path = Path(out_path)
-    l1 = l1_frame_keys(l1_header)
-    check_binning(l1, spatial_axes(l1, step_index), results.n_slit, results.binning, step_index)
-    if block is None:
-        block = StepBlock.read(results, step_index, 1)
-    arrays = frame_arrays(results, block, step_index)
-    depth = depth_axis(np.asarray(arrays[0][0].T, dtype=np.float64))
-    layouts = hdu_layouts(results, l1, step_index, depth)
-    date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
-
-    hdus: list[tuple[bytearray, np.ndarray]] = []
-    stats = []
-    size = 0
-    for layout, data in zip(layouts, arrays):
-        st = _min_max(data)
-        stats.append(st)
-        if data.dtype != np.dtype(">f4"):
-            data = data.astype(">f4")
-        nbytes = data.nbytes
-        pad = -nbytes % BLOCK
-        datasum = fits_checksum.sum32(memoryview(data).cast("B"))  # padding zeros add nothing
-        structural = [("XTENSION", "IMAGE", "Image extension"), ("BITPIX", -32, ""), ("NAXIS", data.ndim, "")]
-        structural += [(f"NAXIS{i}", n, "") for i, n in enumerate(reversed(data.shape), 1)]
-        structural += [("PCOUNT", 0, ""), ("GCOUNT", 1, "")]
-        header = _header_block(structural, hdu_cards(layout, st, date), str(datasum))
-        _set_checksum(header, datasum)
-        hdus.append((header, data))
-        size += len(header) + nbytes + pad
-
-    inversion_id = str(ids["inversion_id"])
-    structural = [("SIMPLE", True, "conforms to FITS standard"), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
-                  ("EXTEND", True, "")]
-    n_primary = len(structural) + len(primary_cards(step_index, l1, ids, filename=out_path.name, framevol=0.0,
-                                                    software_versions=software_versions))
-    total = size + _header_blocks(n_primary)
-    cards = primary_cards(step_index, l1, ids, filename=out_path.name, framevol=total / 1e6,
-                          software_versions=software_versions)
-    primary = _header_block(structural, cards, "0")
-    _set_checksum(primary, 0)
-    if len(primary) + size != total:  # a card formatted over two: the size is off, so is FRAMEVOL
-        raise DoNotRetryError(f"L1 header of raster step {step_index} has cards that do not fit one FITS card",
-                              step=STEP, details={"raster_step": step_index})
-
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(primary)
-            for header, data in hdus:
-                fh.write(header)
-                fh.write(memoryview(data).cast("B"))
-                pad = -data.nbytes % BLOCK
-                if pad:
-                    fh.write(bytes(pad))
-        os.replace(tmp, out_path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RetryError(f"could not write L2 frame {out_path.name}: {exc}", step=STEP,
-                         details={"raster_step": step_index, "path": str(out_path)}) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return FrameInfo(step_index, str(out_path), out_path.name, total, frame_file_id(inversion_id, step_index),
-                     date, tuple(stats), depth, True)
+    return prepare_frame(step_index, results, l1_header, ids, out_path, software_versions=software_versions,
+                         block=block).write()
 
 
 # ----------------------------------------------------------------------------- checks
@@ -707,25 +815,65 @@ def frame_is_valid(path: str | os.PathLike, results: ResultSet | None = None) ->
 # ----------------------------------------------------------------------------- all frames
 
 
-def _batch_task(steps: Sequence[int], results: ResultSet, l1s: Sequence[dict], ids: Mapping, paths: Sequence[str],
-                software_versions: Mapping[str, str]) -> list[FrameInfo]:
-    """Keep the valid existing frames of consecutive ``steps``, generate the others (runs in a pool worker).
+def _runs(steps: Sequence[int], size: int) -> list[list[int]]:
+    """``steps`` (ascending) cut into runs of consecutive steps, each at most ``size`` long."""
+    runs: list[list[int]] = []
+    for step in steps:
+        if runs and step == runs[-1][-1] + 1 and len(runs[-1]) < size:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return runs
 
-    The result data of the steps to generate are read in one block.
+
+def _steps_task(steps: Sequence[int], results: ResultSet, l1s: Sequence[dict], ids: Mapping, paths: Sequence[str],
+                software_versions: Mapping[str, str], batch: int,
+                buffers: FrameBuffers | None = None) -> list[FrameInfo]:
+    """Keep the valid existing frames of ascending ``steps``, generate the others (runs in a pool worker).
+
+    The steps to generate are read in batches of at most ``batch`` consecutive steps. Three
+    things overlap, as numpy's copies, ``preadv`` and ``write`` release the GIL: a reader
+    thread reads the next batch, this thread makes each frame (transposes, statistics,
+    headers, checksums), a writer thread writes the frame before. Two slots of
+    ``buffers`` (default: this thread's) hold the batches and frames in flight.
     """
+    buffers = buffers if buffers is not None else thread_buffers()
     inversion_id = str(ids["inversion_id"])
     infos: dict[int, FrameInfo] = {}
     for step, path in zip(steps, paths):
         existing = inspect_frame(path, results, step=step)
         if existing is not None and existing.file_id == frame_file_id(inversion_id, step):
             infos[step] = existing
-    todo = [s for s in steps if s not in infos]
-    if todo:
-        block = StepBlock.read(results, todo[0], todo[-1] - todo[0] + 1)
-        for step, l1, path in zip(steps, l1s, paths):
-            if step not in infos:
-                infos[step] = generate_frame(step, results, l1, ids, path, software_versions=software_versions,
-                                             block=block)
+    todo = {step: (l1, path) for step, l1, path in zip(steps, l1s, paths) if step not in infos}
+    runs = _runs(sorted(todo), batch)
+    if not runs:
+        return [infos[s] for s in steps]
+    with ThreadPoolExecutor(1, thread_name_prefix="l2-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="l2-write") as writer:
+        def read(n: int) -> Future:
+            return reader.submit(StepBlock.read, results, runs[n][0], len(runs[n]), buffers=buffers, slot=n % 2)
+
+        writes: list[Future] = []
+        try:
+            next_block = read(0)
+            for n, run in enumerate(runs):
+                block = next_block.result()
+                if n + 1 < len(runs):  # the other slot's batch is made into frames: read the next one into it
+                    next_block = read(n + 1)
+                for step in run:
+                    if len(writes) >= 2:
+                        writes[-2].result()  # the frame of this slot is written: its arrays may be reused
+                    l1, path = todo[step]
+                    frame = prepare_frame(step, results, l1, ids, path, software_versions=software_versions,
+                                          block=block, buffers=buffers, slot=len(writes) % 2)
+                    writes.append(writer.submit(frame.write))
+            for done in writes:
+                info = done.result()
+                infos[info.step] = info
+        except BaseException:
+            for pending in writes:
+                pending.cancel()
+            raise
     return [infos[s] for s in steps]
 
 
@@ -768,9 +916,9 @@ def generate_all(
     """Generate every frame of ``results`` into ``out_dir``; frames already valid are kept.
 
     ``l1_headers_by_step``: step -> the fiducial arm's L1 frame (header or
-    :func:`l1_frame_keys` dict). Runs over frames in a process pool of ``workers`` (default
-    ``os.cpu_count()``); in a daemonic process, where a process pool cannot start, a thread
-    pool is used instead. ``progress_cb(done, total)`` is called in the calling process as
+    :func:`l1_frame_keys` dict). Runs over runs of steps in a process pool of ``workers``
+    (default ``os.cpu_count()``); in a daemonic process, where a process pool cannot start, a
+    thread pool is used instead. Each run reads ahead and writes behind (:func:`_steps_task`). ``progress_cb(done, total)`` is called in the calling process as
     frames finish. Returns one :class:`FrameInfo` per step, in step order.
     """
     out = Path(out_dir)
@@ -779,19 +927,22 @@ def generate_all(
     for stale in out.glob(f".*{TMP_SUFFIX}"):  # left by a killed writer
         stale.unlink(missing_ok=True)
 
+    workers = max(1, workers or os.cpu_count() or 1)
     size = batch_size(results)
+    n_batches = -(-results.n_steps // size)
+    per_job = size * max(1, min(8, n_batches // (4 * workers)))  # batches read ahead within a job
     jobs = []
-    for first in range(0, results.n_steps, size):
-        steps = list(range(first, min(first + size, results.n_steps)))
+    for first in range(0, results.n_steps, per_job):
+        steps = list(range(first, min(first + per_job, results.n_steps)))
         jobs.append((steps, results, [l1_frame_keys(l1_headers_by_step[s]) for s in steps], dict(ids),
-                     [str(paths[s]) for s in steps], dict(software_versions)))
+                     [str(paths[s]) for s in steps], dict(software_versions), size))
     total = results.n_steps
     done = 0
     infos: dict[int, FrameInfo] = {}
-    workers = max(1, workers or os.cpu_count() or 1)
     if workers == 1 or len(jobs) <= 1:
+        buffers = FrameBuffers()  # this call's: released when it returns
         for job in jobs:
-            for info in _batch_task(*job):
+            for info in _steps_task(*job, buffers=buffers):
                 infos[info.step] = info
             done += len(job[0])
             if progress_cb:
@@ -801,7 +952,7 @@ def generate_all(
         executor: Executor = ProcessPoolExecutor(max_workers=n) if _can_start_processes() \
             else ThreadPoolExecutor(max_workers=n)
         with executor:
-            futures = {executor.submit(_batch_task, *job): job[0] for job in jobs}
+            futures = {executor.submit(_steps_task, *job): job[0] for job in jobs}
             try:
                 for future in as_completed(futures):
                     for info in future.result():

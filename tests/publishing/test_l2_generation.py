@@ -340,3 +340,64 @@ def test_restart_after_results_change_regenerates_nothing_stale(tmp_path):
                           software_versions=VERSIONS)
     assert {f.filename for f in first}.isdisjoint({f.filename for f in second})
     assert all(f.generated for f in second)
+
+
+def _hdus(path):
+    with fits.open(path) as hdul:
+        return [(h.header.get("EXTNAME"), h.header.get("DATASUM"), h.header.get("DATAMIN"), h.header.get("DATAMAX"),
+                 None if h.data is None else h.data.copy()) for h in hdul]
+
+
+def test_read_ahead_write_behind_frames_equal_one_by_one_frames(results, tmp_path, monkeypatch):
+    """Batches of 2 steps in two slots, frames in two slots: every frame as generate_frame makes it alone."""
+    monkeypatch.setattr(l2files, "batch_size", lambda results: 2)  # 5 steps: batches 2+2+1, slots reused
+    headers = l1_headers()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for step in range(N_STEPS):
+        generate_frame(step, results, headers[step], IDS, alone / frame_filename(headers[step], IDS),
+                       software_versions=VERSIONS)
+    buffers = l2files.FrameBuffers()
+    infos = l2files._steps_task(list(range(N_STEPS)), results, [headers[s] for s in range(N_STEPS)], IDS,
+                                [str(tmp_path / frame_filename(headers[s], IDS)) for s in range(N_STEPS)],
+                                VERSIONS, 2, buffers=buffers)
+    assert [i.step for i in infos] == list(range(N_STEPS)) and all(i.generated for i in infos)
+    assert {name.split("/")[-1] for name in buffers._arrays} == {"0", "1"}  # two slots, reused
+    for info in infos:
+        ours, theirs = _hdus(info.path), _hdus(alone / info.filename)
+        assert [h[:4] for h in ours] == [h[:4] for h in theirs]
+        for a, b in zip(ours[1:], theirs[1:]):
+            np.testing.assert_array_equal(a[4], b[4])
+
+
+def test_a_failed_write_in_the_writer_thread_is_raised_and_leaves_no_file(results, tmp_path, monkeypatch):
+    headers = l1_headers()
+    victim = frame_filename(headers[2], IDS)
+    real_replace = l2files.os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(victim):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(l2files.os, "replace", replace)
+    with pytest.raises(l2files.RetryError, match=f"could not write L2 frame {victim}: .*No space left"):
+        generate_all(results, headers, IDS, tmp_path, workers=1, software_versions=VERSIONS)
+    assert not (tmp_path / victim).exists()
+    assert not list(tmp_path.glob(f".*{l2files.TMP_SUFFIX}"))  # no temporary file left either
+    assert all(frame_is_valid(p, results) for p in tmp_path.glob("*.fits"))
+
+
+def test_frame_buffers_are_reused_and_read_steps_checks_its_out_array(results):
+    buffers = l2files.FrameBuffers()
+    a = buffers.array("x/0", (2, 3), ">f4")
+    assert buffers.array("x/0", (2, 3), ">f4") is a and buffers.array("x/0", (3, 3), ">f4") is not a
+    room = buffers.steps("b/0", (2, 3, 4, 5), ">f4")
+    fewer = buffers.steps("b/0", (2, 3, 2, 5), ">f4")
+    assert fewer.shape == (2, 3, 2, 5) and np.shares_memory(room, fewer)
+    block = l2files.StepBlock.read(results, 1, 2, buffers=buffers, slot=1)
+    plain = l2files.StepBlock.read(results, 1, 2)
+    np.testing.assert_array_equal(block.pre, plain.pre)
+    np.testing.assert_array_equal(block.mod, plain.mod)
+    with pytest.raises(ValueError, match="out is"):
+        l2files.read_steps(results.paths["mod"], 0, 2, np.empty((1, 1, 2, N_SLIT), ">f4"))
