@@ -600,12 +600,6 @@ def batch_size(results: ResultSet, budget_bytes: int = 128 * 2**20) -> int:
     return max(1, min(32, budget_bytes // max(per_step, 1)))
 
 
-def _min_max(data: np.ndarray) -> tuple[float | None, float | None]:
-    lo = float(np.fmin.reduce(data, axis=None))
-    hi = float(np.fmax.reduce(data, axis=None))
-    return (lo if math.isfinite(lo) else None), (hi if math.isfinite(hi) else None)
-
-
 _FILE_DTYPE = np.dtype(">f4")  # the L2 files' data: big-endian float32 (BITPIX -32)
 
 
@@ -623,11 +617,34 @@ def _convert(plane: np.ndarray, quantity: Quantity, out: np.ndarray | None = Non
     return out
 
 
-def frame_arrays(results: ResultSet, block: StepBlock, step: int, *, buffers: FrameBuffers | None = None,
-                 slot: int = 0) -> list[np.ndarray]:
-    """The image arrays of the frame of ``step`` (in ``block``), in HDU order: C-ordered big-endian float32.
+@dataclass
+class _Stats:
+    """DATAMIN, DATAMAX (finite values only) and the data's 32-bit word sum, gathered piece by piece."""
 
-    With ``buffers``, the arrays are that slot's (overwritten by the next frame of the slot).
+    lo: float = math.inf
+    hi: float = -math.inf
+    words: int = 0  # sum of the big-endian 32-bit words (not yet folded)
+
+    def add(self, piece: np.ndarray) -> None:
+        self.lo = min(self.lo, float(np.fmin.reduce(piece, axis=None)))
+        self.hi = max(self.hi, float(np.fmax.reduce(piece, axis=None)))
+        self.words += int(piece.view(">u4").sum(dtype=np.uint64))
+
+    @property
+    def min_max(self) -> tuple[float | None, float | None]:
+        return (self.lo if math.isfinite(self.lo) else None), (self.hi if math.isfinite(self.hi) else None)
+
+    @property
+    def datasum(self) -> int:
+        return fits_checksum.fold(self.words)
+
+
+def _frame_data(results: ResultSet, block: StepBlock, step: int, buffers: FrameBuffers | None,
+                slot: int) -> list[tuple[np.ndarray, _Stats]]:
+    """The image arrays of a frame (see :func:`frame_arrays`), each with its statistics and data sum.
+
+    Profiles are transposed ``_WAVE_CHUNK`` wavelengths at a time, and each piece's statistics
+    taken while it is still in the processor's cache: one pass over memory instead of four.
     """
     k = step - block.first
 
@@ -636,16 +653,31 @@ def frame_arrays(results: ResultSet, block: StepBlock, step: int, *, buffers: Fr
             return np.empty(shape, dtype=_FILE_DTYPE)
         return buffers.array(f"frame:{name}/{slot}", shape, _FILE_DTYPE)
 
-    arrays = [_convert(block.mod[i, :, k, :], q, array(f"q{i}", (1, results.n_slit, results.n_depth)))
-              for i, q in enumerate(QUANTITIES)]
+    out: list[tuple[np.ndarray, _Stats]] = []
+    for i, q in enumerate(QUANTITIES):
+        data = _convert(block.mod[i, :, k, :], q, array(f"q{i}", (1, results.n_slit, results.n_depth)))
+        stats = _Stats()
+        stats.add(data)
+        out.append((data, stats))
     for n, line in enumerate(results.lines):
         for kind, cube in (("ori", block.ori), ("pre", block.pre)):  # Original, then Fit
-            out = array(f"{kind}{n}", (1, results.n_slit, line.stop - line.start, results.n_stokes))
+            data = array(f"{kind}{n}", (1, results.n_slit, line.stop - line.start, results.n_stokes))
+            stats = _Stats()
             for w in range(line.start, line.stop, _WAVE_CHUNK):  # [stokes, wave, slit] -> [slit, wave, stokes]
-                stop = min(w + _WAVE_CHUNK, line.stop)
-                out[0, :, w - line.start:stop - line.start] = cube[:, w:stop, k, :].transpose(2, 1, 0)
-            arrays.append(out)
-    return arrays
+                piece = data[0, :, w - line.start:min(w + _WAVE_CHUNK, line.stop) - line.start]
+                piece[...] = cube[:, w:w + piece.shape[1], k, :].transpose(2, 1, 0)
+                stats.add(piece)
+            out.append((data, stats))
+    return out
+
+
+def frame_arrays(results: ResultSet, block: StepBlock, step: int, *, buffers: FrameBuffers | None = None,
+                 slot: int = 0) -> list[np.ndarray]:
+    """The image arrays of the frame of ``step`` (in ``block``), in HDU order: C-ordered big-endian float32.
+
+    With ``buffers``, the arrays are that slot's (overwritten by the next frame of the slot).
+    """
+    return [data for data, _ in _frame_data(results, block, step, buffers, slot)]
 
 
 _WAVE_CHUNK = 128  # wavelengths per transposed piece: keeps each piece's source rows in cache
@@ -703,7 +735,8 @@ def prepare_frame(
     check_binning(l1, spatial_axes(l1, step_index), results.n_slit, results.binning, step_index)
     if block is None:
         block = StepBlock.read(results, step_index, 1)
-    arrays = frame_arrays(results, block, step_index, buffers=buffers, slot=slot)
+    made = _frame_data(results, block, step_index, buffers, slot)
+    arrays = [data for data, _ in made]
     depth = depth_axis(np.asarray(arrays[0][0].T, dtype=np.float64))
     layouts = hdu_layouts(results, l1, step_index, depth)
     date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
@@ -711,12 +744,12 @@ def prepare_frame(
     parts: list[bytes | bytearray | np.ndarray] = []
     stats = []
     size = 0
-    for layout, data in zip(layouts, arrays):
-        st = _min_max(data)
+    for layout, (data, data_stats) in zip(layouts, made):
+        st = data_stats.min_max
         stats.append(st)
         nbytes = data.nbytes
         pad = -nbytes % BLOCK
-        datasum = fits_checksum.sum32(memoryview(data).cast("B"))  # padding zeros add nothing
+        datasum = data_stats.datasum  # padding zeros add nothing
         structural = [("XTENSION", "IMAGE", "Image extension"), ("BITPIX", -32, ""), ("NAXIS", data.ndim, "")]
         structural += [(f"NAXIS{i}", n, "") for i, n in enumerate(reversed(data.shape), 1)]
         structural += [("PCOUNT", 0, ""), ("GCOUNT", 1, "")]
