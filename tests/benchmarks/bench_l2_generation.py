@@ -9,10 +9,11 @@ Na I with 851 / 192 / 767 wavelengths: about 31 MB a frame in float32; 490 steps
 wavelength order, as BLANCA writes them) are written first by this process; then a fresh
 process, whose peak memory is that size's own, times:
 
-* **L2**: what a generate task does after the checks: ``generate_all`` (one process: read each
-  step from the memory-mapped result files, convert units, build the headers and WCS, write
-  with CHECKSUM/DATASUM, rename into place) and the dataset's ASDF (``build_inversion`` through
-  dkist/gwcs/ndcube, ``write_inversion_asdf``);
+* **L2**: what a generate task does after the checks: ``generate_all`` (one process: a reader
+  thread reads batches of steps from the result files, the process's thread transposes them,
+  converts units, takes statistics and checksums and builds the headers and WCS, a writer
+  thread writes each frame and renames it into place) and the dataset's ASDF
+  (``build_inversion`` through dkist/gwcs/ndcube, ``write_inversion_asdf``);
 * **writeto** (the baseline): the same image arrays of every frame, already in memory in the
   byte order of the L2 file (made outside the timed part), in an ``HDUList`` with minimal
   headers (``PrimaryHDU()``, ``ImageHDU(array, name=…)``) written with ``writeto`` (no
@@ -28,6 +29,12 @@ are paid before the timing and printed apart.
 
 Target: L2 frames/s ≥ 80 % of writeto frames/s, and peak resident memory (the process's own,
 ``VmHWM``) that does not grow with the number of steps. Both printed per size.
+
+Also printed: the CPU seconds of writeto and of L2 (every thread and child process). L2 does
+what writeto does (the same bytes written) plus reading the result files and transposing
+them; on ``n`` cores it cannot beat ``n × CPU(writeto) / CPU(L2)`` of writeto's rate, which is
+printed as the limit of that run. Run it on an otherwise idle machine: the other threads of
+L2 compete with whatever else runs; the load average is printed.
 """
 
 from __future__ import annotations
@@ -60,6 +67,12 @@ def peak_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process's threads and its waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def prepare(work: Path, steps: int, slit: int, depth: int, waves: list[int]) -> None:
@@ -107,29 +120,30 @@ def one_size(work: Path, steps: int, slit: int) -> dict:
     base_dir, l2_dir = work / "baseline", work / "l2"
     base_dir.mkdir()
 
-    def baseline() -> tuple[float, int]:
-        total, nbytes = 0.0, 0
+    def baseline() -> tuple[float, int, float]:
+        total, nbytes, cpu = 0.0, 0, 0.0
         for step in range(steps):
             block = StepBlock.read(results, step, 1)
             arrays = [a if a.dtype == np.dtype(">f4") else a.astype(">f4") for a in frame_arrays(results, block, step)]
             hdul = fits.HDUList([fits.PrimaryHDU(), *(fits.ImageHDU(a, name=n) for n, a in zip(names, arrays))])
             path = base_dir / f"{step:05d}.fits"  # one file per step, kept until the pass ends, as L2's
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_s()
             hdul.writeto(path, overwrite=True)
             total += time.perf_counter() - t
+            cpu += cpu_s() - c
             nbytes += path.stat().st_size
         for path in base_dir.iterdir():  # after the pass: the disk holds two copies at most
             path.unlink()
-        return total, nbytes
+        return total, nbytes, cpu
 
     def peak() -> float:
         return peak_mb()
 
     peaks = {"setup": peak()}
     baseline()  # warm-up: page cache of the inputs, imports
-    t_base1, frame_bytes = baseline()
+    t_base1, frame_bytes, c_base1 = baseline()
     peaks["writeto"] = peak()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_s()
     frames = generate_all(results, headers, ids(steps), l2_dir, workers=1, software_versions=VERSIONS)
     t_frames = time.perf_counter() - t
     peaks["L2 frames"] = peak()
@@ -140,26 +154,30 @@ def one_size(work: Path, steps: int, slit: int) -> dict:
                                 software_versions=VERSIONS, basepath=l2_dir)
     asdf_path = write_inversion_asdf(inversion, l2_dir / dataset_metadata_filename(ids(steps)["inversion_id"]))
     t_l2 = time.perf_counter() - t
+    c_l2 = cpu_s() - c
     peaks["ASDF"] = peak()
     for frame in frames:  # the ASDF is written: room on the disk for the second baseline pass
         Path(frame.path).unlink()
-    t_base2, _ = baseline()
+    t_base2, _, c_base2 = baseline()
     t_base = (t_base1 + t_base2) / 2
+    c_base = (c_base1 + c_base2) / 2
 
     # the same with a generate task's default pool (L2_GENERATE_WORKERS=0: one process per core)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_s()
     frames = generate_all(results, headers, ids(steps), l2_dir, workers=os.cpu_count(), software_versions=VERSIONS)
     inversion = build_inversion(frames, results, headers, ids(steps),
                                 inventory_record(record, results, canonical_dataset="BVJVO"),
                                 software_versions=VERSIONS, basepath=l2_dir)
     write_inversion_asdf(inversion, l2_dir / dataset_metadata_filename(ids(steps)["inversion_id"]))
     t_pool = time.perf_counter() - t
+    c_pool = cpu_s() - c
     assert all(f.generated for f in frames)
     return {
         "steps": steps, "frame_mb": frame_bytes / steps / 1e6, "t_frames": t_frames, "t_asdf": t_l2 - t_frames,
         "t_l2": t_l2, "t_base": t_base, "t_base_spread": abs(t_base1 - t_base2), "asdf_mb": asdf_path.stat().st_size / 1e6,
         "ratio": t_base / t_l2, "peak_mb": peak_mb(),
         "t_once": t_once, "peaks": peaks, "t_pool": t_pool, "ratio_pool": t_base / t_pool,
+        "c_base": c_base, "c_l2": c_l2, "c_pool": c_pool, "load": os.getloadavg()[0],
     }
 
 
@@ -208,6 +226,11 @@ def main() -> None:
               f"{verdict}); with the default pool of {os.cpu_count()} processes {r['ratio_pool']:.1%} "
               f"({r['t_pool']:.2f} s); once per worker process (imports, asdf extensions): {r['t_once']:.1f} s, "
               "not in the ratios")
+    for r in rows:
+        cores = os.cpu_count() or 1
+        print(f"{r['steps']} steps, CPU seconds (all threads and processes): writeto {r['c_base']:.2f}, L2 one process "
+              f"{r['c_l2']:.2f}, L2 pool {r['c_pool']:.2f}: with {cores} cores L2 can reach at most "
+              f"{min(1.0, cores * r['c_base'] / r['c_l2']):.0%} of writeto; load average at the end {r['load']:.2f}")
     if len(rows) > 1:
         for r in rows:
             print(f"peak memory at {r['steps']} steps, after each phase: "
