@@ -480,14 +480,16 @@ def check_results(results: ResultSet) -> None:
                               f"{results.profile_shape}", step=STEP)
 
 
-def read_steps(path: str, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+def read_steps(path: str, first: int, count: int, out: np.ndarray | None = None,
+               views: Sequence[memoryview] | None = None) -> np.ndarray:
     """Raster steps ``first .. first+count-1`` of a result file: ``[a, b, count, slit]`` (file dtype).
 
     BLANCA's arrays are ``[a, b, raster step, slit]``: one step is a short row of every (a, b)
     plane, the rows far apart in the file. Consecutive steps are contiguous within a plane, so
     a batch of steps is read with one ``preadv`` per plane straight into the array: nothing is
     memory-mapped, and memory holds only the batch. ``out``: an array of that shape and the
-    file's dtype to read into (each ``out[i, j]`` contiguous), e.g. from :class:`FrameBuffers`.
+    file's dtype to read into (each ``out[i, j]`` contiguous), e.g. from :class:`FrameBuffers`;
+    ``views``: :func:`plane_views` of ``out``, when kept with it.
     """
     layout = _layout_of(path)
     planes_a, planes_b, n_steps, n_slit = layout.shape
@@ -502,19 +504,29 @@ def read_steps(path: str, first: int, count: int, out: np.ndarray | None = None)
     row = n_slit * item
     plane = n_steps * row
     want = count * row
+    if views is None:
+        views = plane_views(out)
     fd = os.open(path, os.O_RDONLY)
     try:
         preadv = os.preadv
-        for i in range(planes_a):
-            start = layout.offset + i * planes_b * plane + first * row
-            for j in range(planes_b):
-                got = preadv(fd, [memoryview(out[i, j]).cast("B")], start + j * plane)
-                if got != want:
-                    raise DoNotRetryError(f"{Path(path).name} is shorter than its header says (read {got} of "
-                                          f"{want} bytes of plane {i}, {j})", step=STEP)
+        for n, view in enumerate(views):
+            got = preadv(fd, [view], layout.offset + n * plane + first * row)
+            if got != want:
+                i, j = divmod(n, planes_b)
+                raise DoNotRetryError(f"{Path(path).name} is shorter than its header says (read {got} of "
+                                      f"{want} bytes of plane {i}, {j})", step=STEP)
     finally:
         os.close(fd)
     return out
+
+
+def plane_views(out: np.ndarray) -> list[memoryview]:
+    """Byte views of every ``out[i, j]`` of a ``[a, b, count, slit]`` array, in file order.
+
+    Making a view costs about as much as reading a 16 KB row from the page cache, so the views
+    of a reused buffer are kept with it (:meth:`FrameBuffers.steps_views`).
+    """
+    return [memoryview(out[i, j]).cast("B") for i in range(out.shape[0]) for j in range(out.shape[1])]
 
 
 class FrameBuffers:
@@ -529,6 +541,7 @@ class FrameBuffers:
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
+        self._views: dict[tuple[str, int], tuple[np.ndarray, list[memoryview]]] = {}
 
     def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised array of ``shape``, the same one each time for ``name``."""
@@ -546,7 +559,17 @@ class FrameBuffers:
         if found is None or found.dtype != dtype or found.shape[:2] != (a, b) or found.shape[3] != slit \
                 or found.shape[2] < count:
             found = self._arrays[name] = np.empty(shape, dtype=dtype)
+            self._views = {key: kept for key, kept in self._views.items() if key[0] != name}
         return found[:, :, :count]
+
+    def steps_views(self, name: str, out: np.ndarray) -> list[memoryview]:
+        """:func:`plane_views` of ``out`` (a :meth:`steps` array of ``name``), made once per buffer and count."""
+        key = (name, out.shape[2])
+        base = self._arrays[name]
+        kept = self._views.get(key)
+        if kept is None or kept[0] is not base:
+            kept = self._views[key] = (base, plane_views(out))
+        return kept[1]
 
     @property
     def nbytes(self) -> int:
@@ -581,11 +604,13 @@ class StepBlock:
         arrays = []
         for role in ("mod", "pre", "ori"):
             path = results.paths[role]
-            out = None
+            out = views = None
             if buffers is not None:
                 layout = _layout_of(path)
-                out = buffers.steps(f"batch:{role}/{slot}", (*layout.shape[:2], count, layout.shape[3]), layout.dtype)
-            arrays.append(read_steps(path, first, count, out))
+                name = f"batch:{role}/{slot}"
+                out = buffers.steps(name, (*layout.shape[:2], count, layout.shape[3]), layout.dtype)
+                views = buffers.steps_views(name, out)
+            arrays.append(read_steps(path, first, count, out, views))
         return cls(first, *arrays)
 
 

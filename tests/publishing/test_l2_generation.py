@@ -396,6 +396,10 @@ def test_frame_buffers_are_reused_and_read_steps_checks_its_out_array(results):
     fewer = buffers.steps("b/0", (2, 3, 2, 5), ">f4")
     assert fewer.shape == (2, 3, 2, 5) and np.shares_memory(room, fewer)
     block = l2files.StepBlock.read(results, 1, 2, buffers=buffers, slot=1)
+    views = buffers.steps_views("batch:pre/1", block.pre)
+    again = l2files.StepBlock.read(results, 1, 2, buffers=buffers, slot=1)
+    assert again.pre is not block.pre and np.shares_memory(again.pre, block.pre)
+    assert buffers.steps_views("batch:pre/1", again.pre) is views  # made once per buffer and count
     plain = l2files.StepBlock.read(results, 1, 2)
     np.testing.assert_array_equal(block.pre, plain.pre)
     np.testing.assert_array_equal(block.mod, plain.mod)
