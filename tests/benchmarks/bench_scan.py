@@ -18,7 +18,7 @@ written.
    About 2.5 datasets per program, so ~N/2.5 programs.
 2. It is served by the metadata-store emulator in a process of its own
    (``python -m scanning.emulator.server <files> --port 0``), over HTTP.
-3. Measured in this one run, each with the same client (``scanning.scan.client()``) and the
+3. Measured in this one run, each with the same client (``scanning.fetch.client()``) and the
    same page size (``SCAN_PAGE_SIZE``):
 
    * **raw ingest** (the baseline, three times: before and after the full scan, after the
@@ -411,19 +411,23 @@ class CpuMeter:
 
 
 class PhaseTimer:
-    """Wall time spent in the scan's phases (module functions of scanning.scan, wrapped while timing)."""
+    """Wall time spent in the scan's stages (module functions of the stage modules, wrapped while timing)."""
 
-    PHASES = ("upsert_page", "summarise_programs", "qualify_settled")
+    PHASES = (("store", "upsert_page"), ("store", "summarise_programs"), ("qualify", "qualify_settled"))
 
     def __init__(self):
-        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.seconds = {name: 0.0 for _, name in self.PHASES}
 
     def __enter__(self):
-        from scanning import qualification
-        from scanning import scan as module
+        import importlib
 
-        self._originals = {name: getattr(module, name) for name in self.PHASES}
-        for name, original in self._originals.items():
+        from scanning import qualification
+
+        self._originals = []
+        for module_name, name in self.PHASES:
+            module = importlib.import_module(f"scanning.{module_name}")
+            original = getattr(module, name)
+            self._originals.append((module, name, original))
             setattr(module, name, self._wrap(name, original))
         self._radius_misses = qualification.radii_computed
         return self
@@ -439,9 +443,8 @@ class PhaseTimer:
 
     def __exit__(self, *exc):
         from scanning import qualification
-        from scanning import scan as module
 
-        for name, original in self._originals.items():
+        for module, name, original in self._originals:
             setattr(module, name, original)
         self.radius_days = qualification.radii_computed - self._radius_misses
 
@@ -451,7 +454,8 @@ class PhaseTimer:
 
 
 def timed_scan(full: bool, profile: str | None = None):
-    from scanning.scan import client, run_scan
+    from scanning.fetch import client
+    from scanning.scan import run_scan
 
     with StatementCounter() as counter, PhaseTimer() as phases:
         profiler = cProfile.Profile() if profile else None
@@ -492,7 +496,7 @@ def main() -> int:
     django.setup()
     from django.db import connection
 
-    from scanning import scan as scan_module
+    from scanning import fetch
 
     load = os.getloadavg()
     print(f"bench_scan: {n:,} datasets, page size {settings.SCAN_PAGE_SIZE}, {os.cpu_count()} CPUs, "
@@ -529,7 +533,7 @@ def main() -> int:
             print(f"  what-if: index {index} dropped", flush=True)
 
         with CpuMeter(emulator.proc.pid) as raw1_cpu:
-            raw1, pages, fetched = raw_ingest(scan_module.client, page_size)
+            raw1, pages, fetched = raw_ingest(fetch.client, page_size)
         print(f"  raw ingest #1: {raw1:.2f} s ({pages} pages, {fetched:,} records); {raw1_cpu}", flush=True)
         rss_before = _rss_mb()
         with CpuMeter(emulator.proc.pid) as full_cpu:
@@ -544,7 +548,7 @@ def main() -> int:
         if args.statements:
             print(full_stmts.slowest(), flush=True)
         with CpuMeter(emulator.proc.pid) as raw2_cpu:
-            raw2, _, _ = raw_ingest(scan_module.client, page_size)
+            raw2, _, _ = raw_ingest(fetch.client, page_size)
         print(f"  raw ingest #2: {raw2:.2f} s; {raw2_cpu}", flush=True)
 
         before = row_versions()
@@ -557,7 +561,7 @@ def main() -> int:
         print(f"  rescan incremental: {inc_s:.2f} s, {inc_stmts.total} statements, {inc.records} records read",
               flush=True)
         with CpuMeter(emulator.proc.pid) as raw3_cpu:
-            raw3, _, _ = raw_ingest(scan_module.client, page_size)
+            raw3, _, _ = raw_ingest(fetch.client, page_size)
         print(f"  raw ingest #3: {raw3:.2f} s; {raw3_cpu}", flush=True)
         states = _state_counts()
         load_after = os.getloadavg()
