@@ -47,15 +47,15 @@ _switch_saved = 0.0
 def switch_interval(seconds: float) -> Iterator[None]:
     """``sys.setswitchinterval`` at most ``seconds`` inside the block, the process's own value again after it.
 
-    Counted: while blocks overlap (two scans in two threads) the value stays lowered, and
-    the value from before the first is put back when the last one ends.
+    Counted: while blocks overlap (two scans in two threads) the value is the lowest asked
+    for, and the value from before the first is put back when the last one ends.
     """
     global _switch_holders, _switch_saved
     with _switch_lock:
         if _switch_holders == 0:
             _switch_saved = sys.getswitchinterval()
         _switch_holders += 1
-        sys.setswitchinterval(min(_switch_saved, seconds))
+        sys.setswitchinterval(min(sys.getswitchinterval(), seconds))
     try:
         yield
     finally:
