@@ -26,7 +26,7 @@ from inversions.states import State
 from scanning import qualification
 from scanning.prepare import prime_solar_radii, program_report, thresholds
 from scanning.records import DatasetRecord
-from scanning.store import ACTOR, reading_cursor, select_list
+from scanning.store import ACTOR, Reports, reading_cursor, select_list
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,12 @@ def current_records(program_ids: Sequence[int]) -> dict[int, list[DatasetRecord]
     return records
 
 
-def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str, str, str]] | None = None) -> int:
+def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str, str, str]] | Reports | None = None) -> int:
     """Qualify every settled Discovered program; return how many moved.
 
-    ``reports`` (from the scan's :class:`ScanMemory`) gives ``(state, reason, details JSON)``
-    already computed for some programs from the very records their datasets hold.
+    ``reports`` (a dict, or the scan's :class:`~scanning.store.Reports`) gives ``(state,
+    reason, details JSON)`` already computed for some programs from the very records their
+    datasets hold; read once per batch.
 
     Programs are qualified in batches of ``QUALIFY_BATCH``, one transaction each. Outside a
     transaction, ``SCAN_QUALIFY_WORKERS`` batches run at once, each thread in a database
@@ -116,7 +117,8 @@ def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str
     the database writes another. The batches hold disjoint programs, so they neither wait
     for nor deadlock on each other.
     """
-    reports = reports or {}
+    if reports is None:
+        reports = {}
     now = now or timezone.now()
     ids = list(
         ObservingProgram.objects.filter(state=State.DISCOVERED, settles_at__lte=now, dataset_count__gt=0)
@@ -147,14 +149,16 @@ def qualify_settled(*, now: datetime | None = None, reports: dict[int, tuple[str
         return sum(future.result() for future in [pool.submit(work) for _ in range(workers)])
 
 
-def _qualify_batch(batch: list[int], reports: dict[int, tuple[str, str, str]], t: qualification.Thresholds) -> int:
+def _qualify_batch(batch: list[int], reports: dict[int, tuple[str, str, str]] | Reports,
+                   t: qualification.Thresholds) -> int:
     """Qualify these programs in one transaction (one by one if one of them moved meanwhile)."""
-    records = current_records([pid for pid in batch if pid not in reports])
+    known = reports.get_many(batch) if hasattr(reports, "get_many") else {pid: reports[pid] for pid in batch if pid in reports}
+    records = current_records([pid for pid in batch if pid not in known])
     prime_solar_radii(records.values())
     changes = []
     for pid in batch:
-        if pid in reports:
-            state, reason, text = reports[pid]
+        if pid in known:
+            state, reason, text = known[pid]
             details = lifecycle.JSONText(text)
         else:
             state, reason, details = program_report(records[pid], t)

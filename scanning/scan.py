@@ -203,17 +203,17 @@ def _scan(scan: Scan, client: MetadataStoreClient, now: datetime | None) -> None
     descriptions = prepare.storable_descriptions(client.experiment_descriptions())
     pages = client.iter_dataset_inventory_pages(settings.SCAN_PAGE_SIZE, update_date_min=scan.update_date_min)
     preparer = prepare.Preparer(descriptions, parse_ahead=previous is None)  # a first scan parses ahead
-    stored = store.Stored()
-    with fetch.read_ahead(pages, prepare=preparer) as prepared_pages:  # threads + GIL interval end with the block
-        for prepared in prepared_pages:
-            with transaction.atomic():  # the page and the scan's progress: one commit
-                result = store.upsert_page(scan, prepared.page, descriptions, stored.memory, prepared)
-                _count_page(scan, prepared.page, result)
-            preparer.stored(prepared.page, result.new + result.updated + result.errors)
-            stored.add(result)
-    scan.newest_update_date = max(filter(None, [stored.newest, previous]), default=None)
-    stored.finish(descriptions)
-    scan.programs_qualified = qualify.qualify_settled(now=now, reports=stored.memory.reports)
+    with store.Stored() as stored:  # what the pages stored, for the stages after them
+        with fetch.read_ahead(pages, prepare=preparer) as prepared_pages:  # threads + GIL interval end here
+            for prepared in prepared_pages:
+                with transaction.atomic():  # the page and the scan's progress: one commit
+                    result = store.upsert_page(scan, prepared.page, descriptions, stored.memory, prepared)
+                    _count_page(scan, prepared.page, result)
+                preparer.stored(prepared.page, result.new + result.updated + result.errors)
+                stored.add(result)
+        scan.newest_update_date = max(filter(None, [stored.newest, previous]), default=None)
+        stored.finish(descriptions)
+        scan.programs_qualified = qualify.qualify_settled(now=now, reports=stored.memory.reports)
 
 
 def _count_page(scan: Scan, page: list, result: PageResult) -> None:

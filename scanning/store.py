@@ -17,6 +17,8 @@ one query per batch. :class:`Stored` gathers what the pages stored for the stage
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ SUMMARY_BATCH = 2000  # programs per transaction when summarising
 
 @dataclass
 class Stored:
-    """What the pages of one scan stored, for the stages after the last page."""
+    """What the pages of one scan stored, for the stages after the last page (a context: closes its memory)."""
 
     memory: ScanMemory = field(default_factory=lambda: ScanMemory())
     changed: set[int] = field(default_factory=set)  # existing programs whose datasets changed
@@ -56,6 +58,12 @@ class Stored:
         self.touched |= result.touched_programs
         if result.newest_update and (self.newest is None or result.newest_update > self.newest):
             self.newest = result.newest_update
+
+    def __enter__(self) -> Stored:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.memory.close()
 
     def finish(self, descriptions: dict[str, str]) -> None:
         """Summarise the programs the pages could not summarise, and tell the changed ones (one event each)."""
@@ -90,6 +98,54 @@ class PageResult:
     newest_update: datetime | None = None
 
 
+class Reports:
+    """Qualification reports ``(state, reason, details as JSON text)`` by program id, kept on disk.
+
+    A scan of 400,000 new programs makes as many reports (~1.2 kB each): held in memory they
+    would be the scan's largest object. They are kept in a private temporary SQLite
+    database instead (deleted when closed; a few MB of page cache), written once per page
+    and read once per qualification batch; usable from the qualification's threads.
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)  # "": a temporary file
+        self._db.execute("CREATE TABLE report (program INTEGER PRIMARY KEY, state TEXT, reason TEXT, details TEXT)")
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def put_many(self, rows: list[tuple[int, str, str, str]]) -> None:
+        if rows:
+            with self._lock:
+                self._db.executemany("INSERT OR REPLACE INTO report VALUES (?, ?, ?, ?)", rows)
+                self._count += len(rows)
+
+    def discard_many(self, program_ids: Iterable[int]) -> None:
+        ids = [(pid,) for pid in program_ids]
+        if ids:
+            with self._lock:
+                self._db.executemany("DELETE FROM report WHERE program = ?", ids)
+
+    def get_many(self, program_ids: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+        """The reports of those of these programs that have one."""
+        out: dict[int, tuple[str, str, str]] = {}
+        ids = list(program_ids)
+        with self._lock:
+            for start in range(0, len(ids), 10_000):  # well under SQLite's limit of parameters
+                chunk = ids[start : start + 10_000]
+                marks = ",".join("?" * len(chunk))
+                for pid, *report in self._db.execute(f"SELECT * FROM report WHERE program IN ({marks})", chunk):
+                    out[pid] = tuple(report)
+        return out
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM report").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
 class ScanMemory:
     """What one scan knows about the programs it created, so that it need not read them back.
 
@@ -97,26 +153,27 @@ class ScanMemory:
     that page: its summary (written at creation) is final when it does not depend on the
     order of datasets with the same wavelength, and its qualification report can be
     computed there and then, from the records just parsed. Such programs are ``complete``;
-    their reports (small JSON texts, at most :attr:`max_reports`) are used by
-    :func:`qualify_settled` instead of reading their datasets back.
+    their reports (:class:`Reports`, on disk: memory does not grow with them) are used by
+    :func:`scanning.qualify.qualify_settled` instead of reading their datasets back.
+    Close it when the scan is done.
     """
-
-    max_reports = 50_000
 
     def __init__(self) -> None:
         self.complete: set[int] = set()
-        self.reports: dict[int, tuple[str, str, str]] = {}  # program id -> (state, reason, details JSON)
+        self.reports = Reports()
 
-    def created(self, program_id: int, *, exact_summary: bool, report: tuple[str, str, str] | None) -> None:
-        """``report``: ``(state, reason, details as JSON text)`` (a text is ~5 times smaller than the dict)."""
-        if exact_summary:
-            self.complete.add(program_id)
-        if report is not None and len(self.reports) < self.max_reports:
-            self.reports[program_id] = report
+    def created_many(self, programs: list[tuple[int, bool, tuple[str, str, str]]]) -> None:
+        """``(program id, exact summary, (state, reason, details as JSON text))`` of the programs a page created."""
+        self.complete.update(pid for pid, exact, _ in programs if exact)
+        self.reports.put_many([(pid, *report) for pid, _, report in programs])
 
-    def touched_again(self, program_id: int) -> None:
-        self.complete.discard(program_id)
-        self.reports.pop(program_id, None)
+    def touched_again(self, program_ids: Iterable[int]) -> None:
+        ids = list(program_ids)
+        self.complete.difference_update(ids)
+        self.reports.discard_many(ids)
+
+    def close(self) -> None:
+        self.reports.close()
 
 
 @contextlib.contextmanager
@@ -250,17 +307,13 @@ def upsert_page(scan: Scan, page: list, descriptions: dict[str, str], memory: Sc
         result.new, result.updated = len(new_datasets), len(updated_rows)
     if memory is not None:
         created_ids = {program_id: c for program_id, c in ((c.program.pk, c) for c in created.values())}
-        for program_id in result.touched_programs - created_ids.keys():
-            memory.touched_again(program_id)
+        memory.touched_again(result.touched_programs - created_ids.keys())
         limits = thresholds() if created_ids else None
         made = [c for c in created_ids.values() if c.report is None]
-        if made and len(memory.reports) < memory.max_reports:
+        if made:
             prime_solar_radii(c.current for c in made)
-        for program_id, c in created_ids.items():
-            report = None
-            if len(memory.reports) < memory.max_reports:
-                report = c.report or program_report_text(c.current, limits)
-            memory.created(program_id, exact_summary=c.exact_summary, report=report)
+        memory.created_many([(program_id, c.exact_summary, c.report or program_report_text(c.current, limits))
+                             for program_id, c in created_ids.items()])
     return result
 
 

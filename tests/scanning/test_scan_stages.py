@@ -188,3 +188,21 @@ def test_the_pipeline_hands_each_stage_what_the_one_before_made(metadata_store, 
     ids = [raw["datasetId"] for page, _ in stored for raw in page]
     assert len(set(ids)) == 508 and Dataset.objects.count() == 508
     assert interval_is_the_process_own()
+
+
+def test_the_scan_reports_are_kept_on_disk_and_read_back_by_batch_from_any_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scanning.store import ScanMemory
+
+    memory = ScanMemory()
+    try:
+        memory.created_many([(pid, pid % 2 == 0, ("invertible", f"r{pid}", f'{{"n": {pid}}}')) for pid in range(1, 5001)])
+        memory.touched_again([2, 3])  # a later page added datasets to them: no report, not complete
+        assert len(memory.reports) == 4998 and 4 in memory.complete and 2 not in memory.complete
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(memory.reports.get_many, [range(1, 2501), range(2501, 5002)]))
+        assert len(got[0]) == 2498 and len(got[1]) == 2500 and 2 not in got[0]
+        assert got[0][1] == ("invertible", "r1", '{"n": 1}')
+    finally:
+        memory.close()
