@@ -50,12 +50,10 @@ class Stored:
 
     memory: ScanMemory = field(default_factory=lambda: ScanMemory())
     changed: set[int] = field(default_factory=set)  # existing programs whose datasets changed
-    touched: set[int] = field(default_factory=set)  # every program with a new/updated dataset
     newest: datetime | None = None  # the newest updateDate seen
 
     def add(self, result: PageResult) -> None:
         self.changed |= result.changed_programs
-        self.touched |= result.touched_programs
         if result.newest_update and (self.newest is None or result.newest_update > self.newest):
             self.newest = result.newest_update
 
@@ -67,8 +65,8 @@ class Stored:
 
     def finish(self, descriptions: dict[str, str]) -> None:
         """Summarise the programs the pages could not summarise, and tell the changed ones (one event each)."""
-        if self.touched - self.memory.complete:
-            summarise_programs(self.touched - self.memory.complete, descriptions)
+        if self.memory.to_summarise:
+            summarise_programs(self.memory.to_summarise, descriptions)
         if self.changed:
             lifecycle.datasets_changed(sorted(self.changed), actor=ACTOR)
 
@@ -152,24 +150,26 @@ class ScanMemory:
     A program created on a page and not touched by a later page has exactly the datasets of
     that page: its summary (written at creation) is final when it does not depend on the
     order of datasets with the same wavelength, and its qualification report can be
-    computed there and then, from the records just parsed. Such programs are ``complete``;
-    their reports (:class:`Reports`, on disk: memory does not grow with them) are used by
+    computed there and then, from the records just parsed. Such programs are complete; the
+    others with a new or changed dataset are ``to_summarise`` at the end (a set that, in a
+    first scan, holds only the programs cut by pages, not all of them); the reports (:class:`Reports`, on disk: memory does not grow with them) are used by
     :func:`scanning.qualify.qualify_settled` instead of reading their datasets back.
     Close it when the scan is done.
     """
 
     def __init__(self) -> None:
-        self.complete: set[int] = set()
+        self.to_summarise: set[int] = set()
         self.reports = Reports()
 
     def created_many(self, programs: list[tuple[int, bool, tuple[str, str, str]]]) -> None:
         """``(program id, exact summary, (state, reason, details as JSON text))`` of the programs a page created."""
-        self.complete.update(pid for pid, exact, _ in programs if exact)
+        self.to_summarise.update(pid for pid, exact, _ in programs if not exact)
         self.reports.put_many([(pid, *report) for pid, _, report in programs])
 
     def touched_again(self, program_ids: Iterable[int]) -> None:
+        """Programs with a new or changed dataset that this page did not create: summarised at the end."""
         ids = list(program_ids)
-        self.complete.difference_update(ids)
+        self.to_summarise.update(ids)
         self.reports.discard_many(ids)
 
     def close(self) -> None:
