@@ -14,6 +14,8 @@ from functools import wraps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.validators import MaxLengthValidator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import add_never_cache_headers
@@ -23,7 +25,23 @@ log = logging.getLogger("l2.auth")
 TOKEN_NAME_MAX = 100
 
 
+class LoginForm(AuthenticationForm):
+    """Django's login form, with its user name's length checked before anyone is asked.
+
+    Django sets the field's ``max_length`` but no validator, so a longer name reached the
+    backends, and django-axes' failed-login row (``username`` varchar(255)) could not hold
+    it: a 500. Too long now is a form error, like any wrong name.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["username"]
+        field.validators.append(MaxLengthValidator(field.max_length))
+
+
 class LoginView(auth_views.LoginView):
+    authentication_form = LoginForm
+
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         globus = settings.GLOBUS_AUTH_ENABLED

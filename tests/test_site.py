@@ -325,3 +325,12 @@ def test_the_lockout_settings_come_from_the_environment():
     out = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], capture_output=True,
                          text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.split() == ["7", "150.0"], out.stderr
+
+
+@pytest.mark.django_db
+def test_a_user_name_too_long_for_any_account_is_a_form_error_not_a_500(client):
+    from axes.models import AccessAttempt
+
+    answer = _login(client, "x" * 300, "whatever")
+    assert answer.status_code == 200 and answer.context["form"].errors["username"]
+    assert not AccessAttempt.objects.exists()  # nobody was asked: nothing a varchar(255) cannot hold

@@ -11,14 +11,14 @@ database (``l2_bench_scan``, or ``--database``) with Django's test-database mach
 written.
 
 1. A synthetic metadata store of N datasets is generated from the real fixture records
-   (:func:`synthesize_store`): each program clones one real program of the fixtures (ViSP:
+   (:func:`synthesize_store`, in a child process that writes the emulator's file): each program clones one real program of the fixtures (ViSP:
    its 2–3 spectrograph arms with their wavelength ranges, lines and Stokes; VBI: its
    filters), with new ids and dates, a shifted pointing, and the frame counts, health, GOS,
    AO, Fried and light-level figures of another real program of the same instrument.
    About 2.5 datasets per program, so ~N/2.5 programs.
 2. It is served by the metadata-store emulator in a process of its own
    (``python -m scanning.emulator.server <files> --port 0``), over HTTP.
-3. Measured in this one run, each with the same client (``scanning.scan.client()``) and the
+3. Measured in this one run, each with the same client (``scanning.fetch.client()``) and the
    same page size (``SCAN_PAGE_SIZE``):
 
    * **raw ingest** (the baseline, three times: before and after the full scan, after the
@@ -32,8 +32,12 @@ written.
      the rows each rescan wrote: every row of the scan tables is compared by ``(id, xmin)``
      before and after (``xmin`` changes on any write), the new scan's own row excluded.
 
-Targets (DESIGN §13): full scan ≤ 60 s and ≤ 3 × raw ingest; rescan ≤ 10 % of the full scan
-and no row written but the scan's; statements grow with pages, not records. The rescan of
+Targets (DESIGN §13, issue 16, at 100,000 and at 1,000,000 datasets): full scan ≤ 2 × raw
+ingest; its time per record (printed) within 10 % at both sizes (compare the two runs: cost
+is linear); peak resident memory of this process during the full scan ≤ 300 MB (its peak is
+reset just before the scan, ``/proc/self/clear_refs``; the synthetic records are made by a
+child process, never held here); incremental rescan ≤ 1 s and ≤ 10 % of the full scan, and
+no row written but the scan's; statements grow with pages, not records. The rescan of
 the design is the ordinary, incremental one; a ``--full`` rescan fetches and parses every
 page as the raw ingest does, so it cannot be under 10 % of a full scan that is itself under
 3 × the raw ingest: it is shown against both. The machine's load average is printed: on a
@@ -49,6 +53,7 @@ import argparse
 import contextlib
 import cProfile
 import json
+import multiprocessing
 import os
 import pstats
 import random
@@ -201,14 +206,21 @@ def synthesize_store(base: list[dict], count: int, *, seed: int = 0, experiment_
     return out
 
 
+def write_store(path: Path, count: int, seed: int, experiment_ids: list[str]) -> tuple[int, int]:
+    """Synthesize ``count`` records into ``path`` (the emulator's file); ``(programs, ViSP programs)``."""
+    records = synthesize_store(fixture_records(), count, seed=seed, experiment_ids=experiment_ids)
+    with open(path, "w") as fh:
+        json.dump({"data": {"datasetInventories": records}}, fh)
+    return (len({r["instrumentProgramExecutionId"] for r in records}),
+            len({r["instrumentProgramExecutionId"] for r in records if r["instrumentName"] == "VISP"}))
+
+
 # --------------------------------------------------------------------------- emulator process
 class Emulator:
-    """``python -m scanning.emulator.server`` on a free port, in its own process."""
+    """``python -m scanning.emulator.server`` on a free port, in its own process, serving ``records_file``."""
 
-    def __init__(self, records: list[dict], workdir: Path):
-        self.records_file = workdir / "datasets.json"
-        with open(self.records_file, "w") as fh:
-            json.dump({"data": {"datasetInventories": records}}, fh)
+    def __init__(self, records_file: Path):
+        self.records_file = records_file
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "scanning.emulator.server", str(self.records_file), str(EXPERIMENTS_FILE),
              "--port", "0"],
@@ -411,19 +423,23 @@ class CpuMeter:
 
 
 class PhaseTimer:
-    """Wall time spent in the scan's phases (module functions of scanning.scan, wrapped while timing)."""
+    """Wall time spent in the scan's stages (module functions of the stage modules, wrapped while timing)."""
 
-    PHASES = ("upsert_page", "summarise_programs", "qualify_settled")
+    PHASES = (("store", "upsert_page"), ("store", "summarise_programs"), ("qualify", "qualify_settled"))
 
     def __init__(self):
-        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.seconds = {name: 0.0 for _, name in self.PHASES}
 
     def __enter__(self):
-        from scanning import qualification
-        from scanning import scan as module
+        import importlib
 
-        self._originals = {name: getattr(module, name) for name in self.PHASES}
-        for name, original in self._originals.items():
+        from scanning import qualification
+
+        self._originals = []
+        for module_name, name in self.PHASES:
+            module = importlib.import_module(f"scanning.{module_name}")
+            original = getattr(module, name)
+            self._originals.append((module, name, original))
             setattr(module, name, self._wrap(name, original))
         self._radius_misses = qualification.radii_computed
         return self
@@ -439,9 +455,8 @@ class PhaseTimer:
 
     def __exit__(self, *exc):
         from scanning import qualification
-        from scanning import scan as module
 
-        for name, original in self._originals.items():
+        for module, name, original in self._originals:
             setattr(module, name, original)
         self.radius_days = qualification.radii_computed - self._radius_misses
 
@@ -451,7 +466,8 @@ class PhaseTimer:
 
 
 def timed_scan(full: bool, profile: str | None = None):
-    from scanning.scan import client, run_scan
+    from scanning.fetch import client
+    from scanning.scan import run_scan
 
     with StatementCounter() as counter, PhaseTimer() as phases:
         profiler = cProfile.Profile() if profile else None
@@ -492,7 +508,7 @@ def main() -> int:
     django.setup()
     from django.db import connection
 
-    from scanning import scan as scan_module
+    from scanning import fetch
 
     load = os.getloadavg()
     print(f"bench_scan: {n:,} datasets, page size {settings.SCAN_PAGE_SIZE}, {os.cpu_count()} CPUs, "
@@ -500,20 +516,21 @@ def main() -> int:
     t = time.perf_counter()
     experiments = [item["experimentId"] for item in
                    json.loads(EXPERIMENTS_FILE.read_text())["data"]["experimentDescriptions"]]
-    records = synthesize_store(fixture_records(), n, seed=args.seed, experiment_ids=experiments)
-    n_programs = len({r["instrumentProgramExecutionId"] for r in records})
-    n_visp = len({r["instrumentProgramExecutionId"] for r in records if r["instrumentName"] == "VISP"})
-    print(f"  generated {len(records):,} datasets in {n_programs:,} programs ({n_visp:,} ViSP) "
-          f"in {time.perf_counter() - t:.1f} s", flush=True)
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-scan-"))
+    records_file = workdir / "datasets.json"
+    # Made and written by a child process: the records never live in this one, so its
+    # resident memory is the scan's (and Django's), not the generator's.
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        n_programs, n_visp = pool.apply(write_store, (records_file, n, args.seed, experiments))
+    print(f"  generated {n:,} datasets in {n_programs:,} programs ({n_visp:,} ViSP) "
+          f"in {time.perf_counter() - t:.1f} s (in a child process)", flush=True)
+
     settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = args.database
     old_name = None
     emulator = None
     try:
         t = time.perf_counter()
-        emulator = Emulator(records, workdir)
-        del records
+        emulator = Emulator(records_file)
         print(f"  emulator (own process, pid {emulator.proc.pid}) on {emulator.url} after "
               f"{time.perf_counter() - t:.1f} s", flush=True)
         settings.METADATA_STORE_URL = emulator.url
@@ -529,22 +546,27 @@ def main() -> int:
             print(f"  what-if: index {index} dropped", flush=True)
 
         with CpuMeter(emulator.proc.pid) as raw1_cpu:
-            raw1, pages, fetched = raw_ingest(scan_module.client, page_size)
+            raw1, pages, fetched = raw_ingest(fetch.client, page_size)
         print(f"  raw ingest #1: {raw1:.2f} s ({pages} pages, {fetched:,} records); {raw1_cpu}", flush=True)
         rss_before = _rss_mb()
+        peak_before = _rss_mb("VmHWM")
+        peak_reset = _reset_peak_rss()
         with CpuMeter(emulator.proc.pid) as full_cpu:
             full, full_s, full_stmts = timed_scan(True, args.profile)
         rss_after = _rss_mb()
+        peak_scan = _rss_mb("VmHWM")
         print(f"  full scan: {full_s:.2f} s, {full_stmts.total} statements "
               f"({full.new:,} new, {full.programs_new:,} programs, {full.programs_qualified:,} qualified)\n"
               f"    {full_cpu}\n"
               f"    phases: {full_stmts.phases}\n"
-              f"    resident memory {rss_before:.0f} MB before, {rss_after:.0f} MB after, peak {_rss_mb('VmHWM'):.0f} MB",
+              f"    resident memory {rss_before:.0f} MB before, {rss_after:.0f} MB after, peak {peak_scan:.0f} MB "
+              f"({'during the scan: the peak was reset before it' if peak_reset else 'of the process: could not reset'}"
+              f"; the process's peak before the scan {peak_before:.0f} MB)",
               flush=True)
         if args.statements:
             print(full_stmts.slowest(), flush=True)
         with CpuMeter(emulator.proc.pid) as raw2_cpu:
-            raw2, _, _ = raw_ingest(scan_module.client, page_size)
+            raw2, _, _ = raw_ingest(fetch.client, page_size)
         print(f"  raw ingest #2: {raw2:.2f} s; {raw2_cpu}", flush=True)
 
         before = row_versions()
@@ -557,7 +579,7 @@ def main() -> int:
         print(f"  rescan incremental: {inc_s:.2f} s, {inc_stmts.total} statements, {inc.records} records read",
               flush=True)
         with CpuMeter(emulator.proc.pid) as raw3_cpu:
-            raw3, _, _ = raw_ingest(scan_module.client, page_size)
+            raw3, _, _ = raw_ingest(fetch.client, page_size)
         print(f"  raw ingest #3: {raw3:.2f} s; {raw3_cpu}", flush=True)
         states = _state_counts()
         load_after = os.getloadavg()
@@ -583,13 +605,17 @@ def main() -> int:
     print(f"programs by state after the full scan: {states}")
     print(f"{'what':<34} {'measured':>14} {'baseline':>14} {'ratio':>10} {'target':>22}")
     print(row("full scan (s)", f"{full_s:.2f}", f"{baseline:.2f}", f"{full_s / baseline:.2f}x",
-              "<= 60 s and <= 3x raw", full_s <= 60 and full_s <= 3 * baseline))
+              "<= 2x raw ingest", full_s <= 2 * baseline))
+    print(f"{'  per record (us), scan / raw':<34} {1e6 * full_s / n:>14.1f} {1e6 * baseline / n:>14.1f}"
+          f"   (linear: within 10 % of the 100k figure, compared across runs)")
+    print(row("peak resident memory, full scan", f"{peak_scan:.0f} MB", f"{rss_before:.0f} MB", "-",
+              "<= 300 MB", peak_scan <= 300))
     print(f"{'  raw ingest #1 / #2 / #3 (s)':<34} {f'{raw1:.2f} {raw2:.2f} {raw3:.2f}':>29}  (the fastest is the baseline)")
     raw_cpu = min(raw1_cpu.total, raw2_cpu.total, raw3_cpu.total)
     print(f"{'  CPU s, full scan / raw ingest':<34} {full_cpu.total:>14.1f} {raw_cpu:>14.1f} "
           f"{full_cpu.total / raw_cpu:>9.2f}x   (client + database + store; less noisy than wall time)")
     print(row("rescan incremental, unchanged (s)", f"{inc_s:.2f}", f"{full_s:.2f}", f"{inc_s / full_s:.1%}",
-              "<= 10% of full scan", inc_s <= 0.10 * full_s))
+              "<= 1 s and <= 10% of full", inc_s <= 1.0 and inc_s <= 0.10 * full_s))
     # The rescan the target is about is the scan beat runs, incremental (above). A --full
     # rescan asks for every page again: it cannot take less than fetching and parsing them,
     # so it is shown against the raw ingest (which also COPYs), not held to the 10 %.
@@ -613,6 +639,16 @@ def main() -> int:
     if any(written_full.values()) or any(written_inc.values()):
         print(f"  rows written: --full {written_full}; incremental {written_inc}")
     return 0 if all(checks) else 1
+
+
+def _reset_peak_rss() -> bool:
+    """Start this process's peak resident memory (``VmHWM``) again from its current RSS (Linux ≥ 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _rss_mb(field: str = "VmRSS") -> float:

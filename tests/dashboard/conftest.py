@@ -16,7 +16,7 @@ from inversions.models import Dataset, ObservingProgram
 from inversions.states import State
 from scanning.qualification import Thresholds, qualify
 from scanning.records import lines_of, parse_record
-from scanning.scan import dataset_fields, raw_hash
+from scanning.prepare import dataset_fields, raw_hash
 from tests.conftest import PATHS
 from tests.publishing.conftest import collections, store_settings  # noqa: F401  (fixtures)
 from tests.scanning.conftest import metadata_store  # noqa: F401  (the emulator fixture)

@@ -11,15 +11,15 @@ from django.db import connection
 from inversions.errors import BackoffRetryError
 from inversions.models import Dataset, ObservingProgram, Transition
 from inversions.states import State
-from scanning import qualification
-from scanning import scan as scan_module
+from scanning import prepare, qualification, qualify, store
 from scanning.metadata_store import MetadataStoreClient
 from scanning.models import Scan
 from scanning.records import parse_record
-from scanning.scan import (
-    RECORD_SELECT, canonical_json, raw_hash, read_ahead, reading_cursor, run_scan, stored_record, summarise_programs,
-    thresholds,
-)
+from scanning.fetch import read_ahead
+from scanning.prepare import canonical_json, raw_hash, thresholds
+from scanning.qualify import RECORD_SELECT, stored_record
+from scanning.scan import run_scan
+from scanning.store import reading_cursor, summarise_programs
 from tests.scanning.conftest import TOKEN
 
 
@@ -62,9 +62,10 @@ def test_read_ahead_keeps_the_order_and_raises_a_fetch_error_after_the_pages_bef
 
     got = []
     with pytest.raises(BackoffRetryError):
-        for page in read_ahead(pages()):
-            got.append(page)
-            assert asked[-1] <= len(got) + 2  # never more than two pages ahead
+        with read_ahead(pages()) as read:
+            for page in read:
+                got.append(page)
+                assert asked[-1] <= len(got) + 2  # never more than two pages ahead
     assert got == [["record 1"], ["record 2"], ["record 3"]]
     assert asked == [1, 2, 3, 4]
 
@@ -88,7 +89,7 @@ def test_a_stored_record_is_the_record_the_parser_made(store_client, fixture_rec
 
 
 def _stored_summaries() -> list[tuple]:
-    return list(ObservingProgram.objects.order_by("pk").values_list(*(["pk"] + scan_module.SUMMARY_FIELDS[:-1])))
+    return list(ObservingProgram.objects.order_by("pk").values_list(*(["pk"] + prepare.SUMMARY_FIELDS[:-1])))
 
 
 @pytest.mark.django_db
@@ -105,8 +106,8 @@ def test_summaries_and_reports_do_not_depend_on_how_pages_cut_programs(metadata_
     metadata_store.store.upsert_records([a, b])
     settings.SCAN_PAGE_SIZE = page_size
     summarised: list[int] = []
-    original = scan_module.summarise_programs
-    monkeypatch.setattr(scan_module, "summarise_programs", lambda ids, d: summarised.extend(ids) or original(ids, d))
+    original = store.summarise_programs
+    monkeypatch.setattr(store, "summarise_programs", lambda ids, d: summarised.extend(ids) or original(ids, d))
     result = scan(store_client, full=True)
     assert result.new == 510 and result.programs_qualified == result.programs_new == 143
     before = _stored_summaries()
@@ -118,7 +119,7 @@ def test_summaries_and_reports_do_not_depend_on_how_pages_cut_programs(metadata_
     if page_size == 1000:  # every program found whole on one page: the others are not read back
         assert summarised == [tie.pk]
     t = thresholds()
-    records = scan_module.current_records([p[0] for p in before])
+    records = qualify.current_records([p[0] for p in before])
     for program in ObservingProgram.objects.all():
         latest = program.transitions.latest("at", "id")
         report = qualification.qualify(records[program.pk], t)
@@ -130,7 +131,8 @@ def test_summaries_and_reports_do_not_depend_on_how_pages_cut_programs(metadata_
 def test_an_unchanged_full_rescan_parses_no_record(store_client, monkeypatch):
     scan(store_client, full=True)
     parsed = []
-    monkeypatch.setattr(scan_module, "parse_record", lambda raw: parsed.append(raw) or parse_record(raw))
+    for module in (prepare, store):  # the two places a record is parsed
+        monkeypatch.setattr(module, "parse_record", lambda raw: parsed.append(raw) or parse_record(raw))
     again = scan(store_client, full=True)
     assert (again.unchanged, again.new, again.updated, parsed) == (508, 0, 0, [])
     assert again.newest_update_date == Dataset.objects.order_by("-update_date").values_list("update_date", flat=True)[0]
@@ -174,7 +176,7 @@ def _stored_scan() -> tuple[list, list, list]:
     datasets = list(Dataset.objects.order_by("dataset_id").values_list("program__instrument_program_execution_id",
                                                                        *dataset_fields))
     programs = list(ObservingProgram.objects.order_by("instrument_program_execution_id").values_list(
-        "instrument_program_execution_id", "state", *scan_module.SUMMARY_FIELDS[:-1]))
+        "instrument_program_execution_id", "state", *prepare.SUMMARY_FIELDS[:-1]))
     history = list(Transition.objects.order_by("program__instrument_program_execution_id", "id").values_list(
         "program__instrument_program_execution_id", "from_state", "to_state", "actor", "reason", "details"))
     return datasets, programs, history
@@ -189,8 +191,8 @@ def test_what_the_read_ahead_thread_makes_is_what_the_scan_makes_itself(metadata
     bad = {**copy.deepcopy(fixture_records[3]), "datasetId": "BAD01", "createDate": "never"}
     metadata_store.store.upsert_records([warned, bad])
     made = []
-    original = scan_module._make_ahead
-    monkeypatch.setattr(scan_module, "_make_ahead", lambda *args: made.append(args) or original(*args))
+    original = prepare._make_ahead
+    monkeypatch.setattr(prepare, "_make_ahead", lambda *args: made.append(args) or original(*args))
     first = scan(store_client, full=True)
     assert len(made) == first.pages == 11 and (first.new, first.errors, first.warnings) == (509, 1, 1)
     ahead = _stored_scan()
@@ -200,8 +202,8 @@ def test_what_the_read_ahead_thread_makes_is_what_the_scan_makes_itself(metadata
                        "inversions_observingprogram, scanning_scanrecorderror, scanning_scanrecordwarning, "
                        "scanning_scan CASCADE")
     made.clear()
-    plain = scan_module.prepare_page
-    monkeypatch.setattr(scan_module, "prepare_page", lambda page, descriptions=None: plain(page))
+    plain = prepare.prepare_page
+    monkeypatch.setattr(prepare, "prepare_page", lambda page, descriptions=None: plain(page))
     again = scan(store_client, full=True)
     assert made == [] and (again.new, again.errors, again.warnings, again.programs_new) == (509, 1, 1, first.programs_new)
     assert _stored_scan() == ahead
@@ -216,18 +218,18 @@ def test_reports_given_as_json_text_are_the_details_also_when_a_program_moved_me
     scan(store_client, full=True, now=datetime(2000, 1, 1, tzinfo=UTC))  # nothing settled yet: all Discovered
     ids = list(ObservingProgram.objects.order_by("pk").values_list("pk", flat=True))
     assert len(ids) == 142 and not ObservingProgram.objects.exclude(state=State.DISCOVERED).exists()
-    records = scan_module.current_records(ids)
-    reports = {pid: scan_module._report_text(records[pid], thresholds()) for pid in ids[:100]}
+    records = qualify.current_records(ids)
+    reports = {pid: prepare.program_report_text(records[pid], thresholds()) for pid in ids[:100]}
     moved = ids[5]
-    original = scan_module.current_records
+    original = qualify.current_records
 
     def meanwhile(program_ids):  # between reading the settled programs and qualifying them
         if not Transition.objects.filter(program_id=moved, actor="someone").exists():
             lifecycle.transition(moved, State.NOT_INVERTIBLE, actor="someone", reason="by hand")
         return original(program_ids)
 
-    monkeypatch.setattr(scan_module, "current_records", meanwhile)
-    assert scan_module.qualify_settled(reports=reports) == len(ids) - 1  # the batch failed, then one by one
+    monkeypatch.setattr(qualify, "current_records", meanwhile)
+    assert qualify.qualify_settled(reports=reports) == len(ids) - 1  # the batch failed, then one by one
     for pid in ids[:10]:
         latest = Transition.objects.filter(program_id=pid).latest("at", "id")
         if pid == moved:
@@ -247,20 +249,20 @@ def test_qualification_batches_written_by_two_threads_give_what_one_gives(store_
 
     scan(store_client, full=True, now=datetime(2000, 1, 1, tzinfo=UTC))  # nothing settled yet: all Discovered
     ids = list(ObservingProgram.objects.order_by("pk").values_list("pk", flat=True))
-    records = scan_module.current_records(ids)
-    expected = {pid: scan_module._report(records[pid], thresholds())[:2] for pid in ids}
+    records = qualify.current_records(ids)
+    expected = {pid: prepare.program_report(records[pid], thresholds())[:2] for pid in ids}
 
     settings.SCAN_QUALIFY_WORKERS = 2
-    monkeypatch.setattr(scan_module, "QUALIFY_BATCH", 10)
+    monkeypatch.setattr(qualify, "QUALIFY_BATCH", 10)
     threads = set()
-    original = scan_module._qualify_batch
+    original = qualify._qualify_batch
 
     def noted(batch, reports, t):
         threads.add(threading.current_thread().name)
         return original(batch, reports, t)
 
-    monkeypatch.setattr(scan_module, "_qualify_batch", noted)
-    assert scan_module.qualify_settled() == len(ids) == 142
+    monkeypatch.setattr(qualify, "_qualify_batch", noted)
+    assert qualify.qualify_settled() == len(ids) == 142
     assert len(threads) == 2 and all(name.startswith("scan-qualify") for name in threads)
     for program in ObservingProgram.objects.all():
         history = list(program.transitions.order_by("at", "id").values_list("to_state", "reason"))

@@ -228,7 +228,8 @@ def test_hostile_values_in_one_page_never_block_the_good_records(metadata_store,
 
     # the reports made from the records just parsed are those of the stored datasets read back
     from scanning import qualification
-    from scanning.scan import current_records, thresholds
+    from scanning.prepare import thresholds
+    from scanning.qualify import current_records
     programs = dict(ObservingProgram.objects.values_list("pk", "instrument_program_execution_id"))
     for pid, records_back in current_records(list(programs)).items():
         report = qualification.qualify(records_back, thresholds()).to_dict()

@@ -111,7 +111,7 @@ def test_retries_stop_at_the_deadline(metadata_store):
 
 
 def test_the_deadline_setting_reaches_the_scans_client(settings):
-    from scanning.scan import client
+    from scanning.fetch import client
 
     settings.METADATA_STORE_DEADLINE_SECONDS = 42.0
     assert client().deadline == 42.0
