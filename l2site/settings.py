@@ -212,6 +212,9 @@ EVENT_EXCHANGE = env("EVENT_EXCHANGE", "l2.events")
 EVENT_RELAY_INTERVAL_SECONDS = env_number("EVENT_RELAY_INTERVAL_SECONDS", 10.0)
 EVENT_RELAY_BATCH = int(env_number("EVENT_RELAY_BATCH", 500, int))
 EVENT_RELAY_ON_COMMIT = env_bool("EVENT_RELAY_ON_COMMIT", True)
+# After a commit the relay is woken by a thread of the process (inversions.relay), at most once per this
+# many seconds: commits in a burst share one relay task; the request never waits for the broker.
+EVENT_RELAY_KICK_SECONDS = max(0.0, env_number("EVENT_RELAY_KICK_SECONDS", 0.05))
 # The data center's interservice bus (AMQP): the frame catalog's messages of each publication
 # (catalog.frame.m / catalog.object.m), relayed from the same outbox. Embedded: the event bus.
 ISB_URL = env("ISB_URL", EVENT_BUS_URL)

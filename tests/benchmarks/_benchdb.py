@@ -77,9 +77,9 @@ def create_database(database: str) -> float:
     return time.perf_counter() - t
 
 
-def setup_django(database: str, settings_module: str = "l2site.settings") -> None:
-    """Point this process at the benchmark database and set Django up."""
-    env = bench_env(database, DJANGO_SETTINGS_MODULE=settings_module)
+def setup_django(database: str, settings_module: str = "l2site.settings", **extra: str) -> None:
+    """Point this process at the benchmark database and set Django up (``extra``: more environment)."""
+    env = bench_env(database, DJANGO_SETTINGS_MODULE=settings_module, **extra)
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
