@@ -21,7 +21,8 @@ Creates its own database (``l2_bench_dash`` on the server of ``DATABASE_URL``), 
    of 16 concurrent clients (threads, one ``requests.Session`` each) on the list URL and on
    the bare view (bare before and after the list; the higher counts).
 
-Targets: p95 ≤ 100 ms; ≤ 10 SQL statements; list throughput ≥ 40 % of the bare view's.
+Targets (issue 16, at 500,000 programs): p95 ≤ 25 ms; ≤ 10 SQL statements; list throughput
+≥ 60 % of the bare view's (the earlier ones: p95 ≤ 100 ms, ≥ 40 %).
 The clients run on the same 2-core machine as gunicorn and PostgreSQL: they take CPU from
 the server in both measurements (more, in proportion, for the cheaper bare view).
 """
@@ -532,15 +533,15 @@ def main() -> int:
     q = queries["list URL, cache warm"]
     qmax = max(v for k, v in queries.items() if k != "bare view")
     failed = f1 + f2 + f3
-    ok = [p["list"][1] <= 100, qmax <= 10, ratio >= 0.40, failed == 0]
+    ok = [p["list"][1] <= 25, qmax <= 10, ratio >= 0.60, failed == 0]
     load = os.getloadavg()
     print()
     print(f"  {'what':<40}{'measured':>12}{'baseline (bare)':>17}  target")
-    print(f"  {'p95 list page (ms)':<40}{p['list'][1]:>12.1f}{p['bare'][1]:>17.1f}  <= 100 {'OK' if ok[0] else 'MISSED'}")
+    print(f"  {'p95 list page (ms)':<40}{p['list'][1]:>12.1f}{p['bare'][1]:>17.1f}  <= 25 {'OK' if ok[0] else 'MISSED'}")
     print(f"  {'p50 list page (ms)':<40}{p['list'][0]:>12.1f}{p['bare'][0]:>17.1f}")
     print(f"  {'SQL statements (warm / worst of 4)':<40}{f'{q} / {qmax}':>12}{queries['bare view']:>17}  "
           f"<= 10 {'OK' if ok[1] else 'MISSED'}")
-    print(f"  {'throughput, 16 clients (req/s)':<40}{lst:>12,.0f}{bare:>17,.0f}  ratio {ratio:.0%} (>= 40 %) "
+    print(f"  {'throughput, 16 clients (req/s)':<40}{lst:>12,.0f}{bare:>17,.0f}  ratio {ratio:.0%} (>= 60 %) "
           f"{'OK' if ok[2] else 'MISSED'}")
     print(f"  failed requests: {failed}; load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0 if all(ok) else 1
