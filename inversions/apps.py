@@ -16,3 +16,7 @@ class InversionsConfig(AppConfig):
         from l2site.auth import connect_signals  # every change of a user's roles is logged
 
         connect_signals()
+
+        from inversions import lifecycle, relay  # the life-cycle gets its relay as a hook (it imports no tasks)
+
+        lifecycle.on_outbox_commit(relay.wake)

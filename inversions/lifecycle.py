@@ -11,11 +11,12 @@ rest of the code uses; each is a thin layer over :func:`apply`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 from django.conf import settings
@@ -80,25 +81,38 @@ STATE_FIELDS = ["state", "state_changed_at", "updated_at", "priority", "queued_a
 
 
 def apply(
-    changes: Sequence[Change], *, actor: str, user=None, correction: bool = False, returning: bool = True
+    changes: Sequence[Change], *, actor: str, user=None, correction: bool = False, returning: bool = True,
+    locked: Sequence[ObservingProgram] | None = None,
 ) -> list[Transition]:
     """Make the changes in one transaction, all or nothing, and return the history rows.
 
     With ``returning=False`` a large batch (the scan's qualification) is written without
     building model instances (COPY of plain rows) and ``[]`` is returned; the rows written
     are the same.
+
+    ``locked``: the programs of the changes, already locked (``SELECT … FOR UPDATE``) by the
+    caller in the transaction it holds (``claim_next``); they are not read again, their
+    attributes are updated in place, and no savepoint is taken (an error rolls back the
+    caller's transaction). A single change is written in one statement (history row,
+    outbox event and the program's fields: :func:`_write_single`).
     """
     if not changes:
         return []
     if correction and (user is None or not all(c.reason.strip() for c in changes)):
         raise LifecycleError("A correction needs an admin and a reason.")
     lean = not returning and len(changes) >= COPY_THRESHOLD
-    with transaction.atomic():
+    with transaction.atomic(savepoint=locked is None):
         ids = sorted({c.program_id for c in changes})
-        locked = ObservingProgram.objects.select_for_update().filter(pk__in=ids).order_by("pk")
-        if lean:  # only what the checks, the side effects and the event need
-            locked = locked.only("id", "instrument_program_execution_id", "state", "priority", "queued_at", "claimed_by", "claimed_at")
-        programs = {p.pk: p for p in locked}
+        if locked is not None:
+            if not transaction.get_connection().in_atomic_block:
+                raise LifecycleError("locked programs need the caller's transaction")
+            programs = {p.pk: p for p in locked}
+        else:
+            query = ObservingProgram.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+            if lean:  # only what the checks, the side effects and the event need
+                query = query.only("id", "instrument_program_execution_id", "state", "priority", "queued_at",
+                                   "claimed_by", "claimed_at")
+            programs = {p.pk: p for p in query}
         missing = set(ids) - programs.keys()
         if missing:
             raise ObservingProgram.DoesNotExist(f"No Observing Program with id {sorted(missing)}")
@@ -122,8 +136,12 @@ def apply(
                 before_error[program.pk] = current
             steps.append(_Step(program, current, change.to_state, change.reason, change.details or {}))
             _apply_side_effects(program, current, change, user, now)
-        transitions = _write_history(steps, at=now, actor=actor, user=user, correction=correction, returning=not lean)
-        bulk_update_values(programs.values(), STATE_FIELDS)
+        if len(steps) == 1 and len(programs) == 1:
+            transitions = [_write_single(steps[0], at=now, actor=actor, user=user, correction=correction)]
+        else:
+            transitions = _write_history(steps, at=now, actor=actor, user=user, correction=correction,
+                                         returning=not lean)
+            bulk_update_values(programs.values(), STATE_FIELDS)
         transaction.on_commit(kick_event_relay, robust=True)
     return transitions
 
@@ -177,6 +195,52 @@ def _write_history(steps: Sequence[_Step], *, at: datetime, actor: str, user, co
         ),
     )
     return []
+
+
+def _single_sql() -> str:
+    """The statement of :func:`_write_single` (built once from the models' tables and columns)."""
+    global _SINGLE_SQL
+    if _SINGLE_SQL is None:
+        program = ObservingProgram._meta
+        columns = ", ".join(f"{program.get_field(name).column} = %s" for name in STATE_FIELDS)
+        _SINGLE_SQL = (
+            f"WITH t AS (INSERT INTO {Transition._meta.db_table} (program_id, from_state, to_state, at, actor, "
+            "actor_user_id, reason, details, is_correction) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) "
+            "RETURNING id), "
+            f"e AS (INSERT INTO {OutboxEvent._meta.db_table} (created_at, bus, routing_key, payload, transition_id, "
+            "sent_at, attempts, last_error) SELECT %s, %s, %s, jsonb_set(%s::jsonb, '{transition_id}', to_jsonb(t.id)), "
+            "t.id, NULL, 0, '' FROM t), "
+            f"p AS (UPDATE {program.db_table} SET {columns} WHERE id = %s) "
+            "SELECT id FROM t"
+        )
+    return _SINGLE_SQL
+
+
+_SINGLE_SQL: str | None = None
+
+
+def _write_single(step: _Step, *, at: datetime, actor: str, user, correction: bool) -> Transition:
+    """One transition in one statement (the caller's transaction): its history row, its outbox
+    event (the payload's ``transition_id`` filled in by the database) and the program's state
+    fields, as :func:`_write_history` and ``bulk_update_values`` write them for a batch.
+    """
+    p = step.program
+    details = _details(step.details)
+    payload = _payload(p, None, step.from_state, step.to_state, at, actor, step.reason, correction)
+    user_id = user.pk if user is not None else None
+    state_values = [p.state, p.state_changed_at, p.updated_at, p.priority, p.queued_at, p.claimed_by_id, p.claimed_at]
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute(_single_sql(), [
+            p.pk, step.from_state, step.to_state, at, actor, user_id, step.reason, _json(details), correction,
+            at, OutboxEvent.Bus.EVENTS, _routing_key(step.to_state), _json(payload),
+            *state_values, p.pk,
+        ])
+        (pk,) = cursor.fetchone()
+    row = Transition(pk=pk, program=p, from_state=step.from_state, to_state=step.to_state, at=at, actor=actor,
+                     actor_user=user, reason=step.reason, details=details, is_correction=correction)
+    row._state.adding = False
+    row._state.db = "default"
+    return row
 
 
 def _json(value: Any) -> str:
@@ -249,13 +313,28 @@ def _event_for(t: Transition) -> OutboxEvent:
     )
 
 
+#: Called (without arguments) after each commit that wrote outbox events, when
+#: ``EVENT_RELAY_ON_COMMIT``: the relay's wake-up. The app registers it (inversions.apps:
+#: :func:`inversions.relay.wake`); this module knows no relay and no Celery. A hook runs on the
+#: request path, so it must not wait on anything (no broker round trip): it only signals.
+_outbox_hooks: list[Callable[[], None]] = []
+
+
+def on_outbox_commit(hook: Callable[[], None]) -> None:
+    """Register ``hook`` to be called after each commit that wrote outbox events (once per hook)."""
+    if hook not in _outbox_hooks:
+        _outbox_hooks.append(hook)
+
+
 def kick_event_relay() -> None:
-    """Ask a worker to relay the outbox now; beat also relays periodically, so a failure here is harmless."""
+    """Tell the relay there is something in the outbox (the registered hooks; cheap, never blocking).
+
+    A lost kick is harmless: beat relays the outbox periodically, and delivery is at least once.
+    """
     if not settings.EVENT_RELAY_ON_COMMIT:
         return
-    from inversions.tasks import relay_events
-
-    relay_events.apply_async(retry=False, ignore_result=True)
+    for hook in _outbox_hooks:
+        hook()
 
 
 # --- Creation ---------------------------------------------------------------------------
@@ -426,26 +505,36 @@ def claim(program, *, user, reason: str = "claimed") -> Transition:
     )
 
 
+@functools.cache
+def _next_candidate_sql() -> tuple[tuple[str, tuple], ...]:
+    """The SQL of claim_next's two candidate queries, compiled once (compiling costs more than running)."""
+    queries = (
+        ObservingProgram.objects.select_for_update(skip_locked=True)
+        .filter(state=State.QUEUED).order_by("-priority", "queued_at", "id")[:1],
+        ObservingProgram.objects.select_for_update(skip_locked=True)
+        .filter(state=State.PREPROCESSED).order_by("state_changed_at", "id")[:1],
+    )
+    return tuple(q.query.sql_with_params() for q in queries)
+
+
 def claim_next(*, user) -> ObservingProgram | None:
     """Claim the top available program: the queue (priority, then age), then Preprocessed by age.
 
-    ``FOR UPDATE SKIP LOCKED`` makes concurrent callers take different programs.
+    ``FOR UPDATE SKIP LOCKED`` makes concurrent callers take different programs. The row
+    locked there is the one :func:`apply` changes (``locked``): a claim is one lock, one
+    statement writing the history row, the outbox event and the program, and the commit.
+    The program returned is the claimed one, its fields as written.
     """
     with transaction.atomic():
-        candidate = (
-            ObservingProgram.objects.select_for_update(skip_locked=True)
-            .filter(state=State.QUEUED)
-            .order_by("-priority", "queued_at", "id")
-            .first()
-        ) or (
-            ObservingProgram.objects.select_for_update(skip_locked=True)
-            .filter(state=State.PREPROCESSED)
-            .order_by("state_changed_at", "id")
-            .first()
-        )
+        candidate = None
+        for sql, params in _next_candidate_sql():
+            candidate = next(iter(ObservingProgram.objects.raw(sql, params)), None)
+            if candidate is not None:
+                break
         if candidate is None:
             return None
-        claim(candidate, user=user, reason="picked next")
+        apply([Change(candidate.pk, State.WORKING, reason="picked next", expected_from=CLAIMED_FROM)],
+              actor=_name(user), user=user, locked=[candidate])
     return candidate
 
 

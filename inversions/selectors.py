@@ -6,7 +6,9 @@ Every list read here issues a fixed number of queries whatever the number of row
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -136,6 +138,28 @@ def _table():
         changed=LocalText("datasets_changed_at", MINUTE),
         settles=IfState(State.DISCOVERED, F("settles_at"), DateTimeField()),
     )
+
+
+def counted(queryset) -> int:
+    """``queryset.count()``, cached when counting is slow (the program list's paginator).
+
+    A count that took at least ``L2_COUNT_CACHE_MIN_MS`` (hundreds of thousands of programs:
+    tens of ms) is kept ``L2_COUNT_CACHE_SECONDS`` under the query's SQL, so paging through one
+    filter counts once; it may then lag a change by that long. Fast counts (small archives, the
+    tests) are always exact and never cached.
+    """
+    seconds = float(settings.L2_COUNT_CACHE_SECONDS)
+    if seconds <= 0:
+        return queryset.count()
+    sql, params = queryset.order_by().query.sql_with_params()
+    key = "l2:count:" + hashlib.sha1(repr((sql, params)).encode()).hexdigest()
+    value = cache.get(key)
+    if value is None:
+        started = time.perf_counter()
+        value = queryset.count()
+        if (time.perf_counter() - started) * 1000 >= float(settings.L2_COUNT_CACHE_MIN_MS):
+            cache.set(key, value, seconds)
+    return value
 
 
 def program_detail(ipeid: str) -> ObservingProgram:

@@ -18,6 +18,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
+from django.utils.functional import cached_property
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
@@ -54,7 +55,15 @@ def render_page(request, full: str, partial: str, context: dict, *, status: int 
     return response
 
 
-def paginate(request, items, per_page: int, param: str = "page"):
+class CountCachedPaginator(Paginator):
+    """A paginator whose count is :func:`selectors.counted` (cached where counting is slow)."""
+
+    @cached_property
+    def count(self) -> int:
+        return selectors.counted(self.object_list)
+
+
+def paginate(request, items, per_page: int, param: str = "page", paginator_class=Paginator):
     """A page of ``items``; a bad or out-of-range page number is clamped, with a note."""
     raw = request.GET.get(param, "")
     number = 1
@@ -67,7 +76,7 @@ def paginate(request, items, per_page: int, param: str = "page"):
             if number < 1:
                 messages.warning(request, f"There is no page {number}: showing the first.")
                 number = 1
-    paginator = Paginator(items, per_page)
+    paginator = paginator_class(items, per_page)
     if number > paginator.num_pages:
         messages.warning(request, f"There is no page {number}: showing the last ({paginator.num_pages}).")
         number = paginator.num_pages
@@ -318,7 +327,8 @@ def program_list(request):
     values, notes = parse_filter(request.GET)
     for note in notes:
         messages.warning(request, note)
-    page = paginate(request, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE)
+    page = paginate(request, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE,
+                    paginator_class=CountCachedPaginator)
     base = reverse("program-list")
     context = {
         "nav": "programs",

@@ -212,6 +212,9 @@ EVENT_EXCHANGE = env("EVENT_EXCHANGE", "l2.events")
 EVENT_RELAY_INTERVAL_SECONDS = env_number("EVENT_RELAY_INTERVAL_SECONDS", 10.0)
 EVENT_RELAY_BATCH = int(env_number("EVENT_RELAY_BATCH", 500, int))
 EVENT_RELAY_ON_COMMIT = env_bool("EVENT_RELAY_ON_COMMIT", True)
+# After a commit the relay is woken by a thread of the process (inversions.relay), at most once per this
+# many seconds: commits in a burst share one relay task; the request never waits for the broker.
+EVENT_RELAY_KICK_SECONDS = max(0.0, env_number("EVENT_RELAY_KICK_SECONDS", 0.05))
 # The data center's interservice bus (AMQP): the frame catalog's messages of each publication
 # (catalog.frame.m / catalog.object.m), relayed from the same outbox. Embedded: the event bus.
 ISB_URL = env("ISB_URL", EVENT_BUS_URL)
@@ -225,6 +228,11 @@ if ISB_QUEUE_TYPE not in ("classic", "quorum"):
 L2_STALE_CLAIM_HOURS = env_number("L2_STALE_CLAIM_HOURS", 72.0)
 # Programs per page on the dashboard's program list (and the queue).
 L2_PAGE_SIZE = max(1, int(env_number("L2_PAGE_SIZE", 50, int)))
+# The program list's count, when counting took at least L2_COUNT_CACHE_MIN_MS (a large archive), is
+# kept this long per filter (paging through a filter counts once; the count may lag a change by that
+# long). 0: always count exactly.
+L2_COUNT_CACHE_SECONDS = env_number("L2_COUNT_CACHE_SECONDS", 30.0)
+L2_COUNT_CACHE_MIN_MS = env_number("L2_COUNT_CACHE_MIN_MS", 10.0)
 
 
 # --- Collections and transfers (DESIGN §7, §9) -------------------------------------------

@@ -70,16 +70,21 @@ def create_database(database: str) -> float:
                 db.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         except psycopg.Error:
             pass
+    migrate(database)
+    return time.perf_counter() - t
+
+
+def migrate(database: str) -> None:
+    """``manage.py migrate`` against ``database`` (a kept database gets the migrations added since)."""
     subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"],
         cwd=ROOT, env=bench_env(database), check=True,
     )
-    return time.perf_counter() - t
 
 
-def setup_django(database: str, settings_module: str = "l2site.settings") -> None:
-    """Point this process at the benchmark database and set Django up."""
-    env = bench_env(database, DJANGO_SETTINGS_MODULE=settings_module)
+def setup_django(database: str, settings_module: str = "l2site.settings", **extra: str) -> None:
+    """Point this process at the benchmark database and set Django up (``extra``: more environment)."""
+    env = bench_env(database, DJANGO_SETTINGS_MODULE=settings_module, **extra)
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))

@@ -21,7 +21,8 @@ Creates its own database (``l2_bench_dash`` on the server of ``DATABASE_URL``), 
    of 16 concurrent clients (threads, one ``requests.Session`` each) on the list URL and on
    the bare view (bare before and after the list; the higher counts).
 
-Targets: p95 ≤ 100 ms; ≤ 10 SQL statements; list throughput ≥ 40 % of the bare view's.
+Targets (issue 16, at 500,000 programs): p95 ≤ 25 ms; ≤ 10 SQL statements; list throughput
+≥ 60 % of the bare view's (the earlier ones: p95 ≤ 100 ms, ≥ 40 %).
 The clients run on the same 2-core machine as gunicorn and PostgreSQL: they take CPU from
 the server in both measurements (more, in proportion, for the cheaper bare view).
 """
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import _benchdb  # noqa: E402
 
 URL = "/programs/?state=invertible&instrument=VISP&sort=-observed&page=3"
+CHUNK = 20_000  # programs generated and copied at a time
 BARE = "/bench/bare"
 UTC = timezone.utc
 
@@ -130,7 +132,43 @@ def generate(dsn: str, n_programs: int, n_datasets: int, n_transitions: int, use
     t0 = time.perf_counter()
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         prog_rows, ds_rows, tr_rows = [], [], []
+
+        def flush() -> None:
+            """COPY the rows made so far (in chunks: 1.5M datasets' raw records do not fit in memory at once)."""
+            with cur.copy(
+                "COPY inversions_observingprogram (id, instrument_program_execution_id, observing_program_execution_id, "
+                "primary_proposal_id, primary_experiment_id, instrument_name, experiment_description, state, "
+                "state_changed_at, priority, queued_at, claimed_by_id, claimed_at, spectral_lines, start_time, end_time, "
+                "newest_create_date, settles_at, dataset_count, datasets_changed_at, created_at, updated_at, "
+                "wavelength_ranges, is_embargoed, embargo_end_date) FROM STDIN"
+            ) as copy:
+                for row in prog_rows:
+                    copy.write_row(row)
+            with cur.copy(
+                "COPY inversions_dataset (dataset_id, product_id, program_id, primary_proposal_id, primary_experiment_id, "
+                "observing_program_execution_id, instrument_program_execution_id, instrument_name, create_date, "
+                "update_date, start_time, end_time, wavelength_min, wavelength_max, stokes_parameters, spectral_lines, "
+                "bounding_box, frame_count, health, gos_status, ao_locked, light_level, fried_parameter, exposure_time, "
+                "bucket, browse_movie_url, is_embargoed, embargo_end_date, raw, raw_hash, "
+                "superseded, first_seen_at, changed_at, asdf_object_key, browse_movie_object_key, lines_listed, "
+                "quality_report_object_key, status) FROM STDIN"
+            ) as copy:
+                for row in ds_rows:
+                    copy.write_row(row)
+            with cur.copy(
+                "COPY inversions_transition (id, program_id, from_state, to_state, at, actor, actor_user_id, reason, "
+                "details, is_correction) FROM STDIN"
+            ) as copy:
+                for row in tr_rows:
+                    copy.write_row(row)
+            stats["programs"] += len(prog_rows)
+            stats["datasets"] += len(ds_rows)
+            stats["transitions"] += len(tr_rows)
+            prog_rows.clear(), ds_rows.clear(), tr_rows.clear()
+
         for i in range(n_programs):
+            if len(prog_rows) >= CHUNK:
+                flush()
             pid = i + 1
             ins = instruments[i]
             start = epoch + timedelta(seconds=rng.random() * span)
@@ -182,6 +220,8 @@ def generate(dsn: str, n_programs: int, n_datasets: int, n_transitions: int, use
                     json.dumps(record["gosStatus"]), good, json.dumps(record["lightLevel"]), json.dumps(fried),
                     record["exposureTime"], "data", record["browseMovieUrl"], False, None, raw,
                     hashlib.sha1(raw.encode()).hexdigest(), False, cdate, cdate,
+                    f"{proposal}/{did}/{did}.asdf", f"{proposal}/{did}/{did}.mp4", bool(lines_d),
+                    f"{proposal}/{did}/{did}.pdf", "ACTIVE",
                 ))
                 lines.extend(x for x in lines_d if x not in lines)
             # history
@@ -222,36 +262,12 @@ def generate(dsn: str, n_programs: int, n_datasets: int, n_transitions: int, use
                 pid, ipeid, opeid, proposal, experiment, ins, description, state, at, priority,
                 at if state == "queued" else None, claimant, at if state == "working" else None,
                 lines, start, end, newest, newest + timedelta(days=3), counts[i],
-                None, history[0][2], at,
+                None, history[0][2], at, sorted([wmin, wmax] for _, wmin, wmax, _ in specs), False, None,
             ))
-        with cur.copy(
-            "COPY inversions_observingprogram (id, instrument_program_execution_id, observing_program_execution_id, "
-            "primary_proposal_id, primary_experiment_id, instrument_name, experiment_description, state, "
-            "state_changed_at, priority, queued_at, claimed_by_id, claimed_at, spectral_lines, start_time, end_time, "
-            "newest_create_date, settles_at, dataset_count, datasets_changed_at, created_at, updated_at) FROM STDIN"
-        ) as copy:
-            for row in prog_rows:
-                copy.write_row(row)
-        with cur.copy(
-            "COPY inversions_dataset (dataset_id, product_id, program_id, primary_proposal_id, primary_experiment_id, "
-            "observing_program_execution_id, instrument_program_execution_id, instrument_name, create_date, "
-            "update_date, start_time, end_time, wavelength_min, wavelength_max, stokes_parameters, spectral_lines, "
-            "bounding_box, frame_count, health, gos_status, ao_locked, light_level, fried_parameter, exposure_time, "
-            "bucket, browse_movie_url, is_embargoed, embargo_end_date, raw, raw_hash, "
-            "superseded, first_seen_at, changed_at) FROM STDIN"
-        ) as copy:
-            for row in ds_rows:
-                copy.write_row(row)
-        with cur.copy(
-            "COPY inversions_transition (id, program_id, from_state, to_state, at, actor, actor_user_id, reason, details, "
-            "is_correction) FROM STDIN"
-        ) as copy:
-            for row in tr_rows:
-                copy.write_row(row)
+        flush()
         for table in ("inversions_observingprogram", "inversions_transition"):
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
         conn.commit()
-        stats.update(programs=len(prog_rows), datasets=len(ds_rows), transitions=len(tr_rows))
         # the invariant: cached state == newest transition's to_state
         cur.execute(
             "SELECT count(*) FROM inversions_observingprogram p JOIN LATERAL (SELECT to_state FROM inversions_transition t "
@@ -262,6 +278,34 @@ def generate(dsn: str, n_programs: int, n_datasets: int, n_transitions: int, use
         conn.execute("VACUUM ANALYZE")
     stats["seconds"] = time.perf_counter() - t0
     return stats
+
+
+def _signature(programs: int, datasets: int, transitions: int, seed: int) -> str:
+    return f"bench_program_list {programs} {datasets} {transitions} seed {seed}"
+
+
+def mark_generated(database: str, programs: int, datasets: int, transitions: int, seed: int) -> None:
+    """Note in the database what it was generated with (``--reuse-db`` checks it)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(_benchdb.url_for(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(database), sql.Literal(_signature(programs, datasets, transitions, seed))))
+
+
+def reusable(database: str, programs: int, datasets: int, transitions: int, seed: int) -> bool:
+    """The database exists and was generated with these sizes (and seed) by a finished run."""
+    import psycopg
+
+    try:
+        with psycopg.connect(_benchdb.url_for(database), autocommit=True) as conn:
+            row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                               [database]).fetchone()
+    except psycopg.OperationalError:
+        return False
+    return bool(row and row[0] and row[0] == _signature(programs, datasets, transitions, seed))
+
 
 
 # --------------------------------------------------------------------------- measuring
@@ -383,6 +427,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 programs, 100 / 400 requests")
     parser.add_argument("--database", default="l2_bench_dash")
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="make (or check) the database of --reuse-db and stop: generate outside the bench lock")
+    parser.add_argument("--reuse-db", action="store_true",
+                        help="reuse the database an earlier run kept if it holds the same sizes and seed (else "
+                             "generate it); keep it afterwards")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     if args.quick:
@@ -393,25 +442,42 @@ def main() -> int:
     load = os.getloadavg()
     print(f"bench_program_list: {args.programs:,} programs, {n_ds:,} datasets, {n_tr:,} transitions; "
           f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    print(f"  database {args.database} created and migrated in {_benchdb.create_database(args.database):.1f} s",
-          flush=True)
+    args.reuse_db = args.reuse_db or args.generate_only
+    reused = args.reuse_db and reusable(args.database, args.programs, n_ds, n_tr, args.seed)
+    if reused:
+        print(f"  database {args.database} reused (kept by an earlier run with the same sizes and seed; "
+              f"migrations applied again)", flush=True)
+        _benchdb.migrate(args.database)
+    else:
+        print(f"  database {args.database} created and migrated in {_benchdb.create_database(args.database):.1f} s",
+              flush=True)
     server = None
     try:
         _benchdb.setup_django(args.database, "tests.benchmarks.bench_settings")
         from django.contrib.auth.models import Group, User
         from django.test import Client
 
-        science = Group.objects.get_or_create(name="science")[0]
-        users = []
-        for i in range(12):
-            u = User.objects.create_user(f"bench-user-{i}", password=None)
-            u.groups.add(science)
-            users.append(u)
-        viewer = users[0]
-        stats = generate(_benchdb.url_for(args.database), args.programs, n_ds, n_tr, [u.pk for u in users], args.seed)
-        print(f"  generated {stats['programs']:,} programs, {stats['datasets']:,} datasets, "
-              f"{stats['transitions']:,} transitions in {stats['seconds']:.1f} s "
-              f"(state ≠ newest transition: {stats['state mismatches']})", flush=True)
+        if reused:
+            viewer = User.objects.get(username="bench-user-0")
+        else:
+            science = Group.objects.get_or_create(name="science")[0]
+            users = []
+            for i in range(12):
+                u = User.objects.create_user(f"bench-user-{i}", password=None)
+                u.groups.add(science)
+                users.append(u)
+            viewer = users[0]
+            stats = generate(_benchdb.url_for(args.database), args.programs, n_ds, n_tr, [u.pk for u in users],
+                             args.seed)
+            print(f"  generated {stats['programs']:,} programs, {stats['datasets']:,} datasets, "
+                  f"{stats['transitions']:,} transitions in {stats['seconds']:.1f} s "
+                  f"(state ≠ newest transition: {stats['state mismatches']})", flush=True)
+            if stats["state mismatches"]:
+                raise RuntimeError("the generated history disagrees with the programs' states")
+            mark_generated(args.database, args.programs, n_ds, n_tr, args.seed)
+        if args.generate_only:
+            print("  --generate-only: the database is kept for --reuse-db", flush=True)
+            return 0
         from inversions.models import ObservingProgram
 
         matching = ObservingProgram.objects.filter(state="invertible", instrument_name__iexact="VISP").count()
@@ -459,7 +525,7 @@ def main() -> int:
         from django.db import connections
 
         connections.close_all()
-        if not args.keep_db:
+        if not (args.keep_db or args.reuse_db):
             _benchdb.drop_database(args.database)
 
     bare = max(bare1, bare2)
@@ -467,15 +533,15 @@ def main() -> int:
     q = queries["list URL, cache warm"]
     qmax = max(v for k, v in queries.items() if k != "bare view")
     failed = f1 + f2 + f3
-    ok = [p["list"][1] <= 100, qmax <= 10, ratio >= 0.40, failed == 0]
+    ok = [p["list"][1] <= 25, qmax <= 10, ratio >= 0.60, failed == 0]
     load = os.getloadavg()
     print()
     print(f"  {'what':<40}{'measured':>12}{'baseline (bare)':>17}  target")
-    print(f"  {'p95 list page (ms)':<40}{p['list'][1]:>12.1f}{p['bare'][1]:>17.1f}  <= 100 {'OK' if ok[0] else 'MISSED'}")
+    print(f"  {'p95 list page (ms)':<40}{p['list'][1]:>12.1f}{p['bare'][1]:>17.1f}  <= 25 {'OK' if ok[0] else 'MISSED'}")
     print(f"  {'p50 list page (ms)':<40}{p['list'][0]:>12.1f}{p['bare'][0]:>17.1f}")
     print(f"  {'SQL statements (warm / worst of 4)':<40}{f'{q} / {qmax}':>12}{queries['bare view']:>17}  "
           f"<= 10 {'OK' if ok[1] else 'MISSED'}")
-    print(f"  {'throughput, 16 clients (req/s)':<40}{lst:>12,.0f}{bare:>17,.0f}  ratio {ratio:.0%} (>= 40 %) "
+    print(f"  {'throughput, 16 clients (req/s)':<40}{lst:>12,.0f}{bare:>17,.0f}  ratio {ratio:.0%} (>= 60 %) "
           f"{'OK' if ok[2] else 'MISSED'}")
     print(f"  failed requests: {failed}; load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0 if all(ok) else 1

@@ -124,3 +124,35 @@ def test_program_page_query_count_does_not_grow_with_history(client, operator, m
         lifecycle.enqueue(program, user=operator, priority=1)
     many = queries(client, url)
     assert few == many <= MAX_LIST_QUERIES
+
+
+def test_program_list_statements_are_session_user_count_rows(client, scientist, grow):
+    """Warm: the session, the user, the count and the page's rows; a cached count (slow counting) saves one."""
+    client.force_login(scientist)
+    grow(6)
+    url = reverse("program-list")
+    assert queries(client, url, {"state": "queued"}) == 4
+    assert queries(client, url, {"state": "queued", "page": "1"}, HTTP_HX_REQUEST="true") == 4
+
+
+def test_slow_counts_are_cached_fast_ones_exact(client, scientist, grow, settings, make_program):
+    from inversions import selectors
+
+    client.force_login(scientist)
+    grow(6)
+    url = reverse("program-list")
+    settings.L2_COUNT_CACHE_MIN_MS = 10_000  # counting here is fast: never cached, always exact
+    assert queries(client, url) == 4
+    make_program(State.QUEUED)
+    assert client.get(url).context["page"].paginator.count == 7
+    settings.L2_COUNT_CACHE_MIN_MS = 0  # every count "slow": kept for L2_COUNT_CACHE_SECONDS per filter
+    cache.clear()
+    client.get(url, {"state": "queued"})
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url, {"state": "queued", "page": "1"})  # the same filter, another page: no count
+    assert len(ctx.captured_queries) == 3 and not any("COUNT(" in q["sql"] for q in ctx.captured_queries)
+    assert response.context["page"].paginator.count == ObservingProgram.objects.filter(state=State.QUEUED).count()
+    assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == 1
+    settings.L2_COUNT_CACHE_SECONDS = 0  # off: exact
+    make_program(State.WORKING)
+    assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == 2

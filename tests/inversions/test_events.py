@@ -82,3 +82,121 @@ def test_events_wait_in_the_outbox_while_the_broker_is_down(make_program, bus):
     assert events.relay_outbox() == 2
     assert [m["to"] for m in bus(2)] == ["discovered", "invertible"]
     assert not OutboxEvent.objects.filter(sent_at__isnull=True).exists()
+
+
+# --- The relay-on-commit: a hook of the life-cycle, a thread that sends, never the request ---------
+def test_lifecycle_imports_no_tasks_and_gets_the_relay_as_a_hook():
+    import ast
+    import inspect
+
+    from inversions import relay
+
+    tree = ast.parse(inspect.getsource(lifecycle))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and (m.startswith("celery") or m == "inversions.tasks")}
+    assert relay.wake in lifecycle._outbox_hooks  # registered by the app
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outbox_hook_runs_after_commit_only(make_program, settings, monkeypatch):
+    settings.EVENT_RELAY_ON_COMMIT = True
+    calls = []
+    monkeypatch.setattr(lifecycle, "_outbox_hooks", [lambda: calls.append(1)])
+    program = make_program(State.DISCOVERED)
+    calls.clear()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        lifecycle.transition(program, State.INVERTIBLE, actor="test")
+        raise RuntimeError("rolled back")
+    assert calls == []
+    with transaction.atomic():
+        lifecycle.transition(program, State.INVERTIBLE, actor="test")
+        assert calls == []  # not before the commit
+    assert calls == [1]
+    settings.EVENT_RELAY_ON_COMMIT = False
+    lifecycle.transition(program, State.PREPROCESSED, actor="test")
+    assert calls == [1]
+
+
+def test_waker_never_waits_for_the_send_and_coalesces_a_burst():
+    import threading
+    import time
+
+    from inversions.relay import RelayWaker
+
+    gate, sends = threading.Event(), []
+
+    def slow_send():  # a broker that hangs until released
+        sends.append(time.monotonic())
+        gate.wait(10)
+
+    waker = RelayWaker(slow_send, lambda: 0.0)
+    t = time.perf_counter()
+    for _ in range(1000):
+        waker.wake()
+    assert time.perf_counter() - t < 0.5  # no call waited for the hanging broker
+    deadline = time.monotonic() + 5
+    while not sends and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(sends) == 1  # the burst is one send so far
+    for _ in range(1000):  # more commits while the broker hangs
+        waker.wake()
+    gate.set()
+    deadline = time.monotonic() + 5
+    while waker.sent < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert waker.sent == 2  # the wakes during the first send: one more, not 1000
+
+
+def test_waker_survives_a_failing_send():
+    import time
+
+    from inversions.relay import RelayWaker
+
+    attempts = []
+
+    def failing():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("broker down")
+
+    waker = RelayWaker(failing, lambda: 0.0)
+    waker.wake()
+    deadline = time.monotonic() + 5
+    while len(attempts) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waker.wake()
+    while waker.sent < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(attempts) == 2 and waker.sent == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claims_reach_the_bus_through_the_woken_relay(make_program, make_user, bus, settings, monkeypatch):
+    """End to end without a worker: the waker's send runs the relay (as the task would); each
+    claim's event is delivered once, and the claims themselves never called the broker."""
+    from inversions import relay
+
+    settings.EVENT_RELAY_ON_COMMIT = True
+    events.relay_outbox()  # what the fixtures wrote
+    from django.db import connection
+
+    def send():  # what the relay task does, on the waker's thread (its own connection, closed after)
+        try:
+            events.relay_outbox()
+        finally:
+            connection.close()
+
+    waker = relay.RelayWaker(send, lambda: 0.0)
+    monkeypatch.setattr(lifecycle, "_outbox_hooks", [waker.wake])
+    user = make_user("picker", "science")
+    programs = [make_program(State.QUEUED) for _ in range(3)]
+    events.relay_outbox()
+    bus(1000, timeout=1.0)  # drain the fixtures' events
+    claimed = [lifecycle.claim_next(user=user) for _ in range(3)]
+    assert {p.pk for p in claimed} == {p.pk for p in programs}
+    got = bus(3)
+    assert sorted(m["program_id"] for m in got) == sorted(p.pk for p in programs)
+    assert all(m["routing_key"] == "l2.program.working" and m["transition_id"] for m in got)
+    assert not OutboxEvent.objects.filter(sent_at__isnull=True).exists()
