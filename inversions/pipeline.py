@@ -35,7 +35,7 @@ fixed delay, or exponential backoff with jitter), then fail for good;
 Scratch is shared by default (one file system every worker mounts): any worker takes any
 step. A worker with its own scratch folder (``L2_SCRATCH_DIR``, ``L2_SCRATCH_PRIVATE``)
 keeps each program it staged: the steps after ``stage`` (and the stage's own polls) go to
-that worker's own queue (Celery's ``worker_direct``: ``<hostname>.dq``), its hostname is
+that worker's own queue (Celery's ``worker_direct``: ``<hostname>.dq2``), its hostname is
 recorded on the order (``details["scratch_worker"]``), beat resends a stalled step of it to
 that queue (served again once a worker of that name is back), and a step arriving at another
 worker is dropped. Every step records which worker ran it and how often

@@ -198,7 +198,7 @@ CELERY_RESULT_EXTENDED = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# Each worker also consumes its own queue (<hostname>.dq): where a private scratch pins a program's steps.
+# Each worker also consumes its own queue (<hostname>.dq2): where a private scratch pins a program's steps.
 CELERY_WORKER_DIRECT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
