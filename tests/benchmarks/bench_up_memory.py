@@ -24,7 +24,8 @@ by the ``postmaster.pid`` of its data folder) and its backends. Two sums are pri
 * **RSS** (``VmRSS``), for comparison: an upper bound.
 
 Printed per run: the peak of each sum over the samples, and each process's figures at the
-sample where the PSS sum peaked, largest first. Target: peak PSS sum < 1.5 GB (1536 MiB).
+sample where the PSS sum peaked, largest first, with the packages whose compiled libraries
+the biggest process has mapped (what it imported). Target: peak PSS sum < 1.5 GB (1536 MiB).
 """
 from __future__ import annotations
 
@@ -107,6 +108,15 @@ def memory_kb(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def native_packages(pid: int) -> list[str]:
+    """The site-packages whose compiled libraries the process has mapped (what it imported)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"site-packages/([A-Za-z0-9_]+)[^\n]*\.so", maps)))
+
+
 class Sampler(threading.Thread):
     """Reads every process's memory once a second; keeps the sample with the largest PSS sum."""
 
@@ -116,6 +126,7 @@ class Sampler(threading.Thread):
         self.peak_pss = self.peak_rss = 0
         self.at_peak: list[tuple[int, str, int, int]] = []
         self.samples = 0
+        self.top_packages: list[str] = []
         self.stopping = threading.Event()
 
     def roots(self) -> list[int]:
@@ -138,6 +149,7 @@ class Sampler(threading.Thread):
             self.peak_rss = max(self.peak_rss, rss)
             if pss > self.peak_pss:
                 self.peak_pss, self.at_peak = pss, sorted(rows, key=lambda r: -r[2])
+                self.top_packages = native_packages(self.at_peak[0][0]) if self.at_peak else []
 
 
 def use(base: str, var: Path, seconds: float) -> list[str]:
@@ -218,6 +230,7 @@ def one_start(seconds: float) -> dict:
             except subprocess.TimeoutExpired:
                 os.killpg(up.pid, signal.SIGKILL)
     return {"pss": sampler.peak_pss / 1024, "rss": sampler.peak_rss / 1024, "rows": sampler.at_peak,
+            "top_packages": sampler.top_packages,
             "samples": sampler.samples, "did": did, "used": used, "log": log}
 
 
@@ -236,6 +249,8 @@ def main() -> int:
         print(f"  {'pid':>7} {'PSS MiB':>8} {'RSS MiB':>8}  process (at the PSS peak)")
         for pid, name, pss, rss in run["rows"]:
             print(f"  {pid:>7} {pss / 1024:>8.1f} {rss / 1024:>8.1f}  {name}")
+        if run["rows"]:
+            print(f"  the biggest ({run['rows'][0][0]}) has the compiled libraries of: {', '.join(run['top_packages'])}")
     pss = [r["pss"] for r in runs]
     rss = [r["rss"] for r in runs]
     print(f"\n{args.repeat} start(s) of l2 up     median   min   max  (MiB)")
