@@ -32,6 +32,15 @@ Error with the step and the reason (naming the dataset and file); ``RetryError``
 fixed delay, or exponential backoff with jitter), then fail for good;
 ``NonFatalDoNotRetryError`` finishes the order without doing the work.
 
+Scratch is shared by default (one file system every worker mounts): any worker takes any
+step. A worker with its own scratch folder (``L2_SCRATCH_DIR``, ``L2_SCRATCH_PRIVATE``)
+keeps each program it staged: the steps after ``stage`` (and the stage's own polls) go to
+that worker's own queue (Celery's ``worker_direct``: ``<hostname>.dq2``), its hostname is
+recorded on the order (``details["scratch_worker"]``), beat resends a stalled step of it to
+that queue (served again once a worker of that name is back), and a step arriving at another
+worker is dropped. Every step records which worker ran it and how often
+(``details["workers"]``, ``details["runs"]``), next to its time (``details["timings"]``).
+
 Each step runs under a PostgreSQL advisory lock on its order (released when the worker's
 connection ends, also when the worker is killed), so a redelivered duplicate never runs
 alongside the original; a message for a step the order has already left does nothing
@@ -188,6 +197,19 @@ def dispatch(order_id: int, step: str, *, queue: str | None = None, countdown: f
     PREPROCESS_TASKS[step].apply_async(args=[order_id], **options)
 
 
+def pinned_queue(order: WorkOrder | None) -> str | None:
+    """The queue of the worker holding the order's files on its private scratch, if any."""
+    worker = (order.details or {}).get("scratch_worker") if order is not None else None
+    return worker_queue(worker) if worker else None
+
+
+def worker_queue(hostname: str) -> str:
+    """The worker's own queue (Celery's ``worker_direct``), which only it consumes."""
+    from celery.utils import worker_direct
+
+    return worker_direct(hostname).name
+
+
 def after_retry(program: ObservingProgram, *, user=None) -> work_orders.Requested | None:
     """An operator's retry sent the program back to Invertible: preprocess it again now."""
     program.refresh_from_db(fields=["state"])
@@ -217,7 +239,8 @@ def schedule(*, queue: str | None = None) -> dict:
         for order in stale:
             work_orders.touch(order.pk)
             step = order.step if order.step in STEPS else "stage"
-            transaction.on_commit(lambda pk=order.pk, s=step: dispatch(pk, s, queue=queue), robust=True)
+            where = pinned_queue(order) or queue  # private scratch: only its worker can go on
+            transaction.on_commit(lambda pk=order.pk, s=step, q=where: dispatch(pk, s, queue=q), robust=True)
             redispatched.append(order.pk)
         room = int(settings.L2_PREPROCESS_CONCURRENCY) - work_orders.count_active(KIND)
         if room > 0:
@@ -234,8 +257,12 @@ def schedule(*, queue: str | None = None) -> dict:
 
 
 # --- Running a step ---------------------------------------------------------------------
-def execute(order_id: int, step: str) -> Outcome:
-    """Run ``step`` of the order once and say what comes next (see the module doc)."""
+def execute(order_id: int, step: str, *, worker: str = "") -> Outcome:
+    """Run ``step`` of the order once and say what comes next (see the module doc).
+
+    ``worker``: the hostname of the Celery worker running it (recorded on the order; with a
+    private scratch, the worker the order's later steps stay on).
+    """
     with work_orders.running(order_id) as got:
         if not got:  # a duplicate of a step running elsewhere: that worker carries on (or, dead, beat resends)
             return Outcome(finished=True, note="order busy: running elsewhere")
@@ -248,6 +275,10 @@ def execute(order_id: int, step: str) -> Outcome:
                 # the worker died between advancing the order and sending the next message
                 return Outcome(next_step=current, finished=True, note=f"resending {current}")
             return Outcome(finished=True, note=f"stale message: the order is at {current}")
+        pinned = order.details.get("scratch_worker")
+        if pinned and worker and pinned != worker and step != "stage":
+            # its files are on that worker's own scratch: it carries on (or beat resends there)
+            return Outcome(finished=True, note=f"its files are on {pinned}'s scratch")
         program = order.program
         from_state = order.details.get("from_state", State.INVERTIBLE)
         if program.state != from_state:
@@ -257,6 +288,11 @@ def execute(order_id: int, step: str) -> Outcome:
         if order is None:
             return Outcome(finished=True, note="order not active")
         order.program = program
+        if step == "stage" and worker and settings.L2_SCRATCH_PRIVATE and pinned != worker:
+            # before any file lands here; staged elsewhere before (a redelivered stage): stage again
+            restage = {"stage": None} if pinned else {}
+            work_orders.merge_details(order.pk, scratch_worker=worker, **restage)
+            order.details.update(scratch_worker=worker, **restage)
         began = time.monotonic()
         try:
             with work_orders.heartbeat(order.pk):
@@ -280,20 +316,27 @@ def execute(order_id: int, step: str) -> Outcome:
             return fail_for_good(order, program, step, DoNotRetryError(
                 f"unexpected error in {step}: {type(exc).__name__}: {exc}", step=f"preprocess.{step}"))
         finally:
-            _add_timing(order.pk, step, time.monotonic() - began)
+            _add_timing(order.pk, step, time.monotonic() - began, worker=worker)
         if outcome.next_step and not work_orders.advance(order.pk, step, outcome.next_step):
             return Outcome(finished=True, note="the order moved on meanwhile")
         return outcome
 
 
-def _add_timing(order_id: int, step: str, seconds: float) -> None:
+def _add_timing(order_id: int, step: str, seconds: float, *, worker: str = "") -> None:
+    """Add a run of ``step`` to the order's ``timings`` (seconds in all), ``runs`` (how many
+    times it ran) and ``workers`` (the worker that ran it last)."""
     with transaction.atomic():
         order = WorkOrder.objects.select_for_update().filter(pk=order_id).only("details").first()
         if order is None:
             return
         timings = dict(order.details.get("timings") or {})
         timings[step] = round(float(timings.get(step, 0.0)) + seconds, 3)
-        WorkOrder.objects.filter(pk=order_id).update(details={**order.details, "timings": timings})
+        runs = dict(order.details.get("runs") or {})
+        runs[step] = int(runs.get(step, 0)) + 1
+        extra = {"timings": timings, "runs": runs}
+        if worker:
+            extra["workers"] = {**(order.details.get("workers") or {}), step: worker}
+        WorkOrder.objects.filter(pk=order_id).update(details={**order.details, **extra})
 
 
 def _again(order: WorkOrder, program: ObservingProgram, step: str, exc: L2Error, *, backoff: bool) -> Outcome:

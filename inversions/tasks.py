@@ -17,18 +17,23 @@ def _run_step(task, order_id: int, step: str) -> str:
     """Run one step of a preprocessing order; then retry it later or send the next step.
 
     The next step goes to the queue this one came from, so a program's chain stays on the
-    workers that serve that queue. ``acks_late``: a worker killed mid-step leaves the
+    workers that serve that queue; with a private scratch (``L2_SCRATCH_PRIVATE``) it, and
+    a poll of this step, go to this worker's own queue, where its files are. ``acks_late``: a worker killed mid-step leaves the
     message unacknowledged and the broker redelivers it; beat resends it sooner once the
     order's heartbeat is stale (``inversions.work_orders``). The step is idempotent.
     """
+    from django.conf import settings
+
     from inversions import pipeline, work_orders
 
-    outcome = pipeline.execute(order_id, step)
+    worker = task.request.hostname or ""
+    outcome = pipeline.execute(order_id, step, worker=worker)
+    own = pipeline.worker_queue(worker) if worker and settings.L2_SCRATCH_PRIVATE else None
     if outcome.retry_in is not None:
         work_orders.expect(order_id, outcome.retry_in)  # not taken for lost while it waits
-        raise task.retry(countdown=outcome.retry_in, max_retries=None)
+        raise task.retry(countdown=outcome.retry_in, max_retries=None, **({"queue": own} if own else {}))
     if outcome.next_step:
-        queue = (task.request.delivery_info or {}).get("routing_key") or None
+        queue = own or (task.request.delivery_info or {}).get("routing_key") or None
         pipeline.dispatch(order_id, outcome.next_step, queue=queue)
     return outcome.note
 

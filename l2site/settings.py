@@ -198,6 +198,8 @@ CELERY_RESULT_EXTENDED = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Each worker also consumes its own queue (<hostname>.dq2): where a private scratch pins a program's steps.
+CELERY_WORKER_DIRECT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
@@ -279,6 +281,16 @@ def _collections() -> dict[str, str]:
 # Where each collection's files are visible locally: the local backend copies between these
 # folders; with Globus, scratch (and the science cluster, for result intake) must be listed.
 L2_COLLECTIONS = _collections()
+# This process's own scratch folder: it replaces the scratch collection's folder in
+# L2_COLLECTIONS. Set it per worker (with its own -n hostname) when every worker machine has
+# its own scratch disk: scratch is then private, and a program's steps after staging stay on
+# the worker that staged it (Celery's per-worker queue, CELERY_WORKER_DIRECT).
+L2_SCRATCH_DIR = env("L2_SCRATCH_DIR", "")
+if L2_SCRATCH_DIR:
+    L2_COLLECTIONS = {**L2_COLLECTIONS, L2_SCRATCH_COLLECTION: L2_SCRATCH_DIR}
+# Scratch that no other worker sees (default: when L2_SCRATCH_DIR is set). Shared scratch
+# (false: one file system every worker mounts) lets any worker take any step.
+L2_SCRATCH_PRIVATE = env_bool("L2_SCRATCH_PRIVATE", bool(L2_SCRATCH_DIR))
 
 # --- Preprocessing (DESIGN §7) ------------------------------------------------------------
 # A program's folder on scratch: staged L1 frames (l1/), each work order's cubes, quick-looks

@@ -437,3 +437,59 @@ def test_outputs_verify_on_scratch(l1_program, collections, sent):
         with fits.open(folder / cube["name"], memmap=False) as hdul:
             regions = [(i["hdrLoc"], i["datLoc"], i["datLoc"] + i["datSpan"]) for i in (hdul.fileinfo(n) for n in range(len(hdul)))]
         assert verify_checksums(folder / cube["name"], regions, sha256=True) == cube["sha256"]
+
+
+def test_private_scratch_pins_the_order_to_the_worker_that_staged_it(l1_program, collections, settings, monkeypatch,
+                                                                      django_capture_on_commit_callbacks):
+    """With a private scratch the staging worker's name is on the order; a later step that
+    reaches another worker is dropped; beat resends a stalled step to the staging worker's own
+    queue; every step records its one run and its worker."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    queues = []
+    monkeypatch.setattr(pipeline, "dispatch", lambda order_id, step, queue=None, **kw: queues.append((step, queue)))
+    settings.L2_SCRATCH_PRIVATE = True
+    settings.L2_PREPROCESS_CONCURRENCY = 0
+    order = start(l1_program())
+    assert pipeline.execute(order.pk, "stage", worker="a@host").next_step == "verify"
+    stray = pipeline.execute(order.pk, "verify", worker="b@host")
+    assert stray.finished and stray.next_step is None and "a@host" in stray.note
+    assert WorkOrder.objects.get(pk=order.pk).details["runs"] == {"stage": 1}  # b did nothing
+    WorkOrder.objects.filter(pk=order.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.L2_HEARTBEAT_STALE_SECONDS + 1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert pipeline.schedule(queue="shared")["redispatched"] == [order.pk]
+    assert queues[-1] == ("verify", "a@host.dq2")
+    for step in pipeline.STEPS[1:]:
+        pipeline.execute(order.pk, step, worker="a@host")
+    done = WorkOrder.objects.get(pk=order.pk)
+    assert done.status == "completed"
+    assert done.details["runs"] == {step: 1 for step in pipeline.STEPS}
+    assert done.details["workers"] == {step: "a@host" for step in pipeline.STEPS}
+    assert done.details["scratch_worker"] == "a@host"
+
+
+def test_shared_scratch_lets_any_worker_take_any_step(l1_program, collections, settings, sent):
+    settings.L2_SCRATCH_PRIVATE = False
+    order = start(l1_program())
+    assert pipeline.execute(order.pk, "stage", worker="a@host").next_step == "verify"
+    assert pipeline.execute(order.pk, "verify", worker="b@host").next_step == "assemble"
+    details = WorkOrder.objects.get(pk=order.pk).details
+    assert "scratch_worker" not in details and details["workers"] == {"stage": "a@host", "verify": "b@host"}
+
+
+def test_the_task_sends_the_next_step_to_its_own_queue_with_private_scratch(l1_program, collections, settings,
+                                                                             monkeypatch):
+    import celery.app.task
+
+    queues = []
+    monkeypatch.setattr(pipeline, "dispatch", lambda order_id, step, queue=None, **kw: queues.append((step, queue)))
+    monkeypatch.setattr(celery.app.task, "gethostname", lambda: "w1@box")  # the worker's name in apply()
+    order = start(l1_program())
+    settings.L2_SCRATCH_PRIVATE = True
+    tasks.preprocess_stage.apply(args=[order.pk])
+    settings.L2_SCRATCH_PRIVATE = False
+    tasks.preprocess_verify.apply(args=[order.pk])
+    assert queues == [("verify", "w1@box.dq2"), ("assemble", None)]

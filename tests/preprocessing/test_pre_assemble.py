@@ -206,3 +206,22 @@ def test_single_read_mode_still_checks_every_input(encoded_dataset, tmp_path):
     assert not out.exists() and list(out.parent.iterdir()) == []
     # the same files with the check switched off assemble (the caller took that risk)
     assert assemble_cube(inventory, out, software_version="1", provenance={}, verify_inputs=False).frames == 40
+
+
+def test_the_cube_is_flushed_behind_the_writing(encoded_dataset, tmp_path, monkeypatch):
+    """While frames are written, a thread fdatasyncs the cube every WRITEBACK_BYTES; the cube
+    is the same; the final fsync still runs."""
+    from inversions.preprocessing import assemble
+
+    paths, _ = encoded_dataset
+    inventory = verify_dataset(paths, 40)
+    flushes, syncs = [], []
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+    monkeypatch.setattr(assemble, "WRITEBACK_BYTES", 4 * N_WAVE * N_SLIT * 4)  # every 4 frames
+    monkeypatch.setattr(assemble.os, "fdatasync", lambda fd: (flushes.append(fd), real_fdatasync(fd)))
+    monkeypatch.setattr(assemble.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    info = assemble_cube(inventory, tmp_path / "c.fits", software_version="1", provenance={})
+    assert flushes and syncs  # requests that come while a flush runs join the next one
+    with fits.open(info.path, checksum=True) as hdul:
+        hdul.verify("exception")
+        np.testing.assert_allclose(hdul[0].data.astype(np.float64) * hdul[0].header["CNORM"], _expected_cube(), rtol=1e-6)

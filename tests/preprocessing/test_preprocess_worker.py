@@ -29,7 +29,8 @@ from inversions.transfers import local_folder
 from tests.scanning.test_scan_worker import ROOT, database_url
 
 
-def _worker(queue: str, collections: dict, log: Path, **env_extra) -> subprocess.Popen:
+def _worker(queue: str, collections: dict, log: Path, *, hostname: str | None = None, **env_extra) -> subprocess.Popen:
+    """A real ``celery worker`` (solo pool) on ``queue`` (and its own queue), named ``hostname``."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url(),
@@ -43,7 +44,8 @@ def _worker(queue: str, collections: dict, log: Path, **env_extra) -> subprocess
     )
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "l2site", "worker", "--pool", "solo", "-Q", queue,
-         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+         *(["-n", hostname] if hostname else [])],
         cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
     )
 
