@@ -571,10 +571,6 @@ class FrameBuffers:
             kept = self._views[key] = (base, plane_views(out))
         return kept[1]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays.values())
-
 
 _local = threading.local()
 
