@@ -10,6 +10,8 @@ imports only the stages before it, never this module or the tasks):
   summaries of the programs the pages could not summarise;
 * :mod:`scanning.qualify`: every settled Discovered program qualified.
 
+A scan that wrote many rows then vacuums the tables it wrote (:func:`scanning.store.vacuum_if_rewritten`).
+
 One scan at a time: a PostgreSQL advisory lock (session level, held for the whole run) makes
 a second scan wait for the first, so two scans never insert the same dataset twice. A worker
 also holds a lock of the scan's own while it runs (or waits for) it: a Running scan whose
@@ -196,7 +198,7 @@ def _since(scan: Scan, last: datetime | None) -> datetime | None:
 
 
 def _scan(scan: Scan, client: MetadataStoreClient, now: datetime | None) -> None:
-    """The pipeline: fetch → prepare → store, page by page; then summaries and qualification."""
+    """The pipeline: fetch → prepare → store, page by page; then summaries, qualification, vacuum."""
     previous = _last_watermark(scan)  # no other scan runs meanwhile (advisory lock)
     scan.update_date_min = _since(scan, previous)
     scan.save(update_fields=["update_date_min"])
@@ -214,6 +216,7 @@ def _scan(scan: Scan, client: MetadataStoreClient, now: datetime | None) -> None
         scan.newest_update_date = max(filter(None, [stored.newest, previous]), default=None)
         stored.finish(descriptions)
         scan.programs_qualified = qualify.qualify_settled(now=now, reports=stored.memory.reports)
+    store.vacuum_if_rewritten(scan.new + scan.updated + scan.programs_new + scan.programs_qualified)
 
 
 def _count_page(scan: Scan, page: list, result: PageResult) -> None:

@@ -272,3 +272,34 @@ def test_qualification_batches_written_by_two_threads_give_what_one_gives(store_
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                        "AND pid <> pg_backend_pid()")
         assert cursor.fetchone()[0] == 0  # the threads' connections are closed
+
+
+def _vacuum_counts() -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT relname, vacuum_count FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+                       [[Dataset._meta.db_table, ObservingProgram._meta.db_table]])
+        return dict(cursor.fetchall())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scan_that_wrote_many_rows_vacuums_its_tables_and_a_quiet_one_does_not(store_client, monkeypatch):
+    """The dead row versions a first scan leaves (each program created, then qualified) are
+    vacuumed at its end, so the next scan's query for settled programs does not visit them;
+    an unchanged store's rescan vacuums nothing."""
+    calls = []
+    original = store.vacuum_if_rewritten
+    monkeypatch.setattr(store, "vacuum_if_rewritten", lambda rows: calls.append(rows) or original(rows))
+    monkeypatch.setattr(store, "VACUUM_AFTER_ROWS", 100)
+    before = _vacuum_counts()
+    first = scan(store_client, full=True)
+    assert calls == [first.new + first.updated + first.programs_new + first.programs_qualified] and calls[0] >= 100
+    after = _vacuum_counts()
+    assert all(after[t] == before.get(t, 0) + 1 for t in (Dataset._meta.db_table, ObservingProgram._meta.db_table))
+    scan(store_client)  # nothing changed: no rows written, no vacuum
+    assert calls[1] == 0 and _vacuum_counts() == after
+
+
+@pytest.mark.django_db
+def test_inside_a_transaction_the_vacuum_is_skipped():
+    assert store.vacuum_if_rewritten(10**9) is False  # VACUUM cannot run in a transaction block: not tried
