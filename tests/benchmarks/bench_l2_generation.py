@@ -21,14 +21,17 @@ process, whose peak memory is that size's own, times:
   that the disk holds the inputs and one set of frames). Timed before and after the L2 run; the
   mean is used.
 
-Then the same generation again with the generate task's default pool (one process per core),
-against the same single-process baseline (printed apart: it uses more cores than writeto).
+Then the same generation again as a generate task runs it by default (``L2_GENERATE_WORKERS=0``:
+a pool of one process per core), against the same single-process baseline.
 
 One-time costs of a worker process (importing dkist/gwcs/sunpy, loading asdf's extensions)
 are paid before the timing and printed apart.
 
-Target: L2 frames/s ≥ 80 % of writeto frames/s, and peak resident memory (the process's own,
-``VmHWM``) that does not grow with the number of steps. Both printed per size.
+Target (issue 11): the whole generation, as the generate task runs it (the default pool), at
+≥ 80 % of plain writeto's rate; and peak resident memory (the one-process run's own, ``VmHWM``)
+that does not grow with the number of steps. Both printed per size, with a verdict. The
+one-process figure is printed too, with its own verdict against the same 80 %: it shows what a
+worker configured with ``L2_GENERATE_WORKERS=1`` gets, and that the pool's gain is real.
 
 Also printed: the CPU seconds of writeto and of L2 (every thread and child process). L2 does
 what writeto does (the same bytes written) plus reading the result files and transposing
@@ -198,7 +201,7 @@ def main() -> None:
         print(json.dumps(one_size(work, args.one, args.slit)))
         return
     print(f"slit={args.slit} depth={args.depth} lines=3 (Ca II/Fe I/Na I wavelengths {'/'.join(map(str, args.waves))}) "
-          f"stokes=4 cpus={os.cpu_count()}; one process each, generate_all(workers=1) + ASDF")
+          f"stokes=4 cpus={os.cpu_count()}; L2: generate_all(workers=1) + ASDF; pool: generate_all(workers={os.cpu_count()}) + ASDF")
     rows = []
     try:
         for steps in args.steps:
@@ -214,18 +217,19 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'steps':>6s} {'MB/frame':>9s} {'writeto s':>10s} {'(spread)':>9s} {'L2 frames s':>12s} {'ASDF s':>7s} "
-          f"{'L2 total s':>11s} {'ASDF MB':>8s} {'L2/writeto':>11s} {'peak MB':>8s}")
+          f"{'L2 total s':>11s} {'ASDF MB':>8s} {'L2/writeto':>11s} {'pool s':>7s} {'pool/writeto':>13s} {'peak MB':>8s}")
     for r in rows:
         print(f"{r['steps']:6d} {r['frame_mb']:9.2f} {r['t_base']:10.2f} {r['t_base_spread']:9.2f} "
               f"{r['t_frames']:12.2f} {r['t_asdf']:7.2f} {r['t_l2']:11.2f} {r['asdf_mb']:8.2f} {r['ratio']:11.1%} "
-              f"{r['peak_mb']:8.0f}")
+              f"{r['t_pool']:7.2f} {r['ratio_pool']:13.1%} {r['peak_mb']:8.0f}")
     print()
     for r in rows:
-        verdict = "PASS" if r["ratio"] >= 0.8 else "FAIL"
-        print(f"{r['steps']} steps: L2 (FITS + ASDF) / writeto = {r['ratio']:.1%} in one process (target >= 80 %: "
-              f"{verdict}); with the default pool of {os.cpu_count()} processes {r['ratio_pool']:.1%} "
-              f"({r['t_pool']:.2f} s); once per worker process (imports, asdf extensions): {r['t_once']:.1f} s, "
-              "not in the ratios")
+        verdict = "PASS" if r["ratio_pool"] >= 0.8 else "FAIL"
+        single = "PASS" if r["ratio"] >= 0.8 else "FAIL"
+        print(f"{r['steps']} steps: L2 (FITS + ASDF) / writeto = {r['ratio_pool']:.1%} as the generate task runs it "
+              f"(default pool, {os.cpu_count()} processes, {r['t_pool']:.2f} s; target >= 80 %: {verdict}); "
+              f"{r['ratio']:.1%} in one process ({single}); once per worker process (imports, asdf extensions): "
+              f"{r['t_once']:.1f} s, not in the ratios")
     for r in rows:
         cores = os.cpu_count() or 1
         print(f"{r['steps']} steps, CPU seconds (all threads and processes): writeto {r['c_base']:.2f}, L2 one process "
