@@ -10,7 +10,7 @@ imports only the stages before it, never this module or the tasks):
   summaries of the programs the pages could not summarise;
 * :mod:`scanning.qualify`: every settled Discovered program qualified.
 
-A scan that wrote many rows then vacuums the tables it wrote (:func:`scanning.store.vacuum_if_rewritten`).
+A scan that wrote many rows then vacuums the program table (:func:`scanning.store.vacuum_if_rewritten`).
 
 One scan at a time: a PostgreSQL advisory lock (session level, held for the whole run) makes
 a second scan wait for the first, so two scans never insert the same dataset twice. A worker

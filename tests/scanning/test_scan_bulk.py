@@ -274,30 +274,34 @@ def test_qualification_batches_written_by_two_threads_give_what_one_gives(store_
         assert cursor.fetchone()[0] == 0  # the threads' connections are closed
 
 
-def _vacuum_counts() -> dict[str, int]:
+def _maintenance_counts() -> dict[str, tuple[int, int]]:
+    """table -> (vacuums, analyses) of the dataset and program tables."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute("SELECT relname, vacuum_count FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+        cursor.execute("SELECT relname, vacuum_count, analyze_count FROM pg_stat_user_tables WHERE relname = ANY(%s)",
                        [[Dataset._meta.db_table, ObservingProgram._meta.db_table]])
-        return dict(cursor.fetchall())
+        return {name: (vacuums, analyses) for name, vacuums, analyses in cursor.fetchall()}
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_scan_that_wrote_many_rows_vacuums_its_tables_and_a_quiet_one_does_not(store_client, monkeypatch):
+def test_a_scan_that_wrote_many_rows_vacuums_the_programs_and_a_quiet_one_does_not(store_client, monkeypatch):
     """The dead row versions a first scan leaves (each program created, then qualified) are
     vacuumed at its end, so the next scan's query for settled programs does not visit them;
-    an unchanged store's rescan vacuums nothing."""
+    the datasets (inserted) are analysed; an unchanged store's rescan does neither."""
     calls = []
     original = store.vacuum_if_rewritten
     monkeypatch.setattr(store, "vacuum_if_rewritten", lambda rows: calls.append(rows) or original(rows))
     monkeypatch.setattr(store, "VACUUM_AFTER_ROWS", 100)
-    before = _vacuum_counts()
+    programs, datasets = ObservingProgram._meta.db_table, Dataset._meta.db_table
+    before = _maintenance_counts()
     first = scan(store_client, full=True)
     assert calls == [first.new + first.updated + first.programs_new + first.programs_qualified] and calls[0] >= 100
-    after = _vacuum_counts()
-    assert all(after[t] == before.get(t, 0) + 1 for t in (Dataset._meta.db_table, ObservingProgram._meta.db_table))
+    after = _maintenance_counts()
+    zero = (0, 0)
+    assert after[programs] == (before.get(programs, zero)[0] + 1, before.get(programs, zero)[1] + 1)
+    assert after[datasets] == (before.get(datasets, zero)[0], before.get(datasets, zero)[1] + 1)
     scan(store_client)  # nothing changed: no rows written, no vacuum
-    assert calls[1] == 0 and _vacuum_counts() == after
+    assert calls[1] == 0 and _maintenance_counts() == after
 
 
 @pytest.mark.django_db
