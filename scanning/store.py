@@ -17,6 +17,7 @@ one query per batch. :class:`Stored` gathers what the pages stored for the stage
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections import Counter, defaultdict
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from psycopg.types.datetime import TimestamptzLoader
 
@@ -41,6 +42,7 @@ from scanning.prepare import (
 from scanning.records import DatasetRecord, RecordError, parse_record, storable_json, storable_text
 
 ACTOR = "scan"
+log = logging.getLogger(__name__)
 SUMMARY_BATCH = 2000  # programs per transaction when summarising
 
 
@@ -446,12 +448,18 @@ def vacuum_if_rewritten(rows_written: int) -> bool:
     is on (it is off on some servers); the scan does it at once. Datasets are mostly inserted
     (``COPY``), so their table is only analysed: vacuuming it would rewrite every page of the
     raw records for the visibility map. The planner's statistics are fresh for the dashboard
-    too. Inside a transaction (tests), where VACUUM cannot run, nothing is done. Returns
-    whether it ran.
+    too. Inside a transaction (tests), where VACUUM cannot run, nothing is done. An app role
+    that does not own the tables (the two-role setup) gets PostgreSQL's "skipping" warning
+    and leaves them to autovacuum. A failure is logged, never the scan's failure: the scan's
+    work is already committed. Returns whether it ran.
     """
     if rows_written < VACUUM_AFTER_ROWS or connection.in_atomic_block:
         return False
-    with connection.cursor() as cursor:
-        cursor.execute(f'VACUUM (ANALYZE) "{ObservingProgram._meta.db_table}"')
-        cursor.execute(f'ANALYZE "{Dataset._meta.db_table}"')
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'VACUUM (ANALYZE) "{ObservingProgram._meta.db_table}"')
+            cursor.execute(f'ANALYZE "{Dataset._meta.db_table}"')
+    except DatabaseError as exc:
+        log.warning("vacuum after the scan failed (left to autovacuum): %s", exc)
+        return False
     return True

@@ -307,3 +307,30 @@ def test_a_scan_that_wrote_many_rows_vacuums_the_programs_and_a_quiet_one_does_n
 @pytest.mark.django_db
 def test_inside_a_transaction_the_vacuum_is_skipped():
     assert store.vacuum_if_rewritten(10**9) is False  # VACUUM cannot run in a transaction block: not tried
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_vacuum_is_logged_and_does_not_fail_the_scan(store_client, monkeypatch, caplog):
+    from django.db import OperationalError
+
+    monkeypatch.setattr(store, "VACUUM_AFTER_ROWS", 100)
+    real_cursor = connection.cursor
+
+    class Refusing:
+        def __init__(self):
+            self.inner = real_cursor()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+        def execute(self, sql, params=None):
+            if sql.startswith(("VACUUM", "ANALYZE")):
+                raise OperationalError("canceling statement due to statement timeout")
+            return self.inner.execute(sql, params)
+
+    monkeypatch.setattr(connection, "cursor", Refusing)
+    assert store.vacuum_if_rewritten(10**6) is False
+    assert "vacuum after the scan failed" in caplog.text and "statement timeout" in caplog.text
