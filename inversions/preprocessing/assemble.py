@@ -20,7 +20,9 @@ the other I frames. ``Ic`` and the window are recorded in the header (``CNORM``,
 Streaming: the header is written first; then two worker threads each read a whole
 frame into their own buffer (``readinto``; RICE frames are decompressed by astropy),
 check its input checksums on those bytes, scale it in place and ``pwrite`` it at its
-offset, while the main thread adds up ``DATASUM`` and reports progress in frame order;
+offset, while the main thread adds up ``DATASUM``, reports progress in frame order and
+asks the kernel to start reading the next few frames (``POSIX_FADV_WILLNEED``), so the
+disk reads while the workers compute;
 ``CHECKSUM`` is written into the header at the end; a thread of its own flushes the cube
 to disk behind the writing (``fdatasync`` every ``WRITEBACK_BYTES``), so the disk writes
 overlap the reading instead of all waiting for the final ``fsync``. Memory is a few frames
@@ -34,6 +36,7 @@ leaves a file under the final name; ``remove_partials`` clears what it left.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import queue
@@ -49,6 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import astropy.table  # noqa: F401  (see below)
 import numpy as np
 from astropy.io import fits
 
@@ -62,11 +66,16 @@ from inversions.preprocessing.verify import (
     verify_checksums_parallel,
 )
 
+# ``astropy.table`` is imported here, with this module, not by the first ``FRAMES`` table:
+# ``BinTableHDU`` imports it on first use, and with it the I/O registry's plugins (asdf):
+# about 0.25 s, paid once by a worker process, not by every cube.
+
 STEP = "preprocess.assemble"
 CONTINUUM_FRACTION = 0.03
 EDGE_FRACTION = 0.02
 SAMPLE_FRAMES = 8
 WORKERS = 2  # frames in work at once (threads)
+READAHEAD_FRAMES = 4  # frames asked of the kernel ahead of the ones in work
 WRITEBACK_BYTES = 64 * 1024 * 1024  # the cube is flushed to disk behind the writing, this much at a time
 PARTIAL_SUFFIX = ".partial"
 #: L1 keys copied into the cube header when present
@@ -465,6 +474,21 @@ class _Writeback:
         self.thread.join()
 
 
+def _readahead(frame: FrameInfo) -> None:
+    """Ask the kernel to start reading a frame file now (``POSIX_FADV_WILLNEED`` does not
+    wait), so that the disk keeps reading while the workers are busy with numbers."""
+    try:
+        fd = os.open(frame.path, os.O_RDONLY)
+    except OSError:
+        return  # the worker's own read reports it
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _write_frames(
     inventory: DatasetInventory,
     fd: int,
@@ -493,6 +517,9 @@ def _write_frames(
             jobs.put(job)
 
     datasum = 0
+    ahead = iter(inventory.frames)
+    for frame in itertools.islice(ahead, WORKERS + 1 + READAHEAD_FRAMES):
+        _readahead(frame)
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="cube") as pool:
         pending: deque = deque()
         frames = iter(enumerate(inventory.frames))
@@ -501,6 +528,8 @@ def _write_frames(
             while True:
                 while len(pending) < WORKERS + 1 and (item := next(frames, None)) is not None:
                     pending.append(pool.submit(run, *item))
+                    if (frame := next(ahead, None)) is not None:
+                        _readahead(frame)
                 if not pending:
                     break
                 datasum = fits_checksum.add(datasum, pending.popleft().result())

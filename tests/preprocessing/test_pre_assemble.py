@@ -225,3 +225,38 @@ def test_the_cube_is_flushed_behind_the_writing(encoded_dataset, tmp_path, monke
     with fits.open(info.path, checksum=True) as hdul:
         hdul.verify("exception")
         np.testing.assert_allclose(hdul[0].data.astype(np.float64) * hdul[0].header["CNORM"], _expected_cube(), rtol=1e-6)
+
+
+def test_frames_are_read_ahead_of_the_workers(encoded_dataset, tmp_path, monkeypatch):
+    """Every input frame is handed to the kernel's read-ahead (POSIX_FADV_WILLNEED) before a
+    worker reads it, in frame order; a file that vanished meanwhile is left to the worker's
+    read, which names it."""
+    from inversions.preprocessing import assemble
+
+    paths, _ = encoded_dataset
+    inventory = verify_dataset(paths, 40)
+    asked, read = [], []
+    real_fadvise = os.posix_fadvise
+    real_job = assemble._FrameJob.__call__
+
+    def fadvise(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            asked.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fadvise(fd, offset, length, advice)
+
+    def job(self, index, frame):  # a worker about to read a frame for the cube
+        read.append(str(frame.path))
+        assert str(frame.path) in asked, "read before it was read ahead"
+        return real_job(self, index, frame)
+
+    monkeypatch.setattr(assemble.os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(assemble._FrameJob, "__call__", job)
+    info = assemble_cube(inventory, tmp_path / "c.fits", software_version="1", provenance={})
+    assert info.frames == 40
+    assert asked == [str(f.path) for f in inventory.frames]
+    assert sorted(read) == sorted(asked)
+
+    inventory.frames[7].path.unlink()
+    with pytest.raises(Exception, match=inventory.frames[7].path.name):
+        assemble_cube(inventory, tmp_path / "d.fits", software_version="1", provenance={})
+    assert not (tmp_path / "d.fits").exists()
