@@ -49,6 +49,7 @@ advancing the order and sending the next message).
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -293,7 +294,8 @@ def execute(order_id: int, step: str, *, worker: str = "") -> Outcome:
             restage = {"stage": None} if pinned else {}
             work_orders.merge_details(order.pk, scratch_worker=worker, **restage)
             order.details.update(scratch_worker=worker, **restage)
-        began = time.monotonic()
+        run = _StepRun(order.pk, step, time.monotonic(), worker)
+        token = _current_run.set(run)
         try:
             with work_orders.heartbeat(order.pk):
                 outcome = STEP_FUNCTIONS[step](order, program)
@@ -316,10 +318,35 @@ def execute(order_id: int, step: str, *, worker: str = "") -> Outcome:
             return fail_for_good(order, program, step, DoNotRetryError(
                 f"unexpected error in {step}: {type(exc).__name__}: {exc}", step=f"preprocess.{step}"))
         finally:
-            _add_timing(order.pk, step, time.monotonic() - began, worker=worker)
+            _current_run.reset(token)
+            _record_run(run)  # unless the order's end recorded it already
         if outcome.next_step and not work_orders.advance(order.pk, step, outcome.next_step):
             return Outcome(finished=True, note="the order moved on meanwhile")
         return outcome
+
+
+@dataclass
+class _StepRun:
+    """The step :func:`execute` is running: recorded once, by whichever comes first, the
+    transaction that ends the order (so a finished order always lists its last run) or the
+    end of the step."""
+
+    order_id: int
+    step: str
+    began: float
+    worker: str
+    recorded: bool = False
+
+
+_current_run: contextvars.ContextVar[_StepRun | None] = contextvars.ContextVar("preprocess_step_run", default=None)
+
+
+def _record_run(run: _StepRun | None, order_id: int | None = None) -> None:
+    """Add ``run`` to its order's timings, once (``order_id``: only if it is that order's)."""
+    if run is None or run.recorded or (order_id is not None and run.order_id != order_id):
+        return
+    _add_timing(run.order_id, run.step, time.monotonic() - run.began, worker=run.worker)
+    run.recorded = True
 
 
 def _add_timing(order_id: int, step: str, seconds: float, *, worker: str = "") -> None:
@@ -357,7 +384,9 @@ def _again(order: WorkOrder, program: ObservingProgram, step: str, exc: L2Error,
 
 def cancel(order: WorkOrder, step: str, reason: str) -> None:
     """The program left the state the order started from: stop, without touching the program."""
-    work_orders.fail(order, step=step, error=reason)
+    with transaction.atomic():
+        _record_run(_current_run.get(), order.pk)
+        work_orders.fail(order, step=step, error=reason)
     log.info("preprocessing order %s: %s", order.pk, reason)
 
 
@@ -370,6 +399,7 @@ def fail_for_good(order: WorkOrder, program: ObservingProgram, step: str, exc: L
     reason = str(exc)
     details = {"order": order.pk, **{k: v for k, v in exc.details.items() if isinstance(v, (str, int, float, bool))}}
     with transaction.atomic():
+        _record_run(_current_run.get(), order.pk)
         if work_orders.fail(order, step=step, error=reason, details={"failure": {"step": where, **details}}) is None:
             return Outcome(finished=True, note="already finished")
         if program.state == State.INVERTIBLE and order.details.get("from_state", State.INVERTIBLE) == State.INVERTIBLE:
@@ -721,6 +751,7 @@ def finish(order: WorkOrder, program: ObservingProgram, *, note: str = "", same_
                 extra[key] = previous.details[key]
         extra["same_as"] = same_as
     with transaction.atomic():
+        _record_run(_current_run.get(), order.pk)  # the completed order lists its last step's run
         done = work_orders.complete(order, details=extra)
         if done is None:
             return False

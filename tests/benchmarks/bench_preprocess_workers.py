@@ -163,9 +163,8 @@ def run_case(label: str, database: str, names: list[str], base: Path, collection
         cpu0, (busy0, total0) = workers.cpu(), machine_ticks()
         started = time.monotonic()
         orders = [pipeline.start(p, requested_by="bench", queue=queue).order.pk for p in programs]
-        def unsettled() -> bool:  # a step's run is recorded just after it ends: the last one after the order completed
-            return any(status in WorkOrder.ACTIVE or (status == "completed" and pipeline.STEPS[-1] not in (details.get("runs") or {}))
-                       for status, details in WorkOrder.objects.filter(pk__in=orders).values_list("status", "details"))
+        def unsettled() -> bool:  # a finished order lists every run, its last step's included (same transaction)
+            return WorkOrder.objects.filter(pk__in=orders, status__in=WorkOrder.ACTIVE).exists()
 
         while unsettled():
             if time.monotonic() - started > 1800 or any(p.poll() is not None for p in workers.procs):

@@ -493,3 +493,33 @@ def test_the_task_sends_the_next_step_to_its_own_queue_with_private_scratch(l1_p
     settings.L2_SCRATCH_PRIVATE = False
     tasks.preprocess_verify.apply(args=[order.pk])
     assert queues == [("verify", "w1@box.dq2"), ("assemble", None)]
+
+
+def test_the_order_ends_with_its_last_run_recorded(l1_program, collections, sent, monkeypatch):
+    """The transaction that completes (or fails) an order also records the run of the step that
+    ended it: whoever sees the order finished sees that step's run too, once."""
+    seen = []
+    real_finish = work_orders._finish
+
+    def finishing(order, status, **kw):
+        pk = order if isinstance(order, int) else order.pk
+        # inside the completing transaction, just before the status changes
+        seen.append((status, dict(WorkOrder.objects.get(pk=pk).details.get("runs") or {})))
+        return real_finish(order, status, **kw)
+
+    monkeypatch.setattr(work_orders, "_finish", finishing)
+    order = start(l1_program())
+    assert run(order.pk) == list(pipeline.STEPS)
+    assert seen == [("completed", {step: 1 for step in pipeline.STEPS})]
+    done = WorkOrder.objects.get(pk=order.pk)
+    assert done.status == "completed" and done.details["runs"] == {step: 1 for step in pipeline.STEPS}
+    assert set(done.details["timings"]) == set(pipeline.STEPS)
+
+    # a step that fails for good: the failed order lists that run as well
+    seen.clear()
+    bad = l1_program()
+    _missing(sorted(l1_program.l1_folder(bad.datasets.order_by("dataset_id").last()).glob("*.fits"))[5])
+    failed = start(bad)
+    assert run(failed.pk) == ["stage", "verify"]
+    assert seen == [("failed", {"stage": 1, "verify": 1})]
+    assert WorkOrder.objects.get(pk=failed.pk).details["runs"] == {"stage": 1, "verify": 1}
