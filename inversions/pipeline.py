@@ -61,6 +61,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -230,7 +231,7 @@ def schedule(*, queue: str | None = None) -> dict:
     One scheduler at a time (a transaction-scoped advisory lock); the bound counts every
     active preprocessing order, operators' included.
     """
-    started, redispatched = [], []
+    started, redispatched, restaged = [], [], []
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, 0)", [LOCK_CLASS])
@@ -241,6 +242,9 @@ def schedule(*, queue: str | None = None) -> dict:
             work_orders.touch(order.pk)
             step = order.step if order.step in STEPS else "stage"
             where = pinned_queue(order) or queue  # private scratch: only its worker can go on
+            if pinned_queue(order) and _worker_gone(order):
+                step, where = "stage", queue
+                restaged.append(order.pk)
             transaction.on_commit(lambda pk=order.pk, s=step, q=where: dispatch(pk, s, queue=q), robust=True)
             redispatched.append(order.pk)
         room = int(settings.L2_PREPROCESS_CONCURRENCY) - work_orders.count_active(KIND)
@@ -254,7 +258,30 @@ def schedule(*, queue: str | None = None) -> dict:
                     continue
                 if result.created:
                     started.append(result.order.pk)
-    return {"started": started, "redispatched": redispatched}
+    return {"started": started, "redispatched": redispatched, "restaged": restaged}
+
+
+def _worker_gone(order: WorkOrder) -> bool:
+    """A stalled order pinned to a worker's private scratch: note since when beat has been
+    waiting for that worker; once it has waited ``L2_SCRATCH_WORKER_GONE_SECONDS``, unpin the
+    order and send it back to staging, for any worker (True). The worker's next step clears the wait."""
+    worker = order.details.get("scratch_worker")
+    waiting = order.details.get("waiting_for_worker") or {}
+    now = timezone.now()
+    if waiting.get("worker") != worker:
+        work_orders.merge_details(order.pk, waiting_for_worker={"worker": worker, "since": now.isoformat()})
+        return False
+    waited = (now - datetime.fromisoformat(waiting["since"])).total_seconds()
+    if waited < float(settings.L2_SCRATCH_WORKER_GONE_SECONDS):
+        return False
+    note = (f"worker {worker} did not come back in {waited:.0f} s (its private scratch held the staged files): "
+            f"staging again on any worker")
+    log.warning("preprocessing order %s: %s", order.pk, note)
+    work_orders.merge_details(order.pk, scratch_worker=None, stage=None, waiting_for_worker=None,
+                              restaged={"from_worker": worker, "at": now.isoformat(), "step": order.step},
+                              last_problem=note)
+    work_orders.rewind(order.pk, "stage")
+    return True
 
 
 # --- Running a step ---------------------------------------------------------------------
@@ -289,6 +316,9 @@ def execute(order_id: int, step: str, *, worker: str = "") -> Outcome:
         if order is None:
             return Outcome(finished=True, note="order not active")
         order.program = program
+        if order.details.get("waiting_for_worker"):  # its worker is back (or another took the order)
+            work_orders.merge_details(order.pk, waiting_for_worker=None)
+            order.details["waiting_for_worker"] = None
         if step == "stage" and worker and settings.L2_SCRATCH_PRIVATE and pinned != worker:
             # before any file lands here; staged elsewhere before (a redelivered stage): stage again
             restage = {"stage": None} if pinned else {}

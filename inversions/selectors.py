@@ -526,6 +526,12 @@ def running_work(program: ObservingProgram) -> RunningWork | None:
         notes.append(f"attempt {order.attempts}")
     if (order.details.get("retries") or {}).get(step) and order.details.get("last_problem"):
         notes.append(f"retrying after: {order.details['last_problem']}")
+    waiting = order.details.get("waiting_for_worker") or {}
+    if waiting.get("worker"):  # private scratch: only that worker holds the staged files
+        notes.append(f"waiting for worker {waiting['worker']} (its scratch holds the staged files) "
+                     f"since {waiting.get('since', '?')[:19].replace('T', ' ')} UTC")
+    elif (order.details.get("restaged") or {}).get("from_worker") and step in ("", "stage"):
+        notes.append(f"staging again: worker {order.details['restaged']['from_worker']} did not come back")
     work = RunningWork(label=label, detail=" · ".join(notes))
     if step == "stage":
         work.done, work.total, work.unit = p.get("files_staged", 0), p.get("files_expected"), "files staged"

@@ -187,6 +187,12 @@ def advance(order_id: int, from_step: str, to_step: str) -> bool:
     )
 
 
+def rewind(order_id: int, to_step: str) -> bool:
+    """Send an active order back to ``to_step`` whatever step it is at (its files are gone:
+    the worker whose private scratch held them never came back); False once it has finished."""
+    return bool(WorkOrder.objects.filter(pk=order_id, status__in=ACTIVE).update(step=to_step, updated_at=timezone.now()))
+
+
 def _merge(column: str, order_id: int, values: Mapping) -> bool:
     """``column = column || values`` (top-level keys replaced) on an active order, one UPDATE."""
     table = WorkOrder._meta.db_table

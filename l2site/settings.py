@@ -305,6 +305,9 @@ L2_PREPROCESS_RETRY_SECONDS = env_number("L2_PREPROCESS_RETRY_SECONDS", 30.0)
 # A work order's heartbeat (refreshed while a worker runs its step) older than this, with no
 # worker holding the order: beat sends its step again (a worker killed, a message lost).
 L2_HEARTBEAT_STALE_SECONDS = max(1.0, env_number("L2_HEARTBEAT_STALE_SECONDS", 120.0))
+# Private scratch: a stalled order whose staging worker has not come back for this long (beat
+# resending its step to that worker's own queue all along) is staged again on any worker.
+L2_SCRATCH_WORKER_GONE_SECONDS = max(1.0, env_number("L2_SCRATCH_WORKER_GONE_SECONDS", 1800.0))
 # The embedded default's demo L1 frames (manage.py make_demo_l1): for this many Invertible programs.
 L2_DEMO_L1_PROGRAMS = max(0, int(env_number("L2_DEMO_L1_PROGRAMS", 2, int)))
 

@@ -414,7 +414,7 @@ def test_beat_resends_stalled_orders(l1_program, collections, settings, django_c
         heartbeat_at=timezone.now() - timedelta(seconds=settings.L2_HEARTBEAT_STALE_SECONDS + 1))
     with django_capture_on_commit_callbacks(execute=True):
         result = pipeline.schedule()
-    assert result == {"started": [], "redispatched": [order.pk]} and sent[-1] == (order.pk, "verify")
+    assert result == {"started": [], "redispatched": [order.pk], "restaged": []} and sent[-1] == (order.pk, "verify")
 
 
 def test_beat_task_is_registered(settings):
@@ -469,6 +469,79 @@ def test_private_scratch_pins_the_order_to_the_worker_that_staged_it(l1_program,
     assert done.details["runs"] == {step: 1 for step in pipeline.STEPS}
     assert done.details["workers"] == {step: "a@host" for step in pipeline.STEPS}
     assert done.details["scratch_worker"] == "a@host"
+
+
+def test_private_scratch_worker_that_never_comes_back_is_given_up(l1_program, collections, settings, monkeypatch,
+                                                                   django_capture_on_commit_callbacks):
+    """Beat waits L2_SCRATCH_WORKER_GONE_SECONDS for a staging worker that went away (resending its
+    step to that worker's queue meanwhile); then the order is unpinned and staged again on any
+    worker, which finishes it; the old worker's late step is dropped. A worker that comes back
+    in time clears the wait."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    queues = []
+    monkeypatch.setattr(pipeline, "dispatch", lambda order_id, step, queue=None, **kw: queues.append((step, queue)))
+    settings.L2_SCRATCH_PRIVATE = True
+    settings.L2_PREPROCESS_CONCURRENCY = 0
+    settings.L2_SCRATCH_WORKER_GONE_SECONDS = 600
+
+    def stall(order):
+        WorkOrder.objects.filter(pk=order.pk).update(
+            heartbeat_at=timezone.now() - timedelta(seconds=settings.L2_HEARTBEAT_STALE_SECONDS + 1))
+
+    def beat():
+        with django_capture_on_commit_callbacks(execute=True):
+            return pipeline.schedule(queue="shared")
+
+    # a worker that comes back in time: the wait is cleared
+    back = start(l1_program())
+    assert pipeline.execute(back.pk, "stage", worker="a@host").next_step == "verify"
+    stall(back)
+    assert beat()["restaged"] == [] and queues[-1] == ("verify", "a@host.dq2")
+    assert WorkOrder.objects.get(pk=back.pk).details["waiting_for_worker"]["worker"] == "a@host"
+    from inversions import selectors
+
+    assert "waiting for worker a@host" in selectors.running_work(back.program).detail  # the program page says so
+    assert pipeline.execute(back.pk, "verify", worker="a@host").next_step == "assemble"
+    assert not WorkOrder.objects.get(pk=back.pk).details["waiting_for_worker"]
+    pipeline.cancel(WorkOrder.objects.get(pk=back.pk), "assemble", "test: done with it")
+
+    order = start(l1_program())
+    assert pipeline.execute(order.pk, "stage", worker="a@host").next_step == "verify"
+    stall(order)
+    assert beat() == {"started": [], "redispatched": [order.pk], "restaged": []}
+    assert queues[-1] == ("verify", "a@host.dq2")
+    # not long enough yet: still waiting for a@host
+    stall(order)
+    assert beat()["restaged"] == [] and queues[-1] == ("verify", "a@host.dq2")
+    # ten minutes on, a@host still away
+    details = WorkOrder.objects.get(pk=order.pk).details
+    since = timezone.now() - timedelta(seconds=settings.L2_SCRATCH_WORKER_GONE_SECONDS + 1)
+    WorkOrder.objects.filter(pk=order.pk).update(
+        details={**details, "waiting_for_worker": {"worker": "a@host", "since": since.isoformat()}})
+    stall(order)
+    assert beat()["restaged"] == [order.pk]
+    assert queues[-1] == ("stage", "shared")
+    rewound = WorkOrder.objects.get(pk=order.pk)
+    assert rewound.step == "stage" and rewound.is_active
+    assert rewound.details["scratch_worker"] is None and rewound.details["stage"] is None
+    assert rewound.details["restaged"]["from_worker"] == "a@host" and "did not come back" in rewound.details["last_problem"]
+    assert "staging again: worker a@host did not come back" in selectors.running_work(rewound.program).detail
+    # b stages it again and finishes; a's late message is dropped
+    assert pipeline.execute(order.pk, "stage", worker="b@host").next_step == "verify"
+    late = pipeline.execute(order.pk, "verify", worker="a@host")
+    assert late.finished and late.next_step is None and "b@host" in late.note
+    for step in pipeline.STEPS[1:]:
+        pipeline.execute(order.pk, step, worker="b@host")
+    done = WorkOrder.objects.get(pk=order.pk)
+    assert done.status == "completed" and done.details["scratch_worker"] == "b@host"
+    assert done.details["runs"] == {"stage": 2, **{step: 1 for step in pipeline.STEPS[1:]}}
+    assert done.details["workers"] == {step: "b@host" for step in pipeline.STEPS}
+    program = done.program
+    program.refresh_from_db()
+    assert program.state == State.PREPROCESSED
 
 
 def test_shared_scratch_lets_any_worker_take_any_step(l1_program, collections, settings, sent):
