@@ -89,6 +89,9 @@ class ObservingProgram(models.Model):
                 fields=["-priority", "queued_at", "id"], name="program_queue", condition=Q(state=State.QUEUED)
             ),
             models.Index(fields=["claimed_at"], name="program_claims", condition=Q(state=State.WORKING)),
+            # The overview's "datasets changed" count and list: the few flagged programs, newest first.
+            models.Index(F("datasets_changed_at").desc(), "id", name="program_changed",
+                         condition=Q(datasets_changed_at__isnull=False)),
             # GIN indexes take a scan's inserts into a pending list, merged in bulk by autovacuum
             # (GIN_PENDING_KB, not the 4 MB default that makes a large scan merge them itself).
             GinIndex(fields=["spectral_lines"], name="program_lines", gin_pending_list_limit=GIN_PENDING_KB),

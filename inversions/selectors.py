@@ -15,7 +15,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import CharField, Count, DateTimeField, F, Func, OuterRef, Prefetch, Q, Subquery
+from django.db import connection
+from django.db.models import CharField, Count, DateTimeField, F, Func, OuterRef, Prefetch, Subquery, Value
 from django.db.models.functions import Left
 from django.utils import timezone
 
@@ -27,8 +28,13 @@ ATTENTION_ROWS = 8
 
 
 def state_counts() -> dict[str, int]:
-    counts = dict(ObservingProgram.objects.order_by().values_list("state").annotate(n=Count("id")))
-    return {state: counts.get(state, 0) for state in State.values}
+    """Programs per state: a scan of the whole state index (500,000 programs: ~150 ms), so kept
+    while no program changes (:func:`kept_while_unchanged`)."""
+    def count() -> dict[str, int]:
+        counts = dict(ObservingProgram.objects.order_by().values_list("state").annotate(n=Count("id")))
+        return {state: counts.get(state, 0) for state in State.values}
+
+    return kept_while_unchanged("state-counts", count)
 
 
 LIST_FIELDS = (
@@ -141,25 +147,60 @@ def _table():
 
 
 def counted(queryset) -> int:
-    """``queryset.count()``, cached when counting is slow (the program list's paginator).
+    """``queryset.count()`` of programs, kept while no program changes (the program list's paginator).
 
-    A count that took at least ``L2_COUNT_CACHE_MIN_MS`` (hundreds of thousands of programs:
-    tens of ms) is kept ``L2_COUNT_CACHE_SECONDS`` under the query's SQL, so paging through one
-    filter counts once; it may then lag a change by that long. Fast counts (small archives, the
-    tests) are always exact and never cached.
+    See :func:`kept_while_unchanged`: paging through one slow filter counts once, and after any
+    transition or scan that changes a program the next request counts again.
+    """
+    sql, params = queryset.order_by().query.sql_with_params()
+    return kept_while_unchanged("count:" + hashlib.sha1(repr((sql, params)).encode()).hexdigest(), queryset.count)
+
+
+def kept_while_unchanged(name: str, compute):
+    """``compute()``, a figure over the programs, kept in the cache while no program changes.
+
+    A figure that took at least ``L2_COUNT_CACHE_MIN_MS`` to compute (tens of thousands of
+    programs: a few ms) is marked slow; from then on it is kept, at most
+    ``L2_COUNT_CACHE_SECONDS``, under ``name`` and the programs' :func:`change_marker` (read
+    before computing, so what is kept is at least as new as its marker). Fast figures (small
+    archives, the tests) are always computed, never kept; ``L2_COUNT_CACHE_SECONDS=0``: never
+    kept. (A change whose transaction took its timestamp and transition id before another's but
+    committed after it can leave the marker as it was: the figure then lags that change by
+    ``L2_COUNT_CACHE_SECONDS`` at most.)
     """
     seconds = float(settings.L2_COUNT_CACHE_SECONDS)
     if seconds <= 0:
-        return queryset.count()
-    sql, params = queryset.order_by().query.sql_with_params()
-    key = "l2:count:" + hashlib.sha1(repr((sql, params)).encode()).hexdigest()
-    value = cache.get(key)
-    if value is None:
-        started = time.perf_counter()
-        value = queryset.count()
-        if (time.perf_counter() - started) * 1000 >= float(settings.L2_COUNT_CACHE_MIN_MS):
-            cache.set(key, value, seconds)
+        return compute()
+    slow_key = f"l2:slow:{name}"
+    marker = change_marker() if cache.get(slow_key) else None
+    kept_key = f"l2:kept:{name}:" + hashlib.sha1(repr(marker).encode()).hexdigest()
+    if marker is not None and (value := cache.get(kept_key)) is not None:
+        return value
+    started = time.perf_counter()
+    value = compute()
+    if (time.perf_counter() - started) * 1000 >= float(settings.L2_COUNT_CACHE_MIN_MS):
+        cache.set(slow_key, True, max(seconds, 600.0))
+        if marker is not None:
+            cache.set(kept_key, value, seconds)
+    elif marker is not None:
+        cache.delete(slow_key)
     return value
+
+
+_MARKER_SQL = None
+
+
+def change_marker() -> tuple:
+    """What changes whenever a program's listed fields change: the newest transition's id (every
+    state change writes one) and the latest ``updated_at`` (the life-cycle and the scans set it on
+    every program they write). One statement, two index lookups."""
+    global _MARKER_SQL
+    if _MARKER_SQL is None:
+        _MARKER_SQL = (f"SELECT (SELECT max(id) FROM {connection.ops.quote_name(Transition._meta.db_table)}), "
+                       f"(SELECT max(updated_at) FROM {connection.ops.quote_name(ObservingProgram._meta.db_table)})")
+    with connection.cursor() as cursor:
+        cursor.execute(_MARKER_SQL)
+        return tuple(cursor.fetchone())
 
 
 def program_detail(ipeid: str) -> ObservingProgram:
@@ -246,27 +287,45 @@ def settling_soon(limit: int = ATTENTION_ROWS):
     )
 
 
+#: the states in which a program's changed datasets are flagged (the scan sets ``datasets_changed_at``)
+CHANGED_FLAG_STATES = (State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR)
+
+
 def datasets_changed(limit: int = ATTENTION_ROWS):
     """Programs from Working on whose datasets changed (flagged by the scan)."""
     return list(
         program_list()
-        .filter(datasets_changed_at__isnull=False, state__in=[State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR])
+        .filter(datasets_changed_at__isnull=False, state__in=CHANGED_FLAG_STATES)
         .order_by("-datasets_changed_at", "id")[:limit]
     )
 
 
 def attention_counts() -> dict[str, int]:
-    """How many need attention (one query): errors, stale claims, settling, changed datasets."""
+    """How many need attention: errors, stale claims, settling, changed datasets.
+
+    One statement of four counts, each on an index of its own (the state index, the partial
+    ``program_claims`` and ``program_changed`` indexes, ``settles_at``): a few rows each, not a
+    scan of every program.
+    """
     now = timezone.now()
-    return ObservingProgram.objects.aggregate(
-        errors=Count("id", filter=Q(state=State.ERROR)),
-        stale=Count("id", filter=Q(state=State.WORKING, claimed_at__lt=stale_before())),
-        settling=Count("id", filter=Q(state=State.DISCOVERED, settles_at__gt=now)),
-        changed=Count(
-            "id",
-            filter=Q(datasets_changed_at__isnull=False, state__in=[State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR]),
-        ),
+    return _counts(
+        errors=ObservingProgram.objects.filter(state=State.ERROR),
+        stale=ObservingProgram.objects.filter(state=State.WORKING, claimed_at__lt=stale_before()),
+        settling=ObservingProgram.objects.filter(state=State.DISCOVERED, settles_at__gt=now),
+        changed=ObservingProgram.objects.filter(datasets_changed_at__isnull=False, state__in=CHANGED_FLAG_STATES),
     )
+
+
+def _counts(**querysets) -> dict[str, int]:
+    """``{name: queryset.count()}`` in one statement (one scalar subquery per count)."""
+    parts, params = [], []
+    for qs in querysets.values():
+        sql, p = qs.order_by().annotate(_n=Func(Value(1), function="COUNT")).values("_n").query.sql_with_params()
+        parts.append(f"({sql})")
+        params.extend(p)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        return dict(zip(querysets, cursor.fetchone()))
 
 
 # --- Queue ------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def roles(user) -> dict:
     }
 
 
-CHANGED_FLAG_STATES = (State.WORKING, State.INVERTED, State.PUBLISHED, State.ERROR)
+CHANGED_FLAG_STATES = selectors.CHANGED_FLAG_STATES  # programs from Working on: "datasets changed" flag
 
 
 # --- pictures (server-rendered SVG) -----------------------------------------------------

@@ -231,10 +231,10 @@ L2_STALE_CLAIM_HOURS = env_number("L2_STALE_CLAIM_HOURS", 72.0)
 # Programs per page on the dashboard's program list (and the queue).
 L2_PAGE_SIZE = max(1, int(env_number("L2_PAGE_SIZE", 50, int)))
 # The program list's count, when counting took at least L2_COUNT_CACHE_MIN_MS (a large archive), is
-# kept this long per filter (paging through a filter counts once; the count may lag a change by that
-# long). 0: always count exactly.
+# kept per filter until a program changes (a transition, a scan), this long at most (paging through
+# a filter counts once). 0: always count exactly.
 L2_COUNT_CACHE_SECONDS = env_number("L2_COUNT_CACHE_SECONDS", 30.0)
-L2_COUNT_CACHE_MIN_MS = env_number("L2_COUNT_CACHE_MIN_MS", 10.0)
+L2_COUNT_CACHE_MIN_MS = env_number("L2_COUNT_CACHE_MIN_MS", 2.0)
 
 
 # --- Collections and transfers (DESIGN §7, §9) -------------------------------------------

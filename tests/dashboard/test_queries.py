@@ -6,6 +6,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from inversions import lifecycle
 from inversions.models import ObservingProgram
@@ -145,14 +146,29 @@ def test_slow_counts_are_cached_fast_ones_exact(client, scientist, grow, setting
     assert queries(client, url) == 4
     make_program(State.QUEUED)
     assert client.get(url).context["page"].paginator.count == 7
-    settings.L2_COUNT_CACHE_MIN_MS = 0  # every count "slow": kept for L2_COUNT_CACHE_SECONDS per filter
+    settings.L2_COUNT_CACHE_MIN_MS = 0  # every count "slow": kept per filter while no program changes
     cache.clear()
-    client.get(url, {"state": "queued"})
+    client.get(url, {"state": "queued"})  # counted: slow, so the filter is marked slow
+    client.get(url, {"state": "queued"})  # counted after reading the change marker: kept
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url, {"state": "queued", "page": "1"})  # the same filter, another page: no count
-    assert len(ctx.captured_queries) == 3 and not any("COUNT(" in q["sql"] for q in ctx.captured_queries)
-    assert response.context["page"].paginator.count == ObservingProgram.objects.filter(state=State.QUEUED).count()
-    assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == 1
+    sql = [q["sql"] for q in ctx.captured_queries]
+    assert len(sql) == 4 and not any("COUNT(" in q for q in sql) and "max(updated_at)" in sql[2]
+    queued = ObservingProgram.objects.filter(state=State.QUEUED).count()
+    assert response.context["page"].paginator.count == queued
+    # a program changes (a transition): the next request counts again, exactly
+    make_program(State.QUEUED)
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url, {"state": "queued", "page": "1"})
+    assert any("COUNT(" in q["sql"] for q in ctx.captured_queries)
+    assert response.context["page"].paginator.count == queued + 1
+    # a program changed by a scan (updated_at) without a transition: counted again as well
+    program = ObservingProgram.objects.filter(state=State.QUEUED).first()
+    client.get(url, {"state": "queued"})
+    ObservingProgram.objects.filter(pk=program.pk).update(state=State.WORKING, updated_at=timezone.now())
+    assert client.get(url, {"state": "queued"}).context["page"].paginator.count == queued
+    working = ObservingProgram.objects.filter(state=State.WORKING).count()
+    assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == working
     settings.L2_COUNT_CACHE_SECONDS = 0  # off: exact
     make_program(State.WORKING)
-    assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == 2
+    assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == working + 1
