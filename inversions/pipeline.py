@@ -241,8 +241,9 @@ def schedule(*, queue: str | None = None) -> dict:
         for order in stale:
             work_orders.touch(order.pk)
             step = order.step if order.step in STEPS else "stage"
-            where = pinned_queue(order) or queue  # private scratch: only its worker can go on
-            if pinned_queue(order) and _worker_gone(order):
+            pinned = pinned_queue(order)  # private scratch: only its worker can go on
+            where = pinned or queue
+            if pinned and _worker_gone(order):
                 step, where = "stage", queue
                 restaged.append(order.pk)
             transaction.on_commit(lambda pk=order.pk, s=step, q=where: dispatch(pk, s, queue=q), robust=True)

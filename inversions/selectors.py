@@ -187,20 +187,14 @@ def kept_while_unchanged(name: str, compute):
     return value
 
 
-_MARKER_SQL = None
-
-
 def change_marker() -> tuple:
     """What changes whenever a program's listed fields change: the newest transition's id (every
     state change writes one) and the latest ``updated_at`` (the life-cycle and the scans set it on
     every program they write). One statement, two index lookups."""
-    global _MARKER_SQL
-    if _MARKER_SQL is None:
-        _MARKER_SQL = (f"SELECT (SELECT max(id) FROM {connection.ops.quote_name(Transition._meta.db_table)}), "
-                       f"(SELECT max(updated_at) FROM {connection.ops.quote_name(ObservingProgram._meta.db_table)})")
-    with connection.cursor() as cursor:
-        cursor.execute(_MARKER_SQL)
-        return tuple(cursor.fetchone())
+    return _counts_row(
+        latest_transition=Transition.objects.annotate(_v=Func(F("id"), function="MAX")).values("_v"),
+        latest_update=ObservingProgram.objects.annotate(_v=Func(F("updated_at"), function="MAX")).values("_v"),
+    )
 
 
 def program_detail(ipeid: str) -> ObservingProgram:
@@ -318,14 +312,21 @@ def attention_counts() -> dict[str, int]:
 
 def _counts(**querysets) -> dict[str, int]:
     """``{name: queryset.count()}`` in one statement (one scalar subquery per count)."""
+    row = _counts_row(**{name: qs.annotate(_v=Func(Value(1), function="COUNT")).values("_v")
+                         for name, qs in querysets.items()})
+    return dict(zip(querysets, row))
+
+
+def _counts_row(**scalars) -> tuple:
+    """One row of scalar subqueries (each queryset selects one aggregate value), in one statement."""
     parts, params = [], []
-    for qs in querysets.values():
-        sql, p = qs.order_by().annotate(_n=Func(Value(1), function="COUNT")).values("_n").query.sql_with_params()
+    for qs in scalars.values():
+        sql, p = qs.order_by().query.sql_with_params()
         parts.append(f"({sql})")
         params.extend(p)
     with connection.cursor() as cursor:
         cursor.execute("SELECT " + ", ".join(parts), params)
-        return dict(zip(querysets, cursor.fetchone()))
+        return tuple(cursor.fetchone())
 
 
 # --- Queue ------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_slow_counts_are_cached_fast_ones_exact(client, scientist, grow, setting
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url, {"state": "queued", "page": "1"})  # the same filter, another page: no count
     sql = [q["sql"] for q in ctx.captured_queries]
-    assert len(sql) == 4 and not any("COUNT(" in q for q in sql) and "max(updated_at)" in sql[2]
+    assert len(sql) == 4 and not any("COUNT(" in q for q in sql) and "MAX(\"inversions_observingprogram\".\"updated_at\")" in sql[2]
     queued = ObservingProgram.objects.filter(state=State.QUEUED).count()
     assert response.context["page"].paginator.count == queued
     # a program changes (a transition): the next request counts again, exactly
