@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET
 from inversions import selectors
 from inversions.models import Dataset, ObservingProgram, Transition
 from inversions.states import State
-from inversions.views import paginate
+from l2site.viewhelpers import paginate
 
 #: states counted per proposal, in this order
 COUNTED = (State.INVERTIBLE, State.PREPROCESSED, State.QUEUED, State.WORKING, State.INVERTED, State.PUBLISHED,

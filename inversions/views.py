@@ -19,7 +19,6 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.functional import cached_property
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 
@@ -38,23 +37,12 @@ from inversions.report_problems import in_words, report_problems
 from inversions.states import MAIN_LINE, State
 from inversions.states import label as state_label
 from l2site.auth import is_admin, is_operator, is_science, require_role
+from l2site.viewhelpers import paginate, render_page, safe_next, wants_partial
+from l2site.viewhelpers import roles as base_roles
+from scanning.selectors import last_scan, next_scan, running_scans
 
 
 # --- helpers ----------------------------------------------------------------------------
-def wants_partial(request) -> bool:
-    """An HTMX swap (not a history restore, which needs the whole page)."""
-    return bool(request.htmx) and not request.htmx.history_restore_request
-
-
-def render_page(request, full: str, partial: str, context: dict, *, status: int = 200):
-    is_partial = wants_partial(request)
-    template = partial if is_partial else full
-    context = {"partial": is_partial, **context}
-    response = render(request, template, context, status=status)
-    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
-    return response
-
-
 class CountCachedPaginator(Paginator):
     """A paginator whose count is :func:`selectors.counted` (cached where counting is slow)."""
 
@@ -63,51 +51,9 @@ class CountCachedPaginator(Paginator):
         return selectors.counted(self.object_list)
 
 
-def paginate(request, items, per_page: int, param: str = "page", paginator_class=Paginator):
-    """A page of ``items``; a bad or out-of-range page number is clamped, with a note."""
-    raw = request.GET.get(param, "")
-    number = 1
-    if raw:
-        try:
-            number = int(raw)
-        except ValueError:
-            messages.warning(request, f"Ignored page {raw[:20]!r}: not a page number.")
-        else:
-            if number < 1:
-                messages.warning(request, f"There is no page {number}: showing the first.")
-                number = 1
-    paginator = paginator_class(items, per_page)
-    if number > paginator.num_pages:
-        messages.warning(request, f"There is no page {number}: showing the last ({paginator.num_pages}).")
-        number = paginator.num_pages
-    return paginator.page(number)
-
-
-def safe_next(request, default: str) -> str:
-    """The ``next`` of a POST when it is a path on this site (``/…``), else ``default``.
-
-    Worked out before the action runs, and redirected to as a URL (never looked up as a view
-    name): ``next=yesterday`` or ``next=//elsewhere`` fall back to ``default``.
-    """
-    target = request.POST.get("next") or ""
-    if (target.startswith("/") and not target.startswith(("//", "/\\"))
-            and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure())):
-        return target
-    return default
-
-
 def roles(user) -> dict:
-    """Role flags for templates (what to show; the views check again) and list-row helpers."""
-    return {
-        "is_science": is_science(user),
-        "is_operator": is_operator(user),
-        "is_admin": is_admin(user),
-        "now": timezone.now(),
-        "changed_flag_states": CHANGED_FLAG_STATES,
-    }
-
-
-CHANGED_FLAG_STATES = selectors.CHANGED_FLAG_STATES  # programs from Working on: "datasets changed" flag
+    """:func:`l2site.viewhelpers.roles` and the states in which a program shows "datasets changed"."""
+    return {**base_roles(user), "changed_flag_states": selectors.CHANGED_FLAG_STATES}
 
 
 # --- pictures (server-rendered SVG) -----------------------------------------------------
@@ -264,8 +210,6 @@ def fried_plot(datasets) -> dict | None:
 # --- Overview ---------------------------------------------------------------------------
 @require_GET
 def overview(request):
-    from scanning.views import last_scan, next_scan, running_scans
-
     counts = selectors.state_counts()
     context = {
         "nav": "overview",

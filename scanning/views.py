@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
@@ -12,11 +12,11 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 
-from inversions.views import paginate, roles, wants_partial
 from l2site.auth import is_operator, require_role
+from l2site.viewhelpers import paginate, roles, wants_partial
 from scanning.models import Scan
+from scanning.selectors import next_scan, running_scans, took, with_took
 
-SCAN_TASK = "scanning.scan_metadata_store"
 #: A scan no worker has taken yet (its message waits in the queue) blocks a new one this long.
 RUNNING_BLOCKS_FOR = timedelta(hours=1)
 ERRORS_PER_PAGE = 100
@@ -36,58 +36,8 @@ def start_scan(*, full: bool, triggered_by: str) -> Scan:
     return start(full=full, triggered_by=triggered_by)
 
 
-def took(scan: Scan) -> str:
-    """How long a scan took ("running" while it runs, "—" when the end was not recorded)."""
-    if scan.status == Scan.Status.RUNNING:
-        return "running"
-    if scan.finished_at is None:
-        return "—"
-    seconds = max((scan.finished_at - scan.started_at).total_seconds(), 0.0)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
-
-
-def with_took(scans):
-    scans = list(scans)
-    for scan in scans:
-        scan.took = took(scan)
-    return scans
-
-
-def last_scan() -> Scan | None:
-    scan = Scan.objects.exclude(status=Scan.Status.RUNNING).order_by("-started_at", "-id").first()
-    return with_took([scan])[0] if scan else None
-
-
 #: the event a finished scan's last progress answer sends (the scans table listens for it)
 SCAN_FINISHED = "l2-scan-finished"
-
-
-def running_scans() -> list[Scan]:
-    return with_took(Scan.objects.filter(status=Scan.Status.RUNNING).order_by("-started_at", "-id")[:3])
-
-
-def next_scan() -> datetime | None:
-    """When beat runs the periodic scan next (None: not scheduled or disabled)."""
-    try:
-        from django_celery_beat.models import PeriodicTask
-
-        task = (
-            PeriodicTask.objects.filter(task=SCAN_TASK, enabled=True)
-            .select_related("interval", "crontab", "solar", "clocked")
-            .order_by("id")
-            .first()
-        )
-        if task is None:
-            return None
-        now = timezone.now()
-        remaining = task.schedule.remaining_estimate(task.last_run_at or now)
-        return max(now, now + remaining)
-    except Exception:  # a schedule we cannot read must not break the overview
-        return None
 
 
 def _progress_response(request, scan: Scan):

@@ -24,7 +24,7 @@ from django.utils.text import Truncator
 
 from inversions.selectors import DESCRIPTION_CHARS
 from inversions.states import State
-from inversions.views import CHANGED_FLAG_STATES  # programs from Working on: "datasets changed" flag
+from inversions.selectors import CHANGED_FLAG_STATES  # programs from Working on: "datasets changed" flag
 
 register = template.Library()
 

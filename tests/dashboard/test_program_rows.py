@@ -17,7 +17,7 @@ from inversions import selectors
 from inversions.models import ObservingProgram
 from inversions.states import State
 from inversions.templatetags.program_list import options, program_rows, sort_headers
-from inversions.views import CHANGED_FLAG_STATES
+from inversions.selectors import CHANGED_FLAG_STATES
 
 pytestmark = pytest.mark.django_db
 

@@ -7,6 +7,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from scanning import selectors as scan_selectors
 from scanning import views as scan_views
 from scanning.models import Scan, ScanRecordError, ScanRecordWarning
 
@@ -121,12 +122,12 @@ def test_next_scan_comes_from_the_beat_schedule(client, scientist):
     every, _ = IntervalSchedule.objects.get_or_create(every=900, period=IntervalSchedule.SECONDS)
     PeriodicTask.objects.update_or_create(
         name="scan the metadata store",
-        defaults={"task": scan_views.SCAN_TASK, "interval": every, "enabled": True,
+        defaults={"task": scan_selectors.SCAN_TASK, "interval": every, "enabled": True,
                   "last_run_at": timezone.now() - timedelta(minutes=5)},
     )
-    when = scan_views.next_scan()
+    when = scan_selectors.next_scan()
     assert when is not None and timedelta(minutes=9) < when - timezone.now() <= timedelta(minutes=10)
-    PeriodicTask.objects.filter(task=scan_views.SCAN_TASK).update(enabled=False)
-    assert scan_views.next_scan() is None
+    PeriodicTask.objects.filter(task=scan_selectors.SCAN_TASK).update(enabled=False)
+    assert scan_selectors.next_scan() is None
     client.force_login(scientist)
     assert "not scheduled" in client.get(reverse("overview")).content.decode()

@@ -1,0 +1,73 @@
+"""Helpers every app's views share: HTMX partials, pagination, safe ``next`` targets, role flags.
+
+One small module, so that no app's ``views.py`` imports another's (the imports stay one-way:
+``inversions``, ``scanning`` and ``publishing`` views all import from here).
+"""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from l2site.auth import is_admin, is_operator, is_science
+
+
+def wants_partial(request) -> bool:
+    """An HTMX swap (not a history restore, which needs the whole page)."""
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def render_page(request, full: str, partial: str, context: dict, *, status: int = 200):
+    """``partial`` for an HTMX swap, ``full`` otherwise; the answer varies on the HTMX headers."""
+    is_partial = wants_partial(request)
+    template = partial if is_partial else full
+    context = {"partial": is_partial, **context}
+    response = render(request, template, context, status=status)
+    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
+    return response
+
+
+def paginate(request, items, per_page: int, param: str = "page", paginator_class=Paginator):
+    """A page of ``items``; a bad or out-of-range page number is clamped, with a note."""
+    raw = request.GET.get(param, "")
+    number = 1
+    if raw:
+        try:
+            number = int(raw)
+        except ValueError:
+            messages.warning(request, f"Ignored page {raw[:20]!r}: not a page number.")
+        else:
+            if number < 1:
+                messages.warning(request, f"There is no page {number}: showing the first.")
+                number = 1
+    paginator = paginator_class(items, per_page)
+    if number > paginator.num_pages:
+        messages.warning(request, f"There is no page {number}: showing the last ({paginator.num_pages}).")
+        number = paginator.num_pages
+    return paginator.page(number)
+
+
+def safe_next(request, default: str) -> str:
+    """The ``next`` of a POST when it is a path on this site (``/…``), else ``default``.
+
+    Worked out before the action runs, and redirected to as a URL (never looked up as a view
+    name): ``next=yesterday`` or ``next=//elsewhere`` fall back to ``default``.
+    """
+    target = request.POST.get("next") or ""
+    if (target.startswith("/") and not target.startswith(("//", "/\\"))
+            and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure())):
+        return target
+    return default
+
+
+def roles(user) -> dict:
+    """Role flags for templates (what to show; the views check again) and the time of the answer."""
+    return {
+        "is_science": is_science(user),
+        "is_operator": is_operator(user),
+        "is_admin": is_admin(user),
+        "now": timezone.now(),
+    }
