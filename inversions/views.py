@@ -5,6 +5,7 @@ requests get the full page. Roles are checked here, on the server, for every act
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -44,11 +45,15 @@ from scanning.selectors import last_scan, next_scan, running_scans
 
 # --- helpers ----------------------------------------------------------------------------
 class CountCachedPaginator(Paginator):
-    """A paginator whose count is :func:`selectors.counted` (cached where counting is slow)."""
+    """A paginator whose count is :func:`selectors.counted` (kept where counting is slow), named ``count_key``."""
+
+    def __init__(self, *args, count_key: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.count_key = count_key
 
     @cached_property
     def count(self) -> int:
-        return selectors.counted(self.object_list)
+        return selectors.counted(self.object_list, self.count_key)
 
 
 def roles(user) -> dict:
@@ -271,8 +276,10 @@ def program_list(request):
     values, notes = parse_filter(request.GET)
     for note in notes:
         messages.warning(request, note)
+    # the count is named by the filter alone (not the sort or page) and the time zone its dates are read in
+    count_key = f"programs{query_string(values, sort=None, page=None)}@{timezone.get_current_timezone_name()}"
     page = paginate(request, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE,
-                    paginator_class=CountCachedPaginator)
+                    paginator_class=functools.partial(CountCachedPaginator, count_key=count_key))
     base = reverse("program-list")
     context = {
         "nav": "programs",

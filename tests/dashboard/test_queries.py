@@ -172,3 +172,28 @@ def test_slow_counts_are_cached_fast_ones_exact(client, scientist, grow, setting
     settings.L2_COUNT_CACHE_SECONDS = 0  # off: exact
     make_program(State.WORKING)
     assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == working + 1
+
+
+def test_a_kept_count_belongs_to_its_filter_not_its_sort_or_page(client, scientist, grow, settings, make_program):
+    """The list names its count by the filter alone: another sort or page reuses it, another filter
+    is counted on its own."""
+    client.force_login(scientist)
+    grow(6)
+    make_program(State.WORKING)
+    url = reverse("program-list")
+    settings.L2_COUNT_CACHE_MIN_MS = 0  # every count "slow": kept
+    cache.clear()
+    for _ in range(2):
+        client.get(url, {"state": "queued"})
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url, {"state": "queued", "sort": "program", "page": "1"})
+    assert not any("COUNT(" in q["sql"] for q in ctx.captured_queries)
+    assert response.context["page"].paginator.count == ObservingProgram.objects.filter(state=State.QUEUED).count()
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url, {"state": "working"})
+    assert any("COUNT(" in q["sql"] for q in ctx.captured_queries)
+    assert response.context["page"].paginator.count == ObservingProgram.objects.filter(state=State.WORKING).count()
+    assert response.context["page"].paginator.count != ObservingProgram.objects.filter(state=State.QUEUED).count()
+    with CaptureQueriesContext(connection) as ctx:
+        client.get(url, {"state": "queued", "observed_from": "2020-01-01"})  # a filter of its own
+    assert any("COUNT(" in q["sql"] for q in ctx.captured_queries)
