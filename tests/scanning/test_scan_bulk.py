@@ -300,6 +300,10 @@ def test_a_scan_that_wrote_many_rows_vacuums_the_programs_and_a_quiet_one_does_n
     zero = (0, 0)
     assert after[programs] == (before.get(programs, zero)[0] + 1, before.get(programs, zero)[1] + 1)
     assert after[datasets] == (before.get(datasets, zero)[0], before.get(datasets, zero)[1] + 1)
+    with connection.cursor() as cursor:  # the datasets' columns that plans use have statistics
+        cursor.execute("SELECT attname FROM pg_stats WHERE tablename = %s", [datasets])
+        analysed = {row[0] for row in cursor.fetchall()}
+    assert {Dataset._meta.get_field(name).column for name in store.DATASET_PLANNER_COLUMNS} <= analysed
     scan(store_client)  # nothing changed: no rows written, no vacuum
     assert calls[1] == 0 and _maintenance_counts() == after
 
