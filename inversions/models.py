@@ -214,7 +214,9 @@ class Dataset(models.Model):
 class Transition(models.Model):
     """One row of a program's history. Append-only: PostgreSQL refuses UPDATE and DELETE."""
 
-    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="transitions")
+    # Indexed by transition_program_at (program first): no index of its own to write on every row.
+    program = models.ForeignKey(ObservingProgram, on_delete=models.PROTECT, related_name="transitions",
+                                db_index=False)
     from_state = models.CharField(max_length=20, blank=True)  # "" for the program's creation
     to_state = models.CharField(max_length=20, choices=State.choices)
     at = models.DateTimeField(default=timezone.now)

@@ -9,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from inversions import bulk, lifecycle
-from inversions.models import ObservingProgram, OutboxEvent, Transition
+from inversions.models import Dataset, ObservingProgram, OutboxEvent, Transition
 from inversions.states import State
 
 SMALL, LARGE = 3, bulk.COPY_THRESHOLD + 20  # below and above the COPY threshold
@@ -171,3 +171,19 @@ def test_bulk_update_values_writes_json_fields_by_values_or_by_copy(count):
     for n, event in enumerate(OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).order_by("pk")):
         assert (event.payload, event.attempts, event.last_error) == (
             {"n": n, "text": "tab\t\"q\" \\ 日本", "list": [1.5, None, {"x": True}]}, n, f"error {n}\n")
+
+
+@pytest.mark.django_db
+def test_the_tables_a_scan_fills_carry_no_index_that_no_query_uses():
+    """Every index costs a write per row a scan inserts: no prefix (``varchar_pattern_ops``) index on
+    the ids, which are only looked up exactly, and no index of the history's program alone, which
+    ``transition_program_at`` leads with (migration 0018)."""
+    tables = [Dataset._meta.db_table, ObservingProgram._meta.db_table, Transition._meta.db_table]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE tablename = ANY(%s)", [tables])
+        indexes = cursor.fetchall()
+    assert {table for table, _, _ in indexes} == set(tables)
+    assert not [name for _, name, definition in indexes if "varchar_pattern_ops" in definition]
+    on_transitions = {name: definition for table, name, definition in indexes if table == Transition._meta.db_table}
+    assert not [name for name, definition in on_transitions.items() if definition.endswith("(program_id)")]
+    assert "transition_program_at" in on_transitions
