@@ -1,7 +1,20 @@
-"""The site's URLs plus ``/bench/bare``: the smallest Django view, the dashboard benchmark's baseline."""
+"""The site's URLs plus the dashboard benchmark's two reference views.
+
+``/bench/bare`` is the smallest Django view: the baseline of the list page's throughput target.
+
+``/bench/floor`` is what any list page that does not cache its rows costs at least: behind the
+same middleware and the same sign-in as the list, it runs the list view's own SQL statements,
+exactly as the list view sent them on a warm request (captured once per process), fetches
+their rows, and answers the list page's own bytes. It leaves out only the Python that builds
+those statements and that page: the ORM, the filter form, the paginator and the templates.
+It is not a baseline of any target; it shows how much of the gap to the bare view is the
+database's and the wire's, and how much is ours.
+"""
 from django.contrib.auth.decorators import login_not_required
+from django.db import connection
 from django.http import HttpResponse
-from django.urls import include, path
+from django.test.utils import CaptureQueriesContext
+from django.urls import include, path, resolve
 
 
 @login_not_required
@@ -9,7 +22,29 @@ def bare(request):
     return HttpResponse("ok")
 
 
+_floor: dict = {}
+
+
+def floor(request):
+    """The list page's statements and bytes, with none of the work that makes them (see the module)."""
+    if "body" not in _floor:
+        view = resolve("/programs/").func
+        view(request)  # the first request fills the kept count and the caches
+        with CaptureQueriesContext(connection) as ctx:
+            response = view(request)
+        assert response.status_code == 200, response.status_code
+        _floor["statements"] = [q["sql"] for q in ctx.captured_queries]
+        _floor["body"] = response.content
+        _floor["content_type"] = response["Content-Type"]
+    with connection.cursor() as cursor:
+        for sql in _floor["statements"]:
+            cursor.execute(sql)
+            cursor.fetchall()
+    return HttpResponse(_floor["body"], content_type=_floor["content_type"])
+
+
 urlpatterns = [
     path("bench/bare", bare, name="bench-bare"),
+    path("bench/floor", floor, name="bench-floor"),
     path("", include("l2site.urls")),
 ]
