@@ -334,3 +334,27 @@ def test_a_user_name_too_long_for_any_account_is_a_form_error_not_a_500(client):
     answer = _login(client, "x" * 300, "whatever")
     assert answer.status_code == 200 and answer.context["form"].errors["username"]
     assert not AccessAttempt.objects.exists()  # nobody was asked: nothing a varchar(255) cannot hold
+
+
+@pytest.mark.django_db
+def test_the_header_links_are_reversed_once_per_script_prefix(client, make_user):
+    """``{% site_url %}`` (base.html's links) answers what ``{% url %}`` would, under any script prefix."""
+    from django.urls import get_script_prefix, set_script_prefix
+
+    from l2site.sitetags import site_url
+
+    names = ["overview", "program-list", "my-programs", "proposal-list", "queue", "scan-list", "admin:index",
+             "logout", "my-tokens", "login"]
+    assert [site_url(n) for n in names] == [reverse(n) for n in names]
+    before = get_script_prefix()
+    try:
+        set_script_prefix("/l2/")
+        assert site_url("program-list") == "/l2/programs/" == reverse("program-list")
+    finally:
+        set_script_prefix(before)
+    assert site_url("program-list") == "/programs/"
+    client.force_login(make_user("sci", "science"))
+    html = client.get(reverse("overview")).content.decode()
+    for name in ("overview", "program-list", "my-programs", "proposal-list", "queue", "scan-list", "my-tokens", "logout"):
+        assert f'"{reverse(name)}"' in html
+    assert 'aria-current="page">Overview' in html
