@@ -159,30 +159,32 @@ def counted(queryset, key: str | None = None) -> int:
     return kept_while_unchanged("count:" + hashlib.sha1(key.encode()).hexdigest(), queryset.count)
 
 
-def kept_while_unchanged(name: str, compute):
+def kept_while_unchanged(name: str, compute, seconds: float | None = None, min_ms: float | None = None):
     """``compute()``, a figure over the programs, kept in the cache while no program changes.
 
-    A figure that took at least ``L2_COUNT_CACHE_MIN_MS`` to compute (tens of thousands of
-    programs: a few ms) is marked slow; from then on it is kept, at most
-    ``L2_COUNT_CACHE_SECONDS``, under ``name`` and the programs' :func:`change_marker` (read
-    before computing, so what is kept is at least as new as its marker). Fast figures (small
-    archives, the tests) are always computed, never kept; ``L2_COUNT_CACHE_SECONDS=0``: never
-    kept. (A change whose transaction took its timestamp and transition id before another's but
-    committed after it can leave the marker as it was: the figure then lags that change by
-    ``L2_COUNT_CACHE_SECONDS`` at most.)
+    A figure that took at least ``min_ms`` (default ``L2_COUNT_CACHE_MIN_MS``) to compute (a
+    count over tens of thousands of programs: a few ms) is marked slow; from then on it is kept,
+    at most ``seconds`` (default ``L2_COUNT_CACHE_SECONDS``), under ``name`` and the programs'
+    :func:`change_marker` (read before computing, so what is kept is at least as new as its
+    marker). Fast figures (small archives, the tests) are always computed, never kept; ``seconds``
+    0: never kept. (A change whose transaction took its timestamp and transition id before
+    another's but committed after it can leave the marker as it was: the figure then lags that
+    change by ``seconds`` at most.)
     """
-    seconds = float(settings.L2_COUNT_CACHE_SECONDS)
+    seconds = float(settings.L2_COUNT_CACHE_SECONDS if seconds is None else seconds)
     if seconds <= 0:
         return compute()
+    min_ms = float(settings.L2_COUNT_CACHE_MIN_MS if min_ms is None else min_ms)
     slow_key = f"l2:slow:{name}"
-    marker = change_marker() if cache.get(slow_key) else None
+    marker = change_marker() if min_ms <= 0 or cache.get(slow_key) else None
     kept_key = f"l2:kept:{name}:" + hashlib.sha1(repr(marker).encode()).hexdigest()
     if marker is not None and (value := cache.get(kept_key)) is not None:
         return value
     started = time.perf_counter()
     value = compute()
-    if (time.perf_counter() - started) * 1000 >= float(settings.L2_COUNT_CACHE_MIN_MS):
-        cache.set(slow_key, True, max(seconds, 600.0))
+    if (time.perf_counter() - started) * 1000 >= min_ms:
+        if min_ms > 0:
+            cache.set(slow_key, True, max(seconds, 600.0))
         if marker is not None:
             cache.set(kept_key, value, seconds)
     elif marker is not None:

@@ -6,6 +6,7 @@ requests get the full page. Roles are checked here, on the server, for every act
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
@@ -38,7 +40,7 @@ from inversions.report_problems import in_words, report_problems
 from inversions.states import MAIN_LINE, State
 from inversions.states import label as state_label
 from l2site.auth import is_admin, is_operator, is_science, require_role
-from l2site.viewhelpers import paginate, render_page, safe_next, wants_partial
+from l2site.viewhelpers import page_of, paginate, render_page, safe_next, wants_partial
 from l2site.viewhelpers import roles as base_roles
 from scanning.selectors import last_scan, next_scan, running_scans
 
@@ -271,15 +273,49 @@ def _sort_headers(values: dict) -> list[dict]:
     return headers
 
 
+@dataclass(frozen=True)
+class ProgramListing:
+    """One page of the program list's table, made by :func:`program_listing` (kept while no program changes)."""
+
+    html: str  # the summary, the table and the pager (``inversions/partials/program_listing.html``)
+    number: int  # the page shown (a bad or out-of-range page number clamped)
+    count: int  # programs matching the filter
+    num_pages: int
+    notes: tuple[str, ...]  # what was clamped, in words (said again each time the page is shown)
+
+
+def program_listing(values: dict, raw_page: str, tz_name: str) -> ProgramListing:
+    """The table of the programs ``values`` filter and sort, at page ``raw_page``, times in ``tz_name``."""
+    count_key = f"programs{query_string(values, sort=None, page=None)}@{tz_name}"  # the filter alone: any sort or page
+    page, notes = page_of(raw_page, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE,
+                          paginator_class=functools.partial(CountCachedPaginator, count_key=count_key))
+    context = {
+        "page": page,
+        "rows": list(page),
+        "headers": _sort_headers(values),
+        "prev_url": query_string(values, page=page.previous_page_number()) if page.has_previous() else None,
+        "next_url": query_string(values, page=page.next_page_number()) if page.has_next() else None,
+        "first_url": query_string(values, page=None),
+        "last_url": query_string(values, page=page.paginator.num_pages),
+        "filtered": any(k in values for k in ("q", "state", "instrument", "proposal", "line", "observed_from", "observed_to")),
+        "base_url": reverse("program-list"),
+    }
+    return ProgramListing(html=render_to_string("inversions/partials/program_listing.html", context),
+                          number=page.number, count=page.paginator.count, num_pages=page.paginator.num_pages,
+                          notes=tuple(notes))
+
+
 @require_GET
 def program_list(request):
     values, notes = parse_filter(request.GET)
-    for note in notes:
+    raw_page = request.GET.get("page", "")
+    tz_name = timezone.get_current_timezone_name()
+    # kept (selectors.kept_while_unchanged) however fast it was made: until any program changes
+    name = hashlib.sha1(f"{query_string(values, page=None)}|{raw_page}@{tz_name}".encode()).hexdigest()
+    listing = selectors.kept_while_unchanged(f"listing:{name}", lambda: program_listing(values, raw_page, tz_name),
+                                             seconds=settings.L2_LIST_PAGE_CACHE_SECONDS, min_ms=0)
+    for note in (*notes, *listing.notes):
         messages.warning(request, note)
-    # the count is named by the filter alone (not the sort or page) and the time zone its dates are read in
-    count_key = f"programs{query_string(values, sort=None, page=None)}@{timezone.get_current_timezone_name()}"
-    page = paginate(request, filter_programs(selectors.program_table(), values), settings.L2_PAGE_SIZE,
-                    paginator_class=functools.partial(CountCachedPaginator, count_key=count_key))
     base = reverse("program-list")
     context = {
         "nav": "programs",
@@ -287,21 +323,14 @@ def program_list(request):
         "lines": selectors.spectral_lines(),
         "sort_choices": SORT_CHOICES,
         "values": values,
-        "page": page,
-        "rows": list(page),
-        "headers": _sort_headers(values),
+        "listing": listing,
         "sort": values.get("sort", DEFAULT_SORT),
         "states": State.choices,
-        "prev_url": query_string(values, page=page.previous_page_number()) if page.has_previous() else None,
-        "next_url": query_string(values, page=page.next_page_number()) if page.has_next() else None,
-        "first_url": query_string(values, page=None),
-        "last_url": query_string(values, page=page.paginator.num_pages),
-        "filtered": any(k in values for k in ("q", "state", "instrument", "proposal", "line", "observed_from", "observed_to")),
         "base_url": base,
     }
     response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context)
     if wants_partial(request):
-        push_url(response, base + query_string(values, page=page.number).rstrip("?"))
+        push_url(response, base + query_string(values, page=listing.number).rstrip("?"))
     return response
 
 

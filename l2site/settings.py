@@ -236,6 +236,10 @@ L2_PAGE_SIZE = max(1, int(env_number("L2_PAGE_SIZE", 50, int)))
 # a filter counts once). 0: always count exactly.
 L2_COUNT_CACHE_SECONDS = env_number("L2_COUNT_CACHE_SECONDS", 30.0)
 L2_COUNT_CACHE_MIN_MS = env_number("L2_COUNT_CACHE_MIN_MS", 2.0)
+# A page of the program list's table (its rows, the count and the pager, per filter, sort, page and
+# time zone) is kept the same way, however fast it was made: until a program changes, this long at
+# most. 0: every page is made again.
+L2_LIST_PAGE_CACHE_SECONDS = env_number("L2_LIST_PAGE_CACHE_SECONDS", 30.0)
 
 
 # --- Collections and transfers (DESIGN §7, §9) -------------------------------------------

@@ -32,22 +32,30 @@ def render_page(request, full: str, partial: str, context: dict, *, status: int 
 
 def paginate(request, items, per_page: int, param: str = "page", paginator_class=Paginator):
     """A page of ``items``; a bad or out-of-range page number is clamped, with a note."""
-    raw = request.GET.get(param, "")
+    page, notes = page_of(request.GET.get(param, ""), items, per_page, paginator_class)
+    for note in notes:
+        messages.warning(request, note)
+    return page
+
+
+def page_of(raw: str, items, per_page: int, paginator_class=Paginator):
+    """``(page, notes)``: the page ``raw`` names (clamped to the pages there are) and what was clamped, in words."""
+    notes = []
     number = 1
     if raw:
         try:
             number = int(raw)
         except ValueError:
-            messages.warning(request, f"Ignored page {raw[:20]!r}: not a page number.")
+            notes.append(f"Ignored page {raw[:20]!r}: not a page number.")
         else:
             if number < 1:
-                messages.warning(request, f"There is no page {number}: showing the first.")
+                notes.append(f"There is no page {number}: showing the first.")
                 number = 1
     paginator = paginator_class(items, per_page)
     if number > paginator.num_pages:
-        messages.warning(request, f"There is no page {number}: showing the last ({paginator.num_pages}).")
+        notes.append(f"There is no page {number}: showing the last ({paginator.num_pages}).")
         number = paginator.num_pages
-    return paginator.page(number)
+    return paginator.page(number), notes
 
 
 def safe_next(request, default: str) -> str:

@@ -17,6 +17,8 @@ os.environ.setdefault("L2_AUTO_PUBLISH", "false")
 # The program list counts exactly, however slow a loaded machine makes counting (a test that
 # checks the count cache sets L2_COUNT_CACHE_MIN_MS itself).
 os.environ.setdefault("L2_COUNT_CACHE_MIN_MS", "1e9")
+# … and makes every page of it again (tests/dashboard/test_kept_pages.py turns kept pages on).
+os.environ.setdefault("L2_LIST_PAGE_CACHE_SECONDS", "0")
 
 from l2site.settings import *  # noqa: E402,F401,F403
 

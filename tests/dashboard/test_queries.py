@@ -145,7 +145,7 @@ def test_slow_counts_are_cached_fast_ones_exact(client, scientist, grow, setting
     settings.L2_COUNT_CACHE_MIN_MS = 10_000  # counting here is fast: never cached, always exact
     assert queries(client, url) == 4
     make_program(State.QUEUED)
-    assert client.get(url).context["page"].paginator.count == 7
+    assert client.get(url).context["listing"].count == 7
     settings.L2_COUNT_CACHE_MIN_MS = 0  # every count "slow": kept per filter while no program changes
     cache.clear()
     client.get(url, {"state": "queued"})  # counted: slow, so the filter is marked slow
@@ -155,18 +155,18 @@ def test_slow_counts_are_cached_fast_ones_exact(client, scientist, grow, setting
     sql = [q["sql"] for q in ctx.captured_queries]
     assert len(sql) == 4 and not any("COUNT(" in q for q in sql) and "MAX(\"inversions_observingprogram\".\"updated_at\")" in sql[2]
     queued = ObservingProgram.objects.filter(state=State.QUEUED).count()
-    assert response.context["page"].paginator.count == queued
+    assert response.context["listing"].count == queued
     # a program changes (a transition): the next request counts again, exactly
     make_program(State.QUEUED)
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url, {"state": "queued", "page": "1"})
     assert any("COUNT(" in q["sql"] for q in ctx.captured_queries)
-    assert response.context["page"].paginator.count == queued + 1
+    assert response.context["listing"].count == queued + 1
     # a program changed by a scan (updated_at) without a transition: counted again as well
     program = ObservingProgram.objects.filter(state=State.QUEUED).first()
     client.get(url, {"state": "queued"})
     ObservingProgram.objects.filter(pk=program.pk).update(state=State.WORKING, updated_at=timezone.now())
-    assert client.get(url, {"state": "queued"}).context["page"].paginator.count == queued
+    assert client.get(url, {"state": "queued"}).context["listing"].count == queued
     working = ObservingProgram.objects.filter(state=State.WORKING).count()
     assert selectors.counted(ObservingProgram.objects.filter(state=State.WORKING)) == working
     settings.L2_COUNT_CACHE_SECONDS = 0  # off: exact
@@ -188,12 +188,12 @@ def test_a_kept_count_belongs_to_its_filter_not_its_sort_or_page(client, scienti
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url, {"state": "queued", "sort": "program", "page": "1"})
     assert not any("COUNT(" in q["sql"] for q in ctx.captured_queries)
-    assert response.context["page"].paginator.count == ObservingProgram.objects.filter(state=State.QUEUED).count()
+    assert response.context["listing"].count == ObservingProgram.objects.filter(state=State.QUEUED).count()
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url, {"state": "working"})
     assert any("COUNT(" in q["sql"] for q in ctx.captured_queries)
-    assert response.context["page"].paginator.count == ObservingProgram.objects.filter(state=State.WORKING).count()
-    assert response.context["page"].paginator.count != ObservingProgram.objects.filter(state=State.QUEUED).count()
+    assert response.context["listing"].count == ObservingProgram.objects.filter(state=State.WORKING).count()
+    assert response.context["listing"].count != ObservingProgram.objects.filter(state=State.QUEUED).count()
     with CaptureQueriesContext(connection) as ctx:
         client.get(url, {"state": "queued", "observed_from": "2020-01-01"})  # a filter of its own
     assert any("COUNT(" in q["sql"] for q in ctx.captured_queries)
