@@ -2,11 +2,12 @@
 
 ``/bench/bare`` is the smallest Django view: the baseline of the list page's throughput target.
 
-``/bench/floor`` is what any list page that does not cache its rows costs at least: behind the
-same middleware and the same sign-in as the list, it runs the list view's own SQL statements,
-exactly as the list view sends them once its caches are warm (captured once per process), fetches
-their rows, and answers the list page's own bytes. It leaves out only the Python that builds
-those statements and that page: the ORM, the filter form, the paginator and the templates.
+``/bench/floor`` is what the list page costs at least in its steady state: behind the same
+middleware and the same sign-in as the list, it runs the list view's own SQL statements, exactly
+as the list view sends them once its caches are warm (captured once per process; with a kept
+page, the change marker alone), fetches their rows, and answers the list page's own bytes. It
+leaves out only the Python that builds those statements and that page: the ORM, the filter form,
+the paginator, the cache and the templates.
 It is not a baseline of any target; it shows how much of the gap to the bare view is the
 database's and the wire's, and how much is ours.
 """
@@ -30,7 +31,7 @@ def floor(request):
     if "body" not in _floor:
         view = resolve("/programs/").func
         # the list's steady state: the filter menus are cached on the first request, the count
-        # is kept from its second computation on; capture until two requests send the same SQL
+        # and the page are kept from their second making on; capture until two requests send the same SQL
         statements = None
         for _ in range(5):
             with CaptureQueriesContext(connection) as ctx:
