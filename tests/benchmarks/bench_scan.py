@@ -46,6 +46,12 @@ ingest and the full scan (this process, the database: its backend and those of t
 qualification's threads, the emulator; read from ``/proc``) swing much less, and are printed too. ``--statements`` lists the
 slowest statements of the full scan, ``--drop-index NAME`` measures without an index (a
 what-if, in the benchmark's own database), ``--profile FILE`` runs the full scan under cProfile.
+``--gil FILE`` samples the full scan with py-spy (``pip install py-spy==0.4.3``; ``record --gil``:
+only a thread that holds the GIL is sampled) into FILE (raw stacks) and prints the share of the
+scan's wall time some thread of this process held the GIL, and where: the Python work of
+this one process is serial, so that share times the scan's time is a floor no overlap of
+threads can go under. py-spy pauses the process to sample it: that run's times are not figures
+of the targets.
 """
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ import multiprocessing
 import os
 import pstats
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -465,11 +472,59 @@ class PhaseTimer:
         return ", ".join(parts) + f"; solar radius computed for {self.radius_days} new dates"
 
 
-def timed_scan(full: bool, profile: str | None = None):
+GIL_RATE = 100  # py-spy samples per second
+
+
+@contextlib.contextmanager
+def gil_sampled(out: str | None):
+    """``py-spy record --gil`` of this process while the block runs (nothing when ``out`` is None)."""
+    if out is None:
+        yield
+        return
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit("--gil needs py-spy in this environment: pip install py-spy==0.4.3")
+    proc = subprocess.Popen([str(spy), "record", "--gil", "-r", str(GIL_RATE), "-p", str(os.getpid()), "-f", "raw",
+                             "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # attached (no thread here holds the GIL while this one sleeps: nothing sampled)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    print(gil_report(out, elapsed), flush=True)
+
+
+def gil_report(raw: str, seconds: float, top: int = 18) -> str:
+    """Share of ``seconds`` in which a thread held the GIL (samples ÷ ticks), by thread and by function."""
+    import re
+
+    total, threads, functions = 0, defaultdict(int), defaultdict(int)
+    for line in Path(raw).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        threads["a worker thread" if frames[0].startswith("Thread._bootstrap") else "the main thread"] += n
+        for f in set(frames[1:]):
+            if not f.endswith(("(threading.py)", "(concurrent/futures/thread.py)")):  # every thread's own frames
+                functions[f] += n
+    ticks = GIL_RATE * seconds
+    lines = [f"  GIL held by a thread of this process: {total:,} samples of {ticks:,.0f} ticks "
+             f"({total / ticks:.1%} of the full scan's {seconds:.1f} s)"]
+    lines += [f"    {share / ticks:6.1%}  {name}" for name, share in sorted(threads.items(), key=lambda kv: -kv[1])]
+    lines.append("    inclusive, by function (share of the scan's wall time):")
+    lines += [f"    {n / ticks:6.1%}  {f}" for f, n in sorted(functions.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines)
+
+
+def timed_scan(full: bool, profile: str | None = None, gil: str | None = None):
     from scanning.fetch import client
     from scanning.scan import run_scan
 
-    with StatementCounter() as counter, PhaseTimer() as phases:
+    with StatementCounter() as counter, PhaseTimer() as phases, gil_sampled(gil):
         profiler = cProfile.Profile() if profile else None
         started = time.perf_counter()
         if profiler:
@@ -496,6 +551,7 @@ def main() -> int:
     parser.add_argument("--database", default="l2_bench_scan", help="the benchmark's own database (created, dropped)")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database at the end")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the full scan into FILE and print the top")
+    parser.add_argument("--gil", metavar="FILE", help="py-spy --gil samples of the full scan into FILE: the GIL's share")
     parser.add_argument("--statements", action="store_true", help="print the slowest statements of the full scan")
     parser.add_argument("--drop-index", action="append", default=[], metavar="NAME",
                         help="what-if: drop this index in the benchmark database before measuring (repeatable)")
@@ -552,7 +608,7 @@ def main() -> int:
         peak_before = _rss_mb("VmHWM")
         peak_reset = _reset_peak_rss()
         with CpuMeter(emulator.proc.pid) as full_cpu:
-            full, full_s, full_stmts = timed_scan(True, args.profile)
+            full, full_s, full_stmts = timed_scan(True, args.profile, args.gil)
         rss_after = _rss_mb()
         peak_scan = _rss_mb("VmHWM")
         print(f"  full scan: {full_s:.2f} s, {full_stmts.total} statements "
