@@ -338,10 +338,13 @@ def test_a_user_name_too_long_for_any_account_is_a_form_error_not_a_500(client):
 
 @pytest.mark.django_db
 def test_the_header_links_are_reversed_once_per_script_prefix(client, make_user):
-    """``{% site_url %}`` (base.html's links) answers what ``{% url %}`` would, under any script prefix."""
+    """``{% site_url %}`` (base.html's links) answers what ``{% url %}`` would, under any script prefix;
+    ``{% site_static %}`` what ``{% static %}`` would."""
     from django.urls import get_script_prefix, set_script_prefix
 
-    from l2site.sitetags import site_url
+    from django.templatetags.static import static
+
+    from l2site.sitetags import site_static, site_url
 
     names = ["overview", "program-list", "my-programs", "proposal-list", "queue", "scan-list", "admin:index",
              "logout", "my-tokens", "login"]
@@ -358,3 +361,5 @@ def test_the_header_links_are_reversed_once_per_script_prefix(client, make_user)
     for name in ("overview", "program-list", "my-programs", "proposal-list", "queue", "scan-list", "my-tokens", "logout"):
         assert f'"{reverse(name)}"' in html
     assert 'aria-current="page">Overview' in html
+    for path in ("css/l2.css", "vendor/htmx.min.js", "js/l2.js"):  # {% site_static %}: what {% static %} says
+        assert site_static(path) == static(path) and f'"{static(path)}"' in html
