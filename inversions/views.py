@@ -273,11 +273,15 @@ def _sort_headers(values: dict) -> list[dict]:
     return headers
 
 
+STATE_CHOICES = State.choices  # the filter's state menu (``State.choices`` builds its list on each access)
+
+
 @dataclass(frozen=True)
 class ProgramListing:
     """One page of the program list's table, made by :func:`program_listing` (kept while no program changes)."""
 
     html: str  # the summary, the table and the pager (``inversions/partials/program_listing.html``)
+    filters: str  # the filter form, as these values fill it (``inversions/partials/program_filters.html``)
     number: int  # the page shown (a bad or out-of-range page number clamped)
     count: int  # programs matching the filter
     num_pages: int
@@ -300,7 +304,11 @@ def program_listing(values: dict, raw_page: str, tz_name: str) -> ProgramListing
         "filtered": any(k in values for k in ("q", "state", "instrument", "proposal", "line", "observed_from", "observed_to")),
         "base_url": reverse("program-list"),
     }
+    form = {"values": values, "base_url": context["base_url"], "instruments": selectors.instruments(),
+            "lines": selectors.spectral_lines(), "states": STATE_CHOICES, "sort_choices": SORT_CHOICES,
+            "sort": values.get("sort", DEFAULT_SORT)}
     return ProgramListing(html=render_to_string("inversions/partials/program_listing.html", context),
+                          filters=render_to_string("inversions/partials/program_filters.html", form),
                           number=page.number, count=page.paginator.count, num_pages=page.paginator.num_pages,
                           notes=tuple(notes))
 
@@ -319,13 +327,10 @@ def program_list(request):
     base = reverse("program-list")
     context = {
         "nav": "programs",
-        "instruments": selectors.instruments(),
-        "lines": selectors.spectral_lines(),
-        "sort_choices": SORT_CHOICES,
         "values": values,
         "listing": listing,
+        "sort_choices": SORT_CHOICES,  # the sort menu, sent again with an HTMX swap
         "sort": values.get("sort", DEFAULT_SORT),
-        "states": State.choices,
         "base_url": base,
     }
     response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context)
