@@ -26,7 +26,8 @@ Creates its own database (``l2_bench_dash`` on the server of ``DATABASE_URL``), 
    and sign-in, with no ORM, form, paginator, cache or template; and the list's throughput on a
    second gunicorn started with ``L2_LIST_PAGE_CACHE_SECONDS=0``, where every request makes its
    page again (the count still kept): what a request costs that finds no kept page (the first
-   after any program changed).
+   after any program changed). ``--pairs N``: N more rounds on the first server, each the bare
+   view then the list, each pair's ratio printed: how far the machine alone moves the ratio.
 
 Targets (issue 16, at 500,000 programs): p95 ≤ 25 ms; ≤ 10 SQL statements; list throughput
 ≥ 60 % of the bare view's (the earlier ones: p95 ≤ 100 ms, ≥ 40 %).
@@ -443,6 +444,9 @@ def main() -> int:
                         help="reuse the database an earlier run kept if it holds the same sizes and seed (else "
                              "generate it); keep it afterwards")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=0, metavar="N",
+                        help="then N rounds of bare + list on the same server, each pair's ratio printed "
+                             "(how much the machine moves the ratio; not the target's measurement)")
     args = parser.parse_args()
     if args.quick:
         args.programs, args.requests, args.load_requests = 5000, 100, 400
@@ -531,6 +535,16 @@ def main() -> int:
               f"{f4} failed; sequential p50 {_benchdb.percentile(floor_seq, 50) * 1000:.1f} ms", flush=True)
         bare2, f3 = throughput(base, cookie, BARE, args.load_requests, args.clients)
         print(f"  throughput bare #2: {bare2:,.0f} req/s, {f3} failed", flush=True)
+        pairs = []
+        for i in range(args.pairs):
+            pb, _ = throughput(base, cookie, BARE, args.load_requests, args.clients)
+            pl, _ = throughput(base, cookie, URL, args.load_requests, args.clients)
+            pairs.append(pl / pb)
+            print(f"  pair {i + 1}: bare {pb:,.0f} req/s, then list {pl:,.0f} req/s: {pl / pb:.0%}", flush=True)
+        if pairs:
+            print(f"  pairs: median {sorted(pairs)[len(pairs) // 2]:.0%} ({min(pairs):.0%}–{max(pairs):.0%}); "
+                  "shown, not the target's measurement (that is the list against the better of bare #1 and #2)",
+                  flush=True)
         server.terminate()
         server.wait(10)
         # the same list, every page made again (no kept pages; the count is still kept)
