@@ -166,8 +166,8 @@ def kept_while_unchanged(name: str, compute, seconds: float | None = None, min_m
     count over tens of thousands of programs: a few ms) is marked slow; from then on it is kept,
     at most ``seconds`` (default ``L2_COUNT_CACHE_SECONDS``), under ``name`` and the programs'
     :func:`change_marker` (read before computing, so what is kept is at least as new as its
-    marker). Fast figures (small archives, the tests) are always computed, never kept; ``seconds``
-    0: never kept. (A change whose transaction took its timestamp and transition id before
+    marker). Fast figures (small archives, the tests) are always computed, never kept; ``min_ms``
+    0: every figure is kept (the marker is read on every call); ``seconds`` 0: never kept. (A change whose transaction took its timestamp and transition id before
     another's but committed after it can leave the marker as it was: the figure then lags that
     change by ``seconds`` at most.)
     """

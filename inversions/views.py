@@ -284,7 +284,6 @@ class ProgramListing:
     filters: str  # the filter form, as these values fill it (``inversions/partials/program_filters.html``)
     number: int  # the page shown (a bad or out-of-range page number clamped)
     count: int  # programs matching the filter
-    num_pages: int
     notes: tuple[str, ...]  # what was clamped, in words (said again each time the page is shown)
 
 
@@ -309,8 +308,7 @@ def program_listing(values: dict, raw_page: str, tz_name: str) -> ProgramListing
             "sort": values.get("sort", DEFAULT_SORT)}
     return ProgramListing(html=render_to_string("inversions/partials/program_listing.html", context),
                           filters=render_to_string("inversions/partials/program_filters.html", form),
-                          number=page.number, count=page.paginator.count, num_pages=page.paginator.num_pages,
-                          notes=tuple(notes))
+                          number=page.number, count=page.paginator.count, notes=tuple(notes))
 
 
 @require_GET
@@ -324,18 +322,15 @@ def program_list(request):
                                              seconds=settings.L2_LIST_PAGE_CACHE_SECONDS, min_ms=0)
     for note in (*notes, *listing.notes):
         messages.warning(request, note)
-    base = reverse("program-list")
     context = {
         "nav": "programs",
-        "values": values,
         "listing": listing,
         "sort_choices": SORT_CHOICES,  # the sort menu, sent again with an HTMX swap
         "sort": values.get("sort", DEFAULT_SORT),
-        "base_url": base,
     }
     response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context)
     if wants_partial(request):
-        push_url(response, base + query_string(values, page=listing.number).rstrip("?"))
+        push_url(response, reverse("program-list") + query_string(values, page=listing.number).rstrip("?"))
     return response
 
 
