@@ -9,7 +9,8 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib import messages
@@ -285,6 +286,7 @@ class ProgramListing:
     number: int  # the page shown (a bad or out-of-range page number clamped)
     count: int  # programs matching the filter
     notes: tuple[str, ...]  # what was clamped, in words (said again each time the page is shown)
+    made: str = field(default_factory=lambda: uuid.uuid4().hex)  # new each time a listing is made: the kept page's name
 
 
 def program_listing(values: dict, raw_page: str, tz_name: str) -> ProgramListing:
@@ -328,7 +330,9 @@ def program_list(request):
         "sort_choices": SORT_CHOICES,  # the sort menu, sent again with an HTMX swap
         "sort": values.get("sort", DEFAULT_SORT),
     }
-    response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context)
+    # the whole page too, for this user, while its listing is kept (not when it has notes to say)
+    response = render_page(request, "inversions/program_list.html", "inversions/partials/program_table.html", context,
+                           keep=f"programs:{listing.made}", keep_seconds=settings.L2_LIST_PAGE_CACHE_SECONDS)
     if wants_partial(request):
         push_url(response, reverse("program-list") + query_string(values, page=listing.number).rstrip("?"))
     return response

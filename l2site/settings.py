@@ -238,7 +238,8 @@ L2_COUNT_CACHE_SECONDS = env_number("L2_COUNT_CACHE_SECONDS", 30.0)
 L2_COUNT_CACHE_MIN_MS = env_number("L2_COUNT_CACHE_MIN_MS", 2.0)
 # A page of the program list's table (its rows, the count and the pager, per filter, sort, page and
 # time zone) is kept the same way, however fast it was made: until a program changes, this long at
-# most. 0: every page is made again.
+# most; so is the whole page around it, for each user (l2site.viewhelpers.kept_render). 0: every
+# page is made again.
 L2_LIST_PAGE_CACHE_SECONDS = env_number("L2_LIST_PAGE_CACHE_SECONDS", 30.0)
 
 
