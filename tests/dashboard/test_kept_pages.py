@@ -41,9 +41,9 @@ def kept(settings):
     cache.clear()
 
 
-def table(response) -> str:
-    """The page's ``#program-table`` (the part that is kept), its HTML as sent."""
-    html = response.content.decode()
+def table(page) -> str:
+    """The ``#program-table`` (the part that is kept) of a response or of its HTML, as sent."""
+    html = page if isinstance(page, str) else page.content.decode()
     found = re.search(r'<div id="program-table".*?</main>', html, re.S)
     assert found, html[:500]
     return found.group(0)
@@ -217,11 +217,7 @@ def test_a_kept_page_is_never_another_users(client, scientist, admin_user, make_
     for name, html in pages.items():
         assert f"<span>{name}</span>" in html
         assert (f'href="{reverse("admin:index")}">Admin</a>' in html) is (name == admin_user.username)
-    assert table_of(pages[scientist.username]) == table_of(pages[other.username]) == table_of(pages[admin_user.username])
-
-
-def table_of(html: str) -> str:
-    return re.search(r'<div id="program-table".*?</main>', html, re.S).group(0)
+    assert table(pages[scientist.username]) == table(pages[other.username]) == table(pages[admin_user.username])
 
 
 def test_a_message_waiting_is_shown_on_a_kept_page_once(client, scientist, make_program, kept):
